@@ -1,0 +1,3 @@
+"""saekit: sparse dictionary learning on language-model activations."""
+
+__version__ = "0.1.0"

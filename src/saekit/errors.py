@@ -1,0 +1,39 @@
+"""Errors a user can act on.
+
+Every error saekit raises for bad input is a `SaekitError`: its message names the
+problem and the fix, and it is raised before any long work starts. The CLI prints
+the message alone (no traceback) for these and a traceback for anything else,
+because anything else is a bug in saekit.
+"""
+
+
+class SaekitError(Exception):
+    """Base class: bad input or state that the user can fix."""
+
+
+class ConfigError(SaekitError, ValueError):
+    """A configuration that is invalid or contradicts itself."""
+
+
+class ModelLoadError(SaekitError):
+    """A model name, folder or GGUF file that cannot be loaded."""
+
+
+class HookPointError(SaekitError, ValueError):
+    """A hook-point name that does not exist in the model."""
+
+
+class DataError(SaekitError):
+    """A dataset that is missing, empty or unreadable."""
+
+
+class CheckpointError(SaekitError):
+    """A checkpoint that is missing, corrupt, or belongs to a different run."""
+
+
+class FormatError(SaekitError):
+    """A saved dictionary that cannot be read (missing key, wrong shape, unknown format)."""
+
+
+class TrainingDivergedError(SaekitError):
+    """Training produced NaN or Inf; the last good checkpoint is kept."""

@@ -1,3 +1,38 @@
-"""saekit: sparse dictionary learning on language-model activations."""
+"""saekit: sparse dictionary learning on language-model activations.
+
+The Python API mirrors the CLI::
+
+    import saekit
+    result = saekit.train(saekit.TrainConfig(arch="topk", k=32, tokens=300_000))
+    sae = saekit.load(result.out)            # encode / decode / forward on raw activations
+    lm = saekit.load_model()                 # the embedded SmolLM2-135M (or a Hub id / folder / .gguf)
+"""
+
+from .config import TrainConfig
+from .dictionaries import Dictionary, DictionaryConfig
+from .errors import SaekitError
+from .evaluate import ReconstructionMetrics, evaluate_reconstruction
+from .formats import load_dictionary as load
+from .formats import save_dictionary as save
+from .hooks import edit_activations, hook_point_names, read_activations
+from .models import load_model
+from .train import TrainResult, train
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "Dictionary",
+    "DictionaryConfig",
+    "ReconstructionMetrics",
+    "SaekitError",
+    "train",
+    "load",
+    "save",
+    "load_model",
+    "evaluate_reconstruction",
+    "read_activations",
+    "edit_activations",
+    "hook_point_names",
+]

@@ -1,0 +1,401 @@
+"""Activations for training: from a live model or from an on-disk cache, shuffled.
+
+Two sources share one small interface (``read_chunk(position, min_tokens)``):
+
+* ``ModelActivations`` runs the language model on packed contexts, stops the forward
+  pass after the hook point, and keeps only real tokens: padding never, BOS only when
+  asked (both masked by position, see ``data.TokenBatch``).
+* ``CachedActivations`` reads the sharded ``.npy`` files ``saekit cache`` wrote, by
+  memory map, cycling through them for several epochs.
+
+``ActivationBuffer`` turns either into shuffled batches. It fills a chunk of at least
+``buffer_tokens`` activations, permutes it with a generator seeded by (seed, chunk
+index), and serves it batch by batch. Its whole state is three numbers (where the
+chunk started, the chunk's index, batches served), so a checkpoint stays small and a
+resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import TrainConfig
+from .data import ContextStream, validate_source
+from .errors import ConfigError, DataError
+from .formats import atomic_write_text
+from .hooks import HookPoint, read_activations, resolve_hook_point
+from .models import LoadedModel, load_model, parse_dtype
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+HELDOUT_FILE = "heldout.npy"
+CACHE_FORMAT = "saekit-activations"
+
+
+class ActivationSource(Protocol):
+    model_name: str
+    hook: str
+    d: int
+
+    def start_position(self) -> dict[str, int]: ...
+
+    def read_chunk(self, position: dict[str, int], min_tokens: int) -> tuple[Tensor, dict[str, int]]:
+        """At least ``min_tokens`` activations ``(N, d)`` from ``position`` (fewer only at
+        the end of data, empty past it), and the position after them."""
+        ...
+
+    def heldout(self, n_tokens: int) -> Tensor: ...
+
+
+def default_hook(n_layers: int) -> str:
+    """A middle-early residual stream: 30% of the depth (resid_post.9 of 30 layers)."""
+    return f"resid_post.{min(n_layers - 1, round(0.3 * n_layers))}"
+
+
+class ModelActivations:
+    """Activations at one hook point of a live model, on packed fixed-length contexts."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        hook: str,
+        *,
+        dataset: str | None,
+        text_field: str = "text",
+        context_length: int = 128,
+        model_batch_size: int = 32,
+        seed: int = 0,
+        keep_bos: bool = False,
+    ):
+        self.lm = lm
+        self.hook = resolve_hook_point(lm.model, hook).name
+        self.model_name = lm.name
+        self.d = lm.d_model
+        self.dataset, self.text_field = dataset, text_field
+        self.context_length, self.model_batch_size = context_length, model_batch_size
+        self.seed, self.keep_bos = seed, keep_bos
+        if context_length > lm.max_length:
+            raise ConfigError(
+                f"--context-length {context_length} exceeds the model's maximum of {lm.max_length} tokens; lower it"
+            )
+        self._stream: ContextStream | None = None
+
+    def _contexts(self, split: str, start: int, repeat: bool) -> ContextStream:
+        return ContextStream(
+            self.dataset,
+            self.lm.tokenizer,
+            context_length=self.context_length,
+            batch_size=self.model_batch_size,
+            split=split,  # type: ignore[arg-type]
+            seed=self.seed,
+            start_context=start,
+            repeat=repeat,
+            text_field=self.text_field,
+        )
+
+    @torch.no_grad()
+    def activations(self, batch) -> Tensor:
+        """The kept tokens' activations of one ``TokenBatch``, as ``(n, d)`` float32."""
+        dev = self.lm.device
+        acts = read_activations(
+            self.lm.model, [self.hook], batch.input_ids.to(dev), batch.attention_mask.to(dev)
+        )[self.hook]
+        return acts[batch.token_mask(self.keep_bos).to(dev)].float()
+
+    def start_position(self) -> dict[str, int]:
+        return {"contexts": 0}
+
+    def read_chunk(self, position: dict[str, int], min_tokens: int) -> tuple[Tensor, dict[str, int]]:
+        # Keep one live stream; rebuild it only when asked for another position (on
+        # resume), since rebuilding re-tokenises everything before that position.
+        if self._stream is None or self._stream.contexts_done != position["contexts"]:
+            self._stream = self._contexts("train", position["contexts"], repeat=True)
+        return self._collect(self._stream, min_tokens), {"contexts": self._stream.contexts_done}
+
+    def _collect(self, stream: ContextStream, min_tokens: int) -> Tensor:
+        parts, n = [], 0
+        for batch in stream:
+            acts = self.activations(batch)
+            parts.append(acts)
+            n += acts.shape[0]
+            if n >= min_tokens:
+                break
+        return torch.cat(parts) if parts else torch.empty(0, self.d, device=self.lm.device)
+
+    def heldout(self, n_tokens: int) -> Tensor:
+        acts = self._collect(self._contexts("heldout", 0, repeat=False), n_tokens)[:n_tokens]
+        if acts.shape[0] < n_tokens:
+            log.warning("the held-out split has only %d of the %d tokens asked for", acts.shape[0], n_tokens)
+        return acts
+
+
+class ArrayActivations:
+    """Activations already in memory (or memory-mapped): a list of ``(n_i, d)`` arrays.
+
+    Positions count tokens across epochs; reading past the end starts another epoch.
+    Useful on its own for activations a user already has (``train(cfg, source=...)``).
+    """
+
+    def __init__(
+        self,
+        shards: list[np.ndarray | Tensor],
+        *,
+        model_name: str = "",
+        hook: str = "",
+        heldout: np.ndarray | Tensor | None = None,
+        name: str = "activations",
+    ):
+        if not shards or any(s.ndim != 2 for s in shards):
+            raise DataError(f"{name}: expected one or more 2-D arrays of activations (tokens × d)")
+        self.shards, self._heldout, self.name = shards, heldout, name
+        self.model_name, self.hook, self.d = model_name, hook, int(shards[0].shape[1])
+        if any(s.shape[1] != self.d for s in shards):
+            raise DataError(f"{name}: the arrays disagree on the activation width")
+        self.offsets = np.cumsum([0] + [s.shape[0] for s in shards])
+        self.total = int(self.offsets[-1])
+        if self.total == 0:
+            raise DataError(f"{name} holds no activations")
+
+    def start_position(self) -> dict[str, int]:
+        return {"token": 0}
+
+    def _slice(self, start: int, stop: int) -> Tensor:
+        parts = []
+        while start < stop:
+            i = int(np.searchsorted(self.offsets, start, side="right") - 1)
+            lo = start - int(self.offsets[i])
+            hi = min(self.shards[i].shape[0], lo + stop - start)
+            parts.append(torch.as_tensor(np.asarray(self.shards[i][lo:hi])).float())
+            start += hi - lo
+        return torch.cat(parts)
+
+    def read_chunk(self, position: dict[str, int], min_tokens: int) -> tuple[Tensor, dict[str, int]]:
+        start = position["token"]
+        epoch_start = start % self.total
+        if epoch_start == 0 and start > 0:
+            log.warning("%s exhausted; starting epoch %d", self.name, start // self.total + 1)
+        n = min(min_tokens, self.total - epoch_start)
+        return self._slice(epoch_start, epoch_start + n), {"token": start + n}
+
+    def heldout(self, n_tokens: int) -> Tensor:
+        if self._heldout is None:
+            raise DataError(f"{self.name} has no held-out activations; pass --eval-tokens 0")
+        if self._heldout.shape[0] < n_tokens:
+            log.warning("%s: only %d of the %d held-out tokens asked for", self.name, self._heldout.shape[0], n_tokens)
+        return torch.as_tensor(np.asarray(self._heldout[:n_tokens])).float()
+
+
+class CachedActivations(ArrayActivations):
+    """Activations read back from a ``saekit cache`` folder by memory map."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.manifest = manifest = read_manifest(self.folder)
+        d = int(manifest["d"])
+        shards = []
+        for s in manifest["shards"]:
+            path = self.folder / s["file"]
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise DataError(f"{path} cannot be read ({e}); write the cache again with `saekit cache`") from None
+            if arr.shape != (s["tokens"], d):
+                raise DataError(
+                    f"{path} has shape {arr.shape}, the manifest says ({s['tokens']}, {d}); "
+                    "the cache is corrupt: write it again with `saekit cache`"
+                )
+            shards.append(arr)
+        held = self.folder / HELDOUT_FILE
+        super().__init__(
+            shards,
+            model_name=manifest["model"],
+            hook=manifest["hook"],
+            heldout=np.load(held, mmap_mode="r") if held.exists() else None,
+            name=f"activation cache {self.folder}",
+        )
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST_FILE
+    if not path.exists():
+        raise DataError(f"{folder} is not an activation cache ({MANIFEST_FILE} is missing); write one with `saekit cache`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is corrupt ({e}); write the cache again with `saekit cache`") from None
+    if manifest.get("format") != CACHE_FORMAT:
+        raise DataError(f"{path} is not a saekit activation cache manifest")
+    for key in ("model", "hook", "d", "shards"):
+        if key not in manifest:
+            raise DataError(f"{path} lacks the key {key!r}; write the cache again with `saekit cache`")
+    return manifest
+
+
+def open_activation_source(cfg: TrainConfig, device: torch.device) -> ActivationSource:
+    """Build the source a training config asks for, validating it before heavy work."""
+    if cfg.activation_cache:
+        source = CachedActivations(cfg.activation_cache)
+        for flag, wanted, have in (("--hook", cfg.hook, source.hook), ("--model", cfg.model, source.model_name)):
+            if wanted is not None and wanted != have:
+                raise ConfigError(
+                    f"{flag} {wanted} contradicts the activation cache, which holds {have}; drop {flag} or "
+                    "point --activation-cache at a cache of the right activations"
+                )
+        return source
+    if cfg.hook is not None:
+        HookPoint.parse(cfg.hook)  # a malformed name fails before the model loads
+    validate_source(cfg.dataset, cfg.text_field)
+    lm = load_model(cfg.model, device=device, dtype=parse_dtype(cfg.dtype))
+    return ModelActivations(
+        lm,
+        cfg.hook or default_hook(lm.n_layers),
+        dataset=cfg.dataset,
+        text_field=cfg.text_field,
+        context_length=cfg.context_length,
+        model_batch_size=cfg.model_batch_size,
+        seed=cfg.seed,
+        keep_bos=cfg.keep_bos,
+    )
+
+
+class ActivationBuffer:
+    """Chunk-shuffled batches from a source, resumable exactly from ``state()``.
+
+    It serves at most ``cfg.tokens`` activations: the last chunk is cut to what the
+    budget still needs, so no forward pass is spent on activations never trained on.
+    """
+
+    def __init__(self, source: ActivationSource, cfg: TrainConfig, state: dict[str, Any] | None = None):
+        self.source = source
+        self.buffer_tokens, self.batch_size, self.seed, self.budget = cfg.buffer_tokens, cfg.batch_size, cfg.seed, cfg.tokens
+        state = state or {"chunk_start": source.start_position(), "chunk_index": 0, "batches_done": 0, "served_before_chunk": 0}
+        self.chunk_start: dict[str, int] = dict(state["chunk_start"])
+        self.chunk_index: int = int(state["chunk_index"])
+        self.batches_done: int = int(state["batches_done"])
+        self.served_before_chunk: int = int(state["served_before_chunk"])
+        self._chunk: tuple[Tensor, dict[str, int]] | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "chunk_start": dict(self.chunk_start),
+            "chunk_index": self.chunk_index,
+            "batches_done": self.batches_done,
+            "served_before_chunk": self.served_before_chunk,
+        }
+
+    def _load(self) -> tuple[Tensor, dict[str, int]]:
+        if self._chunk is None:
+            want = min(self.buffer_tokens, self.budget - self.served_before_chunk)
+            if want <= 0:
+                self._chunk = (torch.empty(0, self.source.d), self.chunk_start)
+            else:
+                chunk, nxt = self.source.read_chunk(self.chunk_start, want)
+                self._chunk = (chunk[:want], nxt)
+        return self._chunk
+
+    def peek_sample(self) -> Tensor:
+        """The current chunk, unshuffled: the sample the activation scale is estimated on."""
+        chunk, _ = self._load()
+        if chunk.shape[0] == 0:
+            raise DataError("the data source yielded no activations; check --dataset (it may be empty)")
+        return chunk
+
+    def __iter__(self) -> Iterator[Tensor]:
+        while True:
+            chunk, next_start = self._load()
+            n = chunk.shape[0]
+            if n == 0:
+                return
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.chunk_index)
+            perm = torch.randperm(n, generator=gen).to(chunk.device)
+            n_batches = -(-n // self.batch_size)
+            while self.batches_done < n_batches:
+                b = self.batches_done
+                self.batches_done += 1
+                yield chunk[perm[b * self.batch_size : (b + 1) * self.batch_size]]
+            self.chunk_start, self.chunk_index, self.batches_done = next_start, self.chunk_index + 1, 0
+            self.served_before_chunk += n
+            self._chunk = None
+
+
+@dataclass
+class CacheResult:
+    folder: Path
+    tokens: int
+    heldout_tokens: int
+    shards: int
+
+
+def write_activation_cache(
+    source: ModelActivations,
+    folder: str | os.PathLike,
+    tokens: int,
+    *,
+    shard_tokens: int = 262_144,
+    heldout_tokens: int = 32_768,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> CacheResult:
+    """Write ``tokens`` training activations (and a held-out set) as ``.npy`` shards.
+
+    Shards are written under temporary names and renamed; the manifest is written
+    last, so a folder with a manifest always holds a complete cache.
+    """
+    if tokens <= 0:
+        raise ConfigError(f"--tokens must be positive, got {tokens}")
+    np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
+    if np_dtype is None:
+        raise ConfigError(f"cache dtype must be float32 or float16, got {dtype!r}")
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ConfigError(f"{folder} is not empty; choose another folder or pass --overwrite")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+
+    def save(arr: np.ndarray, name: str) -> None:
+        tmp = folder / f".{name}.tmp.npy"
+        np.save(tmp, arr)
+        os.replace(tmp, folder / name)
+
+    shards, done, position = [], 0, source.start_position()
+    while done < tokens:
+        chunk, position = source.read_chunk(position, min(shard_tokens, tokens - done))
+        chunk = chunk[: tokens - done]
+        if chunk.shape[0] == 0:
+            break
+        name = f"shard-{len(shards):05d}.npy"
+        save(chunk.cpu().numpy().astype(np_dtype), name)
+        shards.append({"file": name, "tokens": int(chunk.shape[0])})
+        done += chunk.shape[0]
+        if progress:
+            progress(done)
+    held = source.heldout(heldout_tokens) if heldout_tokens > 0 else torch.empty(0, source.d)
+    save(held.cpu().numpy().astype(np_dtype), HELDOUT_FILE)
+    manifest = {
+        "format": CACHE_FORMAT,
+        "format_version": 1,
+        "model": source.model_name,
+        "hook": source.hook,
+        "d": source.d,
+        "dtype": dtype,
+        "dataset": source.dataset,
+        "context_length": source.context_length,
+        "keep_bos": source.keep_bos,
+        "seed": source.seed,
+        "tokens": done,
+        "heldout_tokens": int(held.shape[0]),
+        "shards": shards,
+    }
+    atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    return CacheResult(folder, done, int(held.shape[0]), len(shards))

@@ -1,0 +1,78 @@
+"""Training checkpoints: one safetensors file, written atomically, nothing pickled.
+
+Tensors (dictionary weights, optimiser moments, RNG states, dead-feature counters)
+go into the file's tensor table; everything else (step, tokens done, data position,
+scheduler, the run's config) goes into its string metadata as JSON. Nested state such
+as ``optimizer.state_dict()`` is flattened: each tensor leaf is stored under its path
+and replaced by a ``{"__tensor__": path}`` marker in the JSON skeleton.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .errors import CheckpointError
+from .formats import atomic_save_tensors
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+_META_KEY = "saekit_state"
+
+
+def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        # JSON keys are strings; remember which were ints (optimizer state uses them).
+        return {"__dict__": [[k, _flatten(v, f"{path}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {path}")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "s", tensors)
+    path = folder / CHECKPOINT_FILE
+    atomic_save_tensors(tensors, path, metadata={_META_KEY: json.dumps(skeleton)})
+    return path
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any]:
+    path = folder / CHECKPOINT_FILE
+    if not path.exists():
+        raise CheckpointError(
+            f"--resume found no checkpoint in {folder} ({CHECKPOINT_FILE} is missing); "
+            "start the run without --resume"
+        )
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        skeleton = json.loads(meta[_META_KEY])
+        return _unflatten(skeleton, tensors)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"the checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+            "delete it to start over, or restore it from a backup"
+        ) from None

@@ -1,0 +1,265 @@
+"""The one small base class every dictionary architecture builds on.
+
+Conventions (stated once, kept everywhere; see shared/docs/DESIGN.md):
+
+* ``W_enc`` has shape ``d × F``; ``W_dec`` has shape ``F × d`` and its rows are the
+  features' unit-norm directions.
+* Pre-activations subtract the decoder bias first (the "tied pre-bias"):
+  ``pre = (x − b_dec) W_enc + b_enc``.
+* ``x̂ = f W_dec + b_dec``.
+* Every method works on any leading batch shape ``(..., d)``.
+
+A subclass states only what differs: its activation (``activate``), its training
+loss (``training_loss``), and which of its tensors scale with the input
+(``input_scaled``, used to fold the activation scale into the weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+ARCHITECTURES: dict[str, type["Dictionary"]] = {}
+
+
+@dataclass
+class DictionaryConfig:
+    """What is needed to rebuild and use a dictionary (not how it was trained).
+
+    ``act_scale`` records the constant the raw activations were divided by during
+    training. Saved weights have it folded in, so ``encode`` takes raw activations
+    and ``decode`` returns raw activations; the number is kept for provenance and
+    for anyone who wants the normalised space back.
+    """
+
+    arch: str
+    d_in: int
+    d_sae: int
+    k: int | None = None
+    hook: str = ""
+    model: str = ""
+    act_scale: float = 1.0
+    context_length: int | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(
+                f"unknown architecture {self.arch!r}; choose one of {sorted(ARCHITECTURES)}"
+            )
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ConfigError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
+        needs_k = ARCHITECTURES[self.arch].uses_k
+        if needs_k:
+            if self.k is None or self.k <= 0:
+                raise ConfigError(f"arch {self.arch!r} needs a positive k (e.g. --k 32), got {self.k}")
+            if self.k >= self.d_sae:
+                raise ConfigError(
+                    f"k={self.k} must be smaller than the dictionary size {self.d_sae}; "
+                    "lower --k or raise --expansion/--dict-size"
+                )
+        if not (math.isfinite(self.act_scale) and self.act_scale > 0):
+            raise ConfigError(f"act_scale must be a positive finite number, got {self.act_scale}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LossOutput:
+    """A training step's loss, its named terms (for logging) and what it computed."""
+
+    loss: Tensor
+    x_hat: Tensor
+    f: Tensor
+    terms: dict[str, Tensor]
+
+
+@dataclass
+class LossParams:
+    """Per-step hyper-parameters the trainer hands to ``training_loss``.
+
+    ``sparsity_coeff`` is λ after its warm-up (the L1 coefficient for ReLU/gated,
+    the L0 coefficient for JumpReLU; unused by the TopK family). ``dead_mask`` marks
+    features silent for longer than the dead window, for the auxiliary-k loss.
+    """
+
+    sparsity_coeff: float = 0.0
+    dead_mask: Tensor | None = None
+    auxk_coeff: float = 1 / 32
+    aux_k: int | None = None
+    jumprelu_bandwidth: float = 0.05
+
+
+def register(cls: type["Dictionary"]) -> type["Dictionary"]:
+    ARCHITECTURES[cls.arch] = cls
+    return cls
+
+
+def mse(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Squared error summed over the d dimensions, averaged over tokens (METRICS.md `mse`)."""
+    return (x - x_hat).pow(2).sum(-1).mean()
+
+
+class Dictionary(nn.Module):
+    """A sparse dictionary: ``encode``, ``decode`` and ``forward`` on raw activations."""
+
+    arch: ClassVar[str]
+    uses_k: ClassVar[bool] = False
+    # Tensors that are in input units: multiplying the input by s multiplies each of
+    # them by s, and then the features f scale by s too while the unit-norm decoder
+    # rows stay unchanged. This is all `fold_activation_scale` needs to know.
+    input_scaled: ClassVar[tuple[str, ...]] = ("b_dec", "b_enc")
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, F = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d, F))
+        self.b_enc = nn.Parameter(torch.zeros(F))
+        self.W_dec = nn.Parameter(torch.empty(F, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    def reset_parameters(self) -> None:
+        """Random unit-norm decoder rows, encoder = decoder transpose, zero biases.
+
+        Tying the initial encoder to the decoder's transpose makes each feature start
+        as a matched filter for its own direction, which is what lets short runs
+        leave the ground (LESSONS.md, "Defaults that need hundreds of steps").
+        """
+        with torch.no_grad():
+            nn.init.normal_(self.W_dec)
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+            self.W_enc.copy_(self.W_dec.T)
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Set ``b_dec`` to the geometric median of a sample of (scaled) activations.
+
+        Starting the decoder bias at the data's centre means the very first
+        reconstructions already beat zero; the geometric median is robust to the
+        rare huge-norm tokens that would drag a mean.
+        """
+        self.b_dec.copy_(geometric_median(x.reshape(-1, x.shape[-1]).float()).to(self.b_dec))
+
+    # ------------------------------------------------------------- inference
+    def pre_acts(self, x: Tensor, features: Tensor | None = None) -> Tensor:
+        W, b = (self.W_enc, self.b_enc) if features is None else (self.W_enc[:, features], self.b_enc[features])
+        return (x - self.b_dec) @ W + b
+
+    def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
+        """Map pre-activations to feature activations (inference behaviour)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor, features: Tensor | None = None) -> Tensor:
+        """Feature activations ``f`` for ``x`` of shape ``(..., d)``.
+
+        With ``features`` (a 1-D index tensor) only those features are computed, and
+        the result has shape ``(..., len(features))``; it is differentiable with
+        respect to ``x`` and the weights, for attribution and circuit work.
+        """
+        return self.activate(self.pre_acts(x, features), features, x)
+
+    def decode(self, f: Tensor, features: Tensor | None = None) -> Tensor:
+        """``x̂ = f W_dec + b_dec``; with ``features``, f holds only those features."""
+        W = self.W_dec if features is None else self.W_dec[features]
+        return f @ W + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    # -------------------------------------------------------------- training
+    def training_loss(self, x: Tensor, params: LossParams) -> LossOutput:
+        """Loss on a batch of scaled activations ``x`` of shape ``(B, d)``."""
+        raise NotImplementedError
+
+    def auxk_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, params: LossParams) -> Tensor:
+        """Auxiliary-k loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+        The top ``aux_k`` dead latents try to reconstruct the residual ``e = x − x̂``;
+        the loss is normalised by the residual's variance so that its size does not
+        depend on how good the main reconstruction already is (the normalisation that
+        dictionary_learning lacked until its fix).
+        """
+        dead = params.dead_mask
+        if dead is None or not bool(dead.any()):
+            return pre.new_zeros(())
+        n_dead = int(dead.sum())
+        aux_k = min(params.aux_k or self.cfg.d_in // 2, n_dead)
+        residual = (x - x_hat).detach()
+        dead_pre = pre.masked_fill(~dead, float("-inf"))
+        vals, idx = dead_pre.topk(aux_k, dim=-1, sorted=False)
+        vals = vals.relu()
+        e_hat = torch.einsum("bk,bkd->bd", vals, self.W_dec[idx])
+        denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+        return (e_hat - residual).pow(2).sum(-1).mean() / denom
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Project the decoder back to unit-norm rows after an optimiser step."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Drop the gradient component along each decoder row.
+
+        Rows are renormalised after every step; the parallel component would only
+        change their length, which the renormalisation undoes, so removing it keeps
+        Adam's moment estimates about the directions that matter.
+        """
+        g = self.W_dec.grad
+        if g is not None:
+            g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
+
+    @torch.no_grad()
+    def reset_features(self, idx: Tensor, directions: Tensor, enc_norm: float) -> None:
+        """Re-initialise features ``idx`` to point along ``directions`` (resampling)."""
+        directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec[idx] = directions
+        self.W_enc[:, idx] = directions.T * enc_norm
+        self.b_enc[idx] = 0.0
+
+    # ---------------------------------------------------------------- scale
+    @torch.no_grad()
+    def fold_activation_scale(self, scale: float) -> None:
+        """Make weights trained on ``x / scale`` act on raw ``x``.
+
+        Every tensor in input units is multiplied by ``scale``; the feature
+        activations then come out ``scale`` times larger (raw units) and the decoder
+        rows stay unit-norm directions. ``cfg.act_scale`` records the constant.
+        """
+        for name in self.input_scaled:
+            getattr(self, name).mul_(scale)
+        self.cfg.act_scale = float(scale)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        k = f", k={c.k}" if c.k is not None else ""
+        return f"arch={c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{k}, hook={c.hook!r}, model={c.model!r}"
+
+
+def build_dictionary(cfg: DictionaryConfig) -> Dictionary:
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+@torch.no_grad()
+def geometric_median(x: Tensor, iters: int = 50, tol: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm for the point minimising the summed Euclidean distance."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-8)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() <= tol * m.norm().clamp_min(1.0):
+            return new
+        m = new
+    return m

@@ -1,0 +1,172 @@
+"""Dictionary architectures: conventions, subset encoding, scale folding, the saved format."""
+
+import json
+
+import pytest
+import torch
+
+from saekit import load, save
+from saekit.dictionaries import ARCHITECTURES, DictionaryConfig, LossParams, build_dictionary
+from saekit.errors import ConfigError, FormatError
+
+ARCHS = sorted(ARCHITECTURES)
+
+
+def make(arch: str, d: int = 16, F: int = 64, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = DictionaryConfig(arch=arch, d_in=d, d_sae=F, k=6 if ARCHITECTURES[arch].uses_k else None, hook="resid_post.1", model="tiny")
+    sae = build_dictionary(cfg)
+    with torch.no_grad():  # move off the symmetric init so every parameter matters
+        for p in sae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        sae.after_step()
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.3)
+        if arch == "jumprelu":
+            sae.threshold.uniform_(0.05, 0.4)
+    return sae
+
+
+def test_registry_has_the_five_architectures():
+    assert ARCHS == ["batchtopk", "gated", "jumprelu", "relu", "topk"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shapes_and_conventions(arch):
+    sae = make(arch)
+    assert sae.W_enc.shape == (16, 64) and sae.W_dec.shape == (64, 16)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-6)
+    x = torch.randn(2, 3, 5, 16)
+    f = sae.encode(x)
+    assert f.shape == (2, 3, 5, 64) and sae(x).shape == x.shape
+    # x̂ = f W_dec + b_dec, exactly
+    assert torch.allclose(sae.decode(f), f @ sae.W_dec + sae.b_dec, atol=1e-6)
+    # pre-activations subtract b_dec first (tied pre-bias)
+    assert torch.allclose(sae.pre_acts(x), (x - sae.b_dec) @ sae.W_enc + sae.b_enc, atol=1e-6)
+    assert (f >= 0).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_subset_encode_matches_and_is_differentiable(arch):
+    sae = make(arch)
+    x = torch.randn(7, 16, requires_grad=True)
+    idx = torch.tensor([0, 3, 17, 63])
+    full = sae.encode(x)
+    sub = sae.encode(x, idx)
+    assert torch.allclose(sub, full[:, idx], atol=1e-6)
+    sub.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_topk_keeps_exactly_k():
+    sae = make("topk")
+    f = sae.encode(torch.randn(50, 16) * 3)
+    assert ((f > 0).sum(-1) <= 6).all() and ((f > 0).sum(-1) == 6).float().mean() > 0.9
+
+
+def test_batchtopk_keeps_k_times_batch_in_training_and_sets_threshold():
+    sae = make("batchtopk")
+    sae.threshold.fill_(-1.0)
+    with pytest.raises(RuntimeError, match="threshold"):
+        sae.encode(torch.randn(3, 16))
+    x = torch.randn(40, 16) * 3
+    out = sae.training_loss(x, LossParams())
+    assert int((out.f > 0).sum()) == 6 * 40
+    assert float(sae.threshold) > 0
+    assert float(sae.threshold) == pytest.approx(float(out.f[out.f > 0].min()))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fold_activation_scale(arch):
+    """Weights trained on x/s, once folded, act on raw x: f scales by s, x̂ by s."""
+    sae = make(arch)
+    x = torch.randn(30, 16)
+    s = 7.5
+    f_scaled, xhat_scaled = sae.encode(x), sae(x)
+    sae.fold_activation_scale(s)
+    assert sae.cfg.act_scale == s
+    assert torch.allclose(sae.encode(x * s), f_scaled * s, atol=1e-4)
+    assert torch.allclose(sae(x * s), xhat_scaled * s, atol=1e-4)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_losses_are_finite_and_reach_every_parameter(arch):
+    sae = make(arch)
+    x = torch.randn(64, 16)
+    out = sae.training_loss(x, LossParams(sparsity_coeff=0.1, dead_mask=torch.arange(64) % 2 == 0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for name, p in sae.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_jumprelu_threshold_gets_l0_gradient():
+    sae = make("jumprelu")
+    x = torch.randn(256, 16)
+    pre = sae.pre_acts(x).detach()
+    sae.threshold.data.copy_(pre.median(0).values)  # put thresholds among the pre-activations
+    out = sae.training_loss(x, LossParams(sparsity_coeff=1.0, jumprelu_bandwidth=0.5))
+    (out.terms["l0_penalty"]).backward()
+    # Raising a threshold lowers L0, so the L0 term's gradient on θ is negative.
+    assert (sae.threshold.grad < 0).sum() > 32
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_round_trip(arch, tmp_path):
+    sae = make(arch)
+    sae.fold_activation_scale(3.0)
+    save(sae, tmp_path / "d")
+    back = load(tmp_path / "d")
+    assert back.cfg == sae.cfg and type(back) is type(sae)
+    x = torch.randn(9, 16)
+    assert torch.equal(back.encode(x), sae.encode(x)) and torch.equal(back(x), sae(x))
+    header = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert header["format"] == "saekit" and header["format_version"] == 1
+    assert not list((tmp_path / "d").glob("*.pt")) and not list((tmp_path / "d").glob("*.pkl"))
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(FormatError, match="does not exist"):
+        load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FormatError, match="missing config.json, weights.safetensors"):
+        load(tmp_path / "empty")
+    sae = make("topk")
+    folder = save(sae, tmp_path / "d")
+    cfg_path, w_path = folder / "config.json", folder / "weights.safetensors"
+    header = json.loads(cfg_path.read_text())
+
+    del header["dictionary"]["d_sae"]
+    cfg_path.write_text(json.dumps(header))
+    with pytest.raises(FormatError, match="missing the key 'd_sae'"):
+        load(folder)
+
+    header["dictionary"]["d_sae"] = 32
+    cfg_path.write_text(json.dumps(header))
+    with pytest.raises(FormatError, match="shape"):
+        load(folder)
+
+    header["dictionary"].update(d_sae=64, arch="mystery")
+    cfg_path.write_text(json.dumps(header))
+    with pytest.raises(FormatError, match="unknown architecture 'mystery'"):
+        load(folder)
+
+    header["dictionary"]["arch"] = "topk"
+    cfg_path.write_text(json.dumps(header))
+    w_path.write_bytes(w_path.read_bytes()[: w_path.stat().st_size // 2])
+    with pytest.raises(FormatError, match="truncated or corrupt"):
+        load(folder)
+
+    cfg_path.write_text("{not json")
+    with pytest.raises(FormatError, match="not valid JSON"):
+        load(folder)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        DictionaryConfig(arch="nope", d_in=4, d_sae=8)
+    with pytest.raises(ConfigError, match="must be smaller than the dictionary size"):
+        DictionaryConfig(arch="topk", d_in=4, d_sae=8, k=8)
+    with pytest.raises(ConfigError, match="needs a positive k"):
+        DictionaryConfig(arch="batchtopk", d_in=4, d_sae=8)

@@ -218,7 +218,7 @@ def train(
         step, tokens_done = 0, 0
         atomic_write_text(out / TRAINING_FILE, json.dumps({"config": cfg.to_dict()}, indent=2) + "\n")
 
-    run_logger = _RunLogger(out / LOG_FILE, cfg, dict_cfg, resume=cfg.resume)
+    run_logger = _RunLogger(out / LOG_FILE, cfg, dict_cfg, resume_at_step=step if cfg.resume else None)
     sparsity = cfg.sparsity_coeff()
     base_lr = cfg.learning_rate(d_sae)
     checkpoint_every = cfg.checkpoint_interval()
@@ -367,8 +367,14 @@ def _step_record(step, tokens, x, out_step, tracker, opt, t0, tokens_at_t0) -> d
 class _RunLogger:
     """The JSONL log in the run folder, plus Weights & Biases when asked for."""
 
-    def __init__(self, path: Path, cfg: TrainConfig, dict_cfg: DictionaryConfig, resume: bool):
-        self.fh = open(path, "a" if resume else "w")
+    def __init__(self, path: Path, cfg: TrainConfig, dict_cfg: DictionaryConfig, resume_at_step: int | None):
+        kept = ""
+        if resume_at_step is not None and path.exists():
+            # Steps logged after the checkpoint will be run (and logged) again.
+            lines = path.read_text().splitlines()
+            kept = "".join(line + "\n" for line in lines if line and json.loads(line)["step"] <= resume_at_step)
+        atomic_write_text(path, kept)
+        self.fh = open(path, "a")
         self.wandb = None
         if cfg.wandb:
             import wandb

@@ -1,0 +1,213 @@
+"""The trainer end to end on a tiny random-weight model: outputs, exact resume, bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import saekit
+from saekit import TrainConfig, train
+from saekit.activations import ArrayActivations
+from saekit.errors import CheckpointError, ConfigError, DataError, HookPointError, ModelLoadError, TrainingDivergedError
+
+from conftest import tiny_model, tiny_tokenizer
+
+WORDS = "the of and a to in is was for on that by with as from at his an are were which be this river city king war".split()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    g = torch.Generator().manual_seed(0)
+    docs = []
+    for _ in range(400):
+        n = int(torch.randint(10, 60, (1,), generator=g))
+        docs.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g)))
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return path
+
+
+def small_cfg(model_dir, corpus, out, **kw):
+    base = dict(
+        model=str(model_dir), dataset=str(corpus), hook="resid_post.1", arch="topk", k=4, expansion=4,
+        tokens=12_000, context_length=32, batch_size=256, buffer_tokens=2048, model_batch_size=8,
+        checkpoint_every=3000, eval_tokens=1024, out=str(out), lr=2e-3, log_every=5,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_a_loadable_run(model_dir, corpus, tmp_path):
+    records = []
+    result = train(small_cfg(model_dir, corpus, tmp_path / "run"), progress=records.append)
+    out = tmp_path / "run"
+    for name in ("config.json", "weights.safetensors", "training.json", "log.jsonl", "eval.json", "checkpoint.safetensors"):
+        assert (out / name).exists(), name
+    assert result.tokens >= 12_000 and result.tokens < 12_000 + 256
+    sae = saekit.load(out)
+    assert sae.cfg.hook == "resid_post.1" and sae.cfg.model == str(model_dir) and sae.cfg.arch == "topk"
+    assert sae.cfg.act_scale > 0 and sae.cfg.d_in == 32 and sae.cfg.d_sae == 128
+    x = torch.randn(2, 5, 32)
+    assert sae.encode(x).shape == (2, 5, 128) and sae(x).shape == x.shape
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log == records and {"tokens", "loss", "l0", "fvu", "dead_frac", "tokens_per_s", "lr"} <= set(log[-1])
+    assert log[-1]["l0"] <= 4
+    heldout = json.loads((out / "eval.json").read_text())["heldout"]
+    assert heldout["n_tokens"] == 1024 and heldout["fvu"] < 1.0  # better than predicting the mean
+    assert result.heldout.fvu == pytest.approx(heldout["fvu"])
+
+
+def test_activation_scale_is_folded(model_dir, corpus, tmp_path):
+    """Saved weights act on raw activations: the held-out FVU is computed on raw ones."""
+    result = train(small_cfg(model_dir, corpus, tmp_path / "run", tokens=4000, eval_tokens=512))
+    lm = saekit.load_model(str(model_dir))
+    from saekit.activations import ModelActivations
+
+    raw = ModelActivations(lm, "resid_post.1", dataset=str(corpus), context_length=32).heldout(512)
+    assert raw.pow(2).sum(-1).mean().sqrt() == pytest.approx(result.dictionary.cfg.act_scale * math.sqrt(32), rel=0.3)
+    metrics = saekit.evaluate_reconstruction(result.dictionary, raw)
+    assert metrics.fvu == pytest.approx(result.heldout.fvu, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
+def test_interrupted_run_resumes_to_the_same_weights(model_dir, corpus, tmp_path, arch):
+    extra = {"relu": dict(l1_coeff=0.5, dead_after_tokens=2000), "jumprelu": dict(l0_coeff=0.1)}.get(arch, {})
+    full = train(small_cfg(model_dir, corpus, tmp_path / "full", arch=arch, **extra))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after(record):
+        if record["tokens"] >= 7000:  # past the checkpoint at 6000, before the one at 9000
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(small_cfg(model_dir, corpus, tmp_path / "cut", arch=arch, **extra), progress=crash_after)
+    resumed = train(small_cfg(model_dir, corpus, tmp_path / "cut", arch=arch, resume=True, **extra))
+    assert resumed.tokens == full.tokens and resumed.steps == full.steps
+    for (name, a), b in zip(full.dictionary.state_dict().items(), resumed.dictionary.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), name
+    log = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert log == sorted(set(log)), "the log repeats steps after resuming"
+
+
+def test_train_from_cache_for_several_epochs(model_dir, corpus, tmp_path):
+    from saekit.activations import ModelActivations, write_activation_cache
+
+    lm = saekit.load_model(str(model_dir))
+    src = ModelActivations(lm, "resid_post.1", dataset=str(corpus), context_length=32, model_batch_size=8)
+    res = write_activation_cache(src, tmp_path / "cache", 3000, shard_tokens=1000, heldout_tokens=512)
+    assert res.tokens == 3000 and res.shards == 3 and res.heldout_tokens == 512
+    # the cache holds exactly what the live model source yields
+    live, _ = ModelActivations(lm, "resid_post.1", dataset=str(corpus), context_length=32).read_chunk({"contexts": 0}, 3000)
+    cached = saekit.activations.CachedActivations(tmp_path / "cache")
+    assert torch.allclose(cached.read_chunk({"token": 0}, 3000)[0], live[:3000])
+    result = train(TrainConfig(activation_cache=str(tmp_path / "cache"), arch="topk", k=4, expansion=4, tokens=7000,
+                               batch_size=256, buffer_tokens=1024, eval_tokens=512, out=str(tmp_path / "run")))
+    assert result.tokens >= 7000 and result.dictionary.cfg.hook == "resid_post.1"
+    with pytest.raises(ConfigError, match="contradicts the activation cache"):
+        train(TrainConfig(activation_cache=str(tmp_path / "cache"), hook="resid_post.0", tokens=1000, batch_size=100,
+                          out=str(tmp_path / "x")))
+
+
+def test_bos_and_padding_never_reach_the_trainer(model_dir, corpus):
+    from saekit.activations import ModelActivations
+
+    lm = saekit.load_model(str(model_dir))
+    src = ModelActivations(lm, "resid_post.1", dataset=str(corpus), context_length=32, model_batch_size=8)
+    acts, pos = src.read_chunk({"contexts": 0}, 1)
+    assert pos["contexts"] == 8 and acts.shape == (8 * 31, 32)  # 8 contexts, BOS dropped
+    keep = ModelActivations(lm, "resid_post.1", dataset=str(corpus), context_length=32, model_batch_size=8, keep_bos=True)
+    assert keep.read_chunk({"contexts": 0}, 1)[0].shape == (8 * 32, 32)
+
+
+# ----------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kw, error, match",
+    [
+        (dict(hook="resid_post.9"), HookPointError, "layer 9"),
+        (dict(hook="resid_mid.1"), HookPointError, "resid_post"),
+        (dict(dataset="/no/such/file.jsonl"), DataError, "does not exist"),
+        (dict(model="/no/such/model"), ModelLoadError, "no such file or folder"),
+    ],
+)
+def test_bad_input_fails_before_training(model_dir, corpus, tmp_path, kw, error, match):
+    with pytest.raises(error, match=match):
+        train(small_cfg(model_dir, corpus, tmp_path / "run", **kw))
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(arch="sparse"), "unknown architecture"),
+        (dict(tokens=0), "--tokens must be positive"),
+        (dict(dict_size=32, k=32), "must be smaller than --dict-size"),
+        (dict(expansion=4, dict_size=64), "not both"),
+        (dict(lr_warmup=0.6, lr_decay=0.6), "exceed"),
+        (dict(l1_coeff=1.0), "--l1 applies to relu and gated"),
+        (dict(batch_size=4096, buffer_tokens=1024), "--buffer-tokens"),
+        (dict(resume=True, overwrite=True), "choose one"),
+    ],
+)
+def test_contradictory_config_is_rejected_at_construction(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**kw)
+
+
+def test_k_not_below_dictionary_size(model_dir, corpus, tmp_path):
+    with pytest.raises(ConfigError, match="smaller than the dictionary size"):
+        train(small_cfg(model_dir, corpus, tmp_path / "run", k=64, expansion=2))
+
+
+def test_empty_dataset(model_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError):
+        train(small_cfg(model_dir, empty, tmp_path / "run"))
+
+
+def test_not_a_model(tmp_path, corpus):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "bad.gguf").write_bytes(b"not a gguf file at all")
+    for bad in (tmp_path / "folder", tmp_path / "bad.gguf"):
+        with pytest.raises(ModelLoadError):
+            train(TrainConfig(model=str(bad), dataset=str(corpus), out=str(tmp_path / "run"), tokens=1000, batch_size=100))
+
+
+def test_output_folder_protection_and_resume_errors(model_dir, corpus, tmp_path):
+    out = tmp_path / "run"
+    train(small_cfg(model_dir, corpus, out, tokens=2000))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(small_cfg(model_dir, corpus, out, tokens=2000, seed=1))
+    with pytest.raises(ConfigError, match="differ"):
+        train(small_cfg(model_dir, corpus, out, tokens=2000, seed=1, resume=True))
+    train(small_cfg(model_dir, corpus, out, tokens=2000, seed=1, overwrite=True))
+    assert json.loads((out / "training.json").read_text())["config"]["seed"] == 1
+    ckpt = out / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        train(small_cfg(model_dir, corpus, out, tokens=2000, seed=1, resume=True))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(small_cfg(model_dir, corpus, tmp_path / "fresh", resume=True))
+
+
+def test_nan_activations_stop_with_the_last_checkpoint_kept(tmp_path):
+    x = torch.randn(6000, 16)
+    x[4500:] = float("nan")
+    cfg = TrainConfig(arch="topk", k=4, dict_size=64, tokens=6000, batch_size=250, buffer_tokens=1500,
+                      checkpoint_every=1000, eval_tokens=0, out=str(tmp_path / "run"))
+    with pytest.raises(TrainingDivergedError, match=r"NaN or Inf.*last good checkpoint \(4000 tokens\)"):
+        train(cfg, source=ArrayActivations([x.numpy()]))
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()

@@ -78,7 +78,7 @@ class ModelActivations:
         keep_bos: bool = False,
     ):
         self.lm = lm
-        self.hook = resolve_hook_point(lm.model, hook).name
+        self.hook = resolve_hook_point(lm, hook).name
         self.model_name = lm.name
         self.d = lm.d_model
         self.dataset, self.text_field = dataset, text_field
@@ -175,7 +175,7 @@ class ArrayActivations:
             i = int(np.searchsorted(self.offsets, start, side="right") - 1)
             lo = start - int(self.offsets[i])
             hi = min(self.shards[i].shape[0], lo + stop - start)
-            parts.append(torch.as_tensor(np.asarray(self.shards[i][lo:hi])).float())
+            parts.append(torch.from_numpy(np.array(self.shards[i][lo:hi], dtype=np.float32)))
             start += hi - lo
         return torch.cat(parts)
 
@@ -192,7 +192,7 @@ class ArrayActivations:
             raise DataError(f"{self.name} has no held-out activations; pass --eval-tokens 0")
         if self._heldout.shape[0] < n_tokens:
             log.warning("%s: only %d of the %d held-out tokens asked for", self.name, self._heldout.shape[0], n_tokens)
-        return torch.as_tensor(np.asarray(self._heldout[:n_tokens])).float()
+        return torch.from_numpy(np.array(self._heldout[:n_tokens], dtype=np.float32))
 
 
 class CachedActivations(ArrayActivations):

@@ -170,3 +170,9 @@ def test_config_validation():
         DictionaryConfig(arch="topk", d_in=4, d_sae=8, k=8)
     with pytest.raises(ConfigError, match="needs a positive k"):
         DictionaryConfig(arch="batchtopk", d_in=4, d_sae=8)
+
+
+def test_wrong_width_is_a_clear_error():
+    sae = make("relu")
+    with pytest.raises(ValueError, match="width 16 \\(resid_post.1 of tiny\\), but got width 20"):
+        sae.encode(torch.randn(3, 20))

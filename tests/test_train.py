@@ -11,30 +11,6 @@ from saekit import TrainConfig, train
 from saekit.activations import ArrayActivations
 from saekit.errors import CheckpointError, ConfigError, DataError, HookPointError, ModelLoadError, TrainingDivergedError
 
-from conftest import tiny_model, tiny_tokenizer
-
-WORDS = "the of and a to in is was for on that by with as from at his an are were which be this river city king war".split()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    g = torch.Generator().manual_seed(0)
-    docs = []
-    for _ in range(400):
-        n = int(torch.randint(10, 60, (1,), generator=g))
-        docs.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g)))
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    return path
-
 
 def small_cfg(model_dir, corpus, out, **kw):
     base = dict(

@@ -50,15 +50,20 @@ def _config_from_args(cls: type, ns: argparse.Namespace) -> Any:
 
 
 class _TokenBar:
-    """A tqdm bar over tokens, fed by the trainer's log records."""
+    """A tqdm bar over tokens, fed by the trainer's log records.
+
+    Created on the first record, so nothing is drawn before validation and model
+    loading have succeeded.
+    """
 
     def __init__(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True)
-        self.done = 0
+        self.total, self.desc, self.bar, self.done = total, desc, None, 0
 
     def __call__(self, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="tok", unit_scale=True, dynamic_ncols=True)
         self.bar.update(record["tokens"] - self.done)
         self.done = record["tokens"]
         self.bar.set_postfix(
@@ -67,7 +72,8 @@ class _TokenBar:
         )
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:

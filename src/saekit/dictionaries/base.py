@@ -154,6 +154,12 @@ class Dictionary(nn.Module):
 
     # ------------------------------------------------------------- inference
     def pre_acts(self, x: Tensor, features: Tensor | None = None) -> Tensor:
+        if x.shape[-1] != self.cfg.d_in:
+            where = f" ({self.cfg.hook} of {self.cfg.model})" if self.cfg.hook else ""
+            raise ValueError(
+                f"this dictionary takes activations of width {self.cfg.d_in}{where}, but got width "
+                f"{x.shape[-1]}; it was trained on another hook point or model"
+            )
         W, b = (self.W_enc, self.b_enc) if features is None else (self.W_enc[:, features], self.b_enc[features])
         return (x - self.b_dec) @ W + b
 

@@ -1,0 +1,85 @@
+"""The CLI as a user runs it: flags, printed figures, one-line errors, kill -9 and --resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+import saekit
+from saekit.cli import main
+
+TINY = ["--hook", "resid_post.1", "--k", "4", "--expansion", "4", "--context-length", "32", "--batch-size", "128",
+        "--buffer-tokens", "1024", "--model-batch-size", "8", "--lr", "2e-3", "--eval-tokens", "512"]
+
+
+def test_train_help_explains_every_flag(capsys):
+    try:
+        main(["train", "--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--model", "--hook", "--dataset", "--arch", "--k", "--expansion", "--dict-size", "--l1", "--l0-coeff",
+                 "--tokens", "--context-length", "--batch-size", "--lr", "--seed", "--out", "--resume", "--device",
+                 "--dtype", "--wandb", "--activation-cache", "--overwrite"):
+        assert flag in text, flag
+
+
+def test_train_prints_heldout_figures(model_dir, corpus, tmp_path, capsys):
+    code = main(["train", "--model", str(model_dir), "--dataset", str(corpus), "--tokens", "3000", "--out", str(tmp_path / "r"), *TINY])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "held-out (512 tokens" in out and "fvu" in out and "dead features" in out
+    assert saekit.load(tmp_path / "r").cfg.k == 4
+
+
+def test_errors_are_one_line_without_traceback(model_dir, corpus, tmp_path, capsys):
+    code = main(["train", "--model", str(model_dir), "--dataset", str(corpus), "--out", str(tmp_path / "r"),
+                 *TINY[2:], "--hook", "mlp_out.7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # transformers may draw its own loading bar first
+    assert last.startswith("saekit train: error: ") and "layers 0..2" in last
+    assert main(["train", "--tokens", "0"]) == 2
+    assert "--tokens must be positive" in capsys.readouterr().err
+
+
+def test_cache_then_train_from_cache(model_dir, corpus, tmp_path, capsys):
+    assert main(["cache", "--model", str(model_dir), "--dataset", str(corpus), "--hook", "resid_post.1", "--tokens", "2000",
+                 "--context-length", "32", "--heldout-tokens", "256", "--out", str(tmp_path / "c")]) == 0
+    assert "wrote 2,000 activations" in capsys.readouterr().out
+    assert main(["train", "--activation-cache", str(tmp_path / "c"), "--tokens", "3000", "--out", str(tmp_path / "r"),
+                 "--k", "4", "--expansion", "2", "--batch-size", "100", "--buffer-tokens", "500", "--eval-tokens", "256"]) == 0
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(model_dir, corpus, tmp_path):
+    args = ["train", "--model", str(model_dir), "--dataset", str(corpus), *TINY,
+            "--tokens", "40000", "--checkpoint-every", "2000", "--log-every", "1"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+
+    cut = tmp_path / "cut"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "saekit.cli", *args, "--out", str(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait for a checkpoint and a few more steps, then kill
+            log = cut / "log.jsonl"
+            if (cut / "checkpoint.safetensors").exists() and log.exists() and log.read_text().count("\n") >= 25:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (cut / "weights.safetensors").exists()
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    a, b = saekit.load(tmp_path / "full"), saekit.load(cut)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5, rtol=1e-5), name
+    steps = [json.loads(line)["step"] for line in (cut / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1))

@@ -187,3 +187,54 @@ def test_nan_activations_stop_with_the_last_checkpoint_kept(tmp_path):
     with pytest.raises(TrainingDivergedError, match=r"NaN or Inf.*last good checkpoint \(4000 tokens\)"):
         train(cfg, source=ArrayActivations([x.numpy()]))
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_bfloat16_model(model_dir, corpus, tmp_path):
+    result = train(small_cfg(model_dir, corpus, tmp_path / "run", tokens=2000, dtype="bfloat16"))
+    assert result.dictionary.W_dec.dtype == torch.float32  # the dictionary trains in fp32 whatever the model runs in
+    assert math.isfinite(result.heldout.fvu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(model_dir, corpus, tmp_path):
+    with pytest.raises(ConfigError, match="no GPU"):
+        train(small_cfg(model_dir, corpus, tmp_path / "run", device="cuda"))
+
+
+def test_wandb_offline(model_dir, corpus, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(small_cfg(model_dir, corpus, tmp_path / "run", tokens=2000, wandb=True))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+def test_resampling_revives_dead_features_and_resets_their_adam_moments():
+    from saekit.dictionaries import DictionaryConfig, build_dictionary
+    from saekit.train import resample_dead
+
+    torch.manual_seed(0)
+    sae = build_dictionary(DictionaryConfig(arch="relu", d_in=8, d_sae=32))
+    with torch.no_grad():
+        sae.b_enc[:16] = -100.0  # features 0..15 can never fire
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    x = torch.randn(64, 8)
+    sae.training_loss(x, saekit.dictionaries.LossParams(sparsity_coeff=0.1)).loss.backward()
+    sae.remove_parallel_decoder_grad()
+    opt.step()
+    sae.after_step()
+    dead = torch.arange(32) < 16
+    x_hat = sae(x).detach()
+    n = resample_dead(sae, opt, x, x_hat, dead, torch.Generator().manual_seed(0))
+    assert n == 16
+    assert (sae.encode(x)[:, :16] > 0).any(0).sum() >= 8  # revived features fire again
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+    # each new decoder row points at some input's offset from b_dec
+    cands = (x - sae.b_dec).detach()
+    cands = cands / cands.norm(dim=1, keepdim=True)
+    assert ((sae.W_dec[:16] @ cands.T).max(1).values > 0.999).all()
+    state = opt.state[sae.W_dec]
+    assert (state["exp_avg"][:16] == 0).all() and (state["exp_avg"][16:] != 0).any()
+    assert (opt.state[sae.W_enc]["exp_avg_sq"][:, :16] == 0).all()

@@ -37,3 +37,7 @@ class FormatError(SaekitError):
 
 class TrainingDivergedError(SaekitError):
     """Training produced NaN or Inf; the last good checkpoint is kept."""
+
+
+class DimensionError(SaekitError, ValueError):
+    """Activations whose width does not match the dictionary (another hook point or model)."""

@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DimensionError
 
 ARCHITECTURES: dict[str, type["Dictionary"]] = {}
 
@@ -156,7 +156,7 @@ class Dictionary(nn.Module):
     def pre_acts(self, x: Tensor, features: Tensor | None = None) -> Tensor:
         if x.shape[-1] != self.cfg.d_in:
             where = f" ({self.cfg.hook} of {self.cfg.model})" if self.cfg.hook else ""
-            raise ValueError(
+            raise DimensionError(
                 f"this dictionary takes activations of width {self.cfg.d_in}{where}, but got width "
                 f"{x.shape[-1]}; it was trained on another hook point or model"
             )

@@ -64,16 +64,18 @@ def test_topk_keeps_exactly_k():
     assert ((f > 0).sum(-1) <= 6).all() and ((f > 0).sum(-1) == 6).float().mean() > 0.9
 
 
-def test_batchtopk_keeps_k_times_batch_in_training_and_sets_threshold():
+def test_batchtopk_keeps_k_times_batch_in_training_and_calibrates_its_threshold():
     sae = make("batchtopk")
     sae.threshold.fill_(-1.0)
     with pytest.raises(RuntimeError, match="threshold"):
         sae.encode(torch.randn(3, 16))
-    x = torch.randn(40, 16) * 3
+    x = torch.randn(400, 16) * 3
     out = sae.training_loss(x, LossParams())
-    assert int((out.f > 0).sum()) == 6 * 40
-    assert float(sae.threshold) > 0
-    assert float(sae.threshold) == pytest.approx(float(out.f[out.f > 0].min()))
+    assert int((out.f > 0).sum()) == 6 * 400
+    sae.calibrate(x)
+    assert float(sae.threshold.detach()) == pytest.approx(float(out.f[out.f > 0].min().detach()))
+    # at inference, the calibration batch keeps k features per token on average
+    assert (sae.encode(x) > 0).sum(-1).float().mean() == pytest.approx(6, abs=0.05)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -132,7 +132,10 @@ def test_bad_input_fails_before_training(model_dir, corpus, tmp_path, kw, error,
         (dict(dict_size=32, k=32), "must be smaller than --dict-size"),
         (dict(expansion=4, dict_size=64), "not both"),
         (dict(lr_warmup=0.6, lr_decay=0.6), "exceed"),
-        (dict(l1_coeff=1.0), "--l1 applies to relu and gated"),
+        (dict(l1_coeff=1.0), "--l1 applies to gated and relu, not topk"),
+        (dict(arch="relu", l0_coeff=1.0), "--l0-coeff applies to jumprelu, not relu"),
+        (dict(seed=-1), "--seed"),
+        (dict(device="gpu"), "not a device"),
         (dict(batch_size=4096, buffer_tokens=1024), "--buffer-tokens"),
         (dict(resume=True, overwrite=True), "choose one"),
     ],
@@ -238,3 +241,81 @@ def test_resampling_revives_dead_features_and_resets_their_adam_moments():
     state = opt.state[sae.W_dec]
     assert (state["exp_avg"][:16] == 0).all() and (state["exp_avg"][16:] != 0).any()
     assert (opt.state[sae.W_enc]["exp_avg_sq"][:, :16] == 0).all()
+
+
+# ------------------------------------------------- regressions from code review
+
+
+def test_overwrite_with_a_bad_config_keeps_the_old_run(model_dir, corpus, tmp_path):
+    out = tmp_path / "run"
+    train(small_cfg(model_dir, corpus, out, tokens=2000))
+    with pytest.raises(ConfigError, match="smaller than the dictionary size"):
+        train(small_cfg(model_dir, corpus, out, tokens=2000, k=500, overwrite=True))
+    assert saekit.load(out).cfg.k == 4  # untouched
+
+
+def test_a_run_that_died_before_its_first_checkpoint_can_start_again(model_dir, corpus, tmp_path):
+    out = tmp_path / "run"
+
+    def crash(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_cfg(model_dir, corpus, out, tokens=4000, checkpoint_every=3000), progress=crash)
+    assert (out / "training.json").exists() and not (out / "checkpoint.safetensors").exists()
+    train(small_cfg(model_dir, corpus, out, tokens=4000, checkpoint_every=3000))  # no --overwrite needed
+
+
+def test_norm_filter_counts_trained_tokens(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30_000, 16, generator=g)
+    x[::10] *= 50  # one token in ten is extreme
+    cfg = TrainConfig(arch="topk", k=4, dict_size=64, tokens=12_000, batch_size=200, buffer_tokens=2000,
+                      eval_tokens=0, max_norm_ratio=5, out=str(tmp_path / "run"), log_every=1)
+    result = train(cfg, source=ArrayActivations([x.numpy()]))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert result.tokens == 12_000 and log[-1]["tokens"] == 12_000
+    assert log[-1]["lr"] < 0.01 * cfg.learning_rate(64)  # the decay schedule ran to its end
+
+
+def test_heldout_problems_are_found_before_training(tmp_path):
+    x = torch.randn(5000, 16)
+    cfg = TrainConfig(arch="topk", k=4, dict_size=64, tokens=4000, batch_size=200, buffer_tokens=2000, out=str(tmp_path / "run"))
+    with pytest.raises(DataError, match="--eval-tokens 0"):
+        train(cfg, source=ArrayActivations([x.numpy()]))
+    with pytest.raises(DataError, match="--eval-tokens 0"):
+        train(cfg, source=ArrayActivations([x.numpy()], heldout=x[:0].numpy()))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_survives_a_log_line_cut_by_the_crash(model_dir, corpus, tmp_path):
+    out = tmp_path / "run"
+
+    def crash(record):
+        if record["tokens"] >= 4000:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_cfg(model_dir, corpus, out, tokens=6000), progress=crash)
+    with open(out / "log.jsonl", "a") as fh:
+        fh.write('{"step": 99, "tok')
+    train(small_cfg(model_dir, corpus, out, tokens=6000, resume=True))
+    assert all(json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
+
+
+def test_batchtopk_inference_keeps_about_k_features(tmp_path):
+    x = torch.randn(24_000, 16)
+    cfg = TrainConfig(arch="batchtopk", k=4, dict_size=64, tokens=4000, batch_size=500, buffer_tokens=2000,
+                      eval_tokens=4000, out=str(tmp_path / "run"))
+    result = train(cfg, source=ArrayActivations([x[:20_000].numpy()], heldout=x[20_000:].numpy()))
+    assert 3.0 < result.heldout.l0 < 5.0
+
+
+def test_dictionary_trained_from_cache_records_the_cache_context_length(model_dir, corpus, tmp_path):
+    from saekit.activations import ModelActivations, write_activation_cache
+
+    src = ModelActivations(saekit.load_model(str(model_dir)), "resid_post.1", dataset=str(corpus), context_length=16)
+    write_activation_cache(src, tmp_path / "cache", 2000, heldout_tokens=256)
+    result = train(TrainConfig(activation_cache=str(tmp_path / "cache"), k=4, expansion=2, tokens=2000,
+                               batch_size=200, buffer_tokens=1000, eval_tokens=256, out=str(tmp_path / "run")))
+    assert result.dictionary.cfg.context_length == 16

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import TrainConfig
+from .config import CacheConfig, SourceConfig, TrainConfig
 from .data import ContextStream, validate_source
 from .errors import ConfigError, DataError
 from .formats import atomic_write_text
 from .hooks import HookPoint, read_activations, resolve_hook_point
-from .models import LoadedModel, load_model, parse_dtype
+from .models import LoadedModel, load_model, parse_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class ActivationSource(Protocol):
     model_name: str
     hook: str
     d: int
+    context_length: int | None  # of the contexts the activations were read on, if known
 
     def start_position(self) -> dict[str, int]: ...
 
@@ -154,11 +155,13 @@ class ArrayActivations:
         hook: str = "",
         heldout: np.ndarray | Tensor | None = None,
         name: str = "activations",
+        context_length: int | None = None,
     ):
         if not shards or any(s.ndim != 2 for s in shards):
             raise DataError(f"{name}: expected one or more 2-D arrays of activations (tokens × d)")
         self.shards, self._heldout, self.name = shards, heldout, name
         self.model_name, self.hook, self.d = model_name, hook, int(shards[0].shape[1])
+        self.context_length = context_length
         if any(s.shape[1] != self.d for s in shards):
             raise DataError(f"{name}: the arrays disagree on the activation width")
         self.offsets = np.cumsum([0] + [s.shape[0] for s in shards])
@@ -188,8 +191,8 @@ class ArrayActivations:
         return self._slice(epoch_start, epoch_start + n), {"token": start + n}
 
     def heldout(self, n_tokens: int) -> Tensor:
-        if self._heldout is None:
-            raise DataError(f"{self.name} has no held-out activations; pass --eval-tokens 0")
+        if self._heldout is None or self._heldout.shape[0] == 0:
+            raise DataError(f"{self.name} has no held-out activations; pass --eval-tokens 0 to skip the evaluation")
         if self._heldout.shape[0] < n_tokens:
             log.warning("%s: only %d of the %d held-out tokens asked for", self.name, self._heldout.shape[0], n_tokens)
         return torch.from_numpy(np.array(self._heldout[:n_tokens], dtype=np.float32))
@@ -222,6 +225,7 @@ class CachedActivations(ArrayActivations):
             hook=manifest["hook"],
             heldout=np.load(held, mmap_mode="r") if held.exists() else None,
             name=f"activation cache {self.folder}",
+            context_length=manifest.get("context_length"),
         )
 
 
@@ -241,10 +245,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def open_activation_source(cfg: TrainConfig, device: torch.device) -> ActivationSource:
-    """Build the source a training config asks for, validating it before heavy work."""
-    if cfg.activation_cache:
-        source = CachedActivations(cfg.activation_cache)
+def open_activation_source(cfg: SourceConfig, device: torch.device, activation_cache: str | None = None) -> ActivationSource:
+    """Build the source a config asks for, validating it before heavy work."""
+    if activation_cache:
+        source = CachedActivations(activation_cache)
         for flag, wanted, have in (("--hook", cfg.hook, source.hook), ("--model", cfg.model, source.model_name)):
             if wanted is not None and wanted != have:
                 raise ConfigError(
@@ -273,16 +277,22 @@ class ActivationBuffer:
 
     It serves at most ``cfg.tokens`` activations: the last chunk is cut to what the
     budget still needs, so no forward pass is spent on activations never trained on.
+    With a ``norm_cap``, tokens whose norm exceeds it are dropped as each chunk loads,
+    before anything is counted, so the budget and the schedules count trained tokens.
     """
 
     def __init__(self, source: ActivationSource, cfg: TrainConfig, state: dict[str, Any] | None = None):
         self.source = source
         self.buffer_tokens, self.batch_size, self.seed, self.budget = cfg.buffer_tokens, cfg.batch_size, cfg.seed, cfg.tokens
-        state = state or {"chunk_start": source.start_position(), "chunk_index": 0, "batches_done": 0, "served_before_chunk": 0}
+        state = state or {
+            "chunk_start": source.start_position(), "chunk_index": 0, "batches_done": 0,
+            "served_before_chunk": 0, "norm_cap": None,
+        }
         self.chunk_start: dict[str, int] = dict(state["chunk_start"])
         self.chunk_index: int = int(state["chunk_index"])
         self.batches_done: int = int(state["batches_done"])
         self.served_before_chunk: int = int(state["served_before_chunk"])
+        self.norm_cap: float | None = state["norm_cap"]
         self._chunk: tuple[Tensor, dict[str, int]] | None = None
 
     def state(self) -> dict[str, Any]:
@@ -291,6 +301,7 @@ class ActivationBuffer:
             "chunk_index": self.chunk_index,
             "batches_done": self.batches_done,
             "served_before_chunk": self.served_before_chunk,
+            "norm_cap": self.norm_cap,
         }
 
     def _load(self) -> tuple[Tensor, dict[str, int]]:
@@ -300,8 +311,11 @@ class ActivationBuffer:
                 self._chunk = (torch.empty(0, self.source.d), self.chunk_start)
             else:
                 chunk, nxt = self.source.read_chunk(self.chunk_start, want)
-                self._chunk = (chunk[:want], nxt)
+                self._chunk = (self._filter(chunk[:want]), nxt)
         return self._chunk
+
+    def _filter(self, chunk: Tensor) -> Tensor:
+        return chunk if self.norm_cap is None else chunk[chunk.norm(dim=-1) <= self.norm_cap]
 
     def peek_sample(self) -> Tensor:
         """The current chunk, unshuffled: the sample the activation scale is estimated on."""
@@ -309,6 +323,12 @@ class ActivationBuffer:
         if chunk.shape[0] == 0:
             raise DataError("the data source yielded no activations; check --dataset (it may be empty)")
         return chunk
+
+    def set_norm_cap(self, cap: float | None) -> None:
+        """Drop tokens with a norm above ``cap`` from now on (the chunk in hand included)."""
+        self.norm_cap = cap
+        if self._chunk is not None:
+            self._chunk = (self._filter(self._chunk[0]), self._chunk[1])
 
     def __iter__(self) -> Iterator[Tensor]:
         while True:
@@ -336,6 +356,22 @@ class CacheResult:
     shards: int
 
 
+def _check_cache_folder(folder: Path, overwrite: bool) -> None:
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ConfigError(f"{folder} is not empty; choose another folder or pass --overwrite")
+
+
+def cache_activations(cfg: CacheConfig, progress: Callable[[int], None] | None = None) -> CacheResult:
+    """``saekit cache``: open the model and data the config names and write the cache."""
+    _check_cache_folder(Path(cfg.out), cfg.overwrite)  # before the slow model load
+    source = open_activation_source(cfg, resolve_device(cfg.device))
+    assert isinstance(source, ModelActivations)
+    return write_activation_cache(
+        source, cfg.out, cfg.tokens, shard_tokens=cfg.shard_tokens, heldout_tokens=cfg.heldout_tokens,
+        dtype=cfg.storage_dtype, overwrite=cfg.overwrite, progress=progress,
+    )
+
+
 def write_activation_cache(
     source: ModelActivations,
     folder: str | os.PathLike,
@@ -358,8 +394,7 @@ def write_activation_cache(
     if np_dtype is None:
         raise ConfigError(f"cache dtype must be float32 or float16, got {dtype!r}")
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise ConfigError(f"{folder} is not empty; choose another folder or pass --overwrite")
+    _check_cache_folder(folder, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST_FILE).unlink(missing_ok=True)
 

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Sequence
 
-from .config import TrainConfig
+from .config import CacheConfig, TrainConfig
 from .errors import SaekitError
 
 
@@ -33,13 +33,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if base is bool:
             parser.add_argument(_flag(field), dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
-        shown = "" if default is None else f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+        shown = " (required)" if field.metadata.get("required") else "" if default is None else f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
         parser.add_argument(
             _flag(field),
             dest=field.name,
             type=base,
             default=default,
             choices=field.metadata.get("choices"),
+            required=field.metadata.get("required", False),
             help=help_text + shown,
             metavar=field.name.upper() if "choices" not in field.metadata else None,
         )
@@ -100,28 +101,22 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 def _cmd_cache(ns: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .activations import ModelActivations, default_hook, write_activation_cache
-    from .data import validate_source
-    from .hooks import HookPoint
-    from .models import load_model, parse_dtype
-    from .train import resolve_device
+    from .activations import cache_activations
 
-    if ns.hook:
-        HookPoint.parse(ns.hook)
-    validate_source(ns.dataset, ns.text_field)
-    lm = load_model(ns.model, device=resolve_device(ns.device), dtype=parse_dtype(ns.model_dtype))
-    source = ModelActivations(
-        lm, ns.hook or default_hook(lm.n_layers), dataset=ns.dataset, text_field=ns.text_field,
-        context_length=ns.context_length, model_batch_size=ns.model_batch_size, seed=ns.seed, keep_bos=ns.keep_bos,
-    )
-    bar = tqdm(total=ns.tokens, desc=f"cache {source.hook}", unit="tok", unit_scale=True)
+    cfg = _config_from_args(CacheConfig, ns)
+    bar = None
+
+    def advance(done: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=cfg.tokens, desc="cache", unit="tok", unit_scale=True, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
     try:
-        result = write_activation_cache(
-            source, ns.out, ns.tokens, shard_tokens=ns.shard_tokens, heldout_tokens=ns.heldout_tokens,
-            dtype=ns.dtype, overwrite=ns.overwrite, progress=lambda n: bar.update(n - bar.n),
-        )
+        result = cache_activations(cfg, progress=advance)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     print(f"wrote {result.tokens:,} activations in {result.shards} shard(s) and {result.heldout_tokens:,} held-out to {result.folder}")
     print(f"train from it with: saekit train --activation-cache {result.folder}")
     return 0
@@ -138,30 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a sparse dictionary on a model's activations. With no flags: a TopK "
         "dictionary (k=32, 8x) on resid_post.9 of the embedded SmolLM2-135M, on the embedded "
         "Wikipedia summaries, 300k tokens.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter if False else argparse.HelpFormatter,
     )
     _add_config_flags(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("cache", help="write activations to sharded files for repeated training",
-                       description="Run the model once and store the activations at a hook point as .npy shards "
-                       "(read back by memory map with `saekit train --activation-cache FOLDER`).")
-    p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--model", default=None, help="Hub id, local folder or .gguf file (default: embedded SmolLM2-135M)")
-    p.add_argument("--hook", default=None, help="hook point, e.g. resid_post.9 (default: resid_post at 30%% depth)")
-    p.add_argument("--dataset", default=None, help="as for `saekit train` (default: embedded Wikipedia summaries)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--tokens", type=int, default=1_000_000, help="training activations to write (default 1,000,000)")
-    p.add_argument("--heldout-tokens", type=int, default=32_768, help="held-out activations to write (default 32,768)")
-    p.add_argument("--shard-tokens", type=int, default=262_144, help="activations per shard file")
-    p.add_argument("--context-length", type=int, default=128)
-    p.add_argument("--model-batch-size", type=int, default=32)
-    p.add_argument("--keep-bos", action="store_true", help="keep the BOS position")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage dtype")
-    p.add_argument("--model-dtype", default="float32", help="dtype to run the model in")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser(
+        "cache",
+        help="write activations to sharded files for repeated training",
+        description="Run the model once and store the activations at a hook point as .npy shards, plus a "
+        "held-out set (read back by memory map with `saekit train --activation-cache FOLDER`).",
+    )
+    _add_config_flags(p, CacheConfig)
     p.set_defaults(func=_cmd_cache)
     return parser
 

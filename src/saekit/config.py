@@ -1,7 +1,9 @@
-"""Typed training configuration: one place for every default, validated when built.
+"""Typed configuration: one place for every default, validated when built.
 
 The CLI builds its flags from these fields (name, type, default and the help text in
 each field's metadata), so a new option is added here once and nowhere else.
+``SourceConfig`` holds what decides which activations are read (model, hook point,
+data, context); ``TrainConfig`` and ``CacheConfig`` extend it.
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from .dictionaries import ARCHITECTURES
 from .errors import ConfigError
 
-ARCH_CHOICES = ("relu", "gated", "topk", "batchtopk", "jumprelu")
-TOPK_FAMILY = ("topk", "batchtopk")
+ARCH_CHOICES = tuple(sorted(ARCHITECTURES))
 
 # Sparsity coefficients that give an L0 of roughly 30-80 on the embedded model's
-# middle layers at the default budget, with activations scaled to E‖x‖² = d.
-DEFAULT_L1_COEFF = {"relu": 1.0, "gated": 1.0}
-DEFAULT_L0_COEFF = 0.5
+# layer-9 residual stream at the default budget, with activations scaled to E‖x‖² = d.
+DEFAULT_SPARSITY_COEFF = {"l1": 8.0, "l0": 6.0}
 
-# Fraction of the run after which dead-feature resampling (ReLU, gated) stops, so the
-# learning-rate decay phase is not disturbed by fresh features.
+# Fraction of the run after which dead-feature resampling stops, so the learning-rate
+# decay phase is not disturbed by fresh features.
 RESAMPLE_STOP_FRACTION = 0.8
+
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -32,9 +37,14 @@ def _opt(help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+def _bad(msg: str) -> None:
+    raise ConfigError(msg)
+
+
 @dataclass
-class TrainConfig:
-    # What to train on.
+class SourceConfig:
+    """Which activations: model, hook point, text, and how the text is cut."""
+
     model: str | None = _opt(
         "Hub id, local folder or .gguf file; default: the embedded SmolLM2-135M-Instruct",
         default=None,
@@ -50,6 +60,64 @@ class TrainConfig:
         default=None,
     )
     text_field: str = _opt("field/column holding the text in .jsonl/.parquet/HF data", default="text")
+    context_length: int = _opt("tokens per context (BOS included)", default=128)
+    model_batch_size: int = _opt("contexts per forward pass of the language model", default=32)
+    keep_bos: bool = _opt("keep the BOS position (excluded by default: it carries no information about the text)", default=False)
+    seed: int = _opt("random seed (init, data order, shuffling)", default=0)
+    device: str = _opt("cpu, cuda, cuda:1, ... or auto", default="auto")
+    dtype: str = _opt("language-model dtype: float32, bfloat16, float16", default="float32")
+
+    def __post_init__(self) -> None:
+        for name in ("context_length", "model_batch_size"):
+            if getattr(self, name) <= 0:
+                _bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.context_length < 2:
+            _bad("--context-length must be at least 2 (a BOS token and one more)")
+        if self.seed < 0:
+            _bad(f"--seed must be zero or positive, got {self.seed}")
+        if self.dtype not in DTYPES:
+            _bad(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.device != "auto":
+            try:
+                dev = torch.device(self.device)
+            except RuntimeError:
+                _bad(f"--device {self.device!r} is not a device; use cpu, cuda, cuda:N or auto")
+            if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+                _bad(f"--device {self.device!r}: saekit runs on cpu, cuda, cuda:N or auto")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CacheConfig(SourceConfig):
+    """``saekit cache``: run the model once and store activations as .npy shards."""
+
+    out: str = _opt("folder to write", default="", required=True)
+    tokens: int = _opt("training activations to write", default=1_000_000)
+    heldout_tokens: int = _opt("held-out activations to write (for evaluation after training)", default=32_768)
+    shard_tokens: int = _opt("activations per shard file", default=262_144)
+    storage_dtype: str = _opt("dtype of the stored activations", default="float32", choices=("float32", "float16"))
+    overwrite: bool = _opt("replace the contents of a non-empty --out folder", default=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.out:
+            _bad("--out is required: the folder to write the activations to")
+        for name in ("tokens", "shard_tokens"):
+            if getattr(self, name) <= 0:
+                _bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.heldout_tokens < 0:
+            _bad(f"--heldout-tokens must be zero or positive, got {self.heldout_tokens}")
+        if self.storage_dtype not in ("float32", "float16"):
+            _bad(f"--storage-dtype must be float32 or float16, got {self.storage_dtype!r}")
+
+
+@dataclass
+class TrainConfig(SourceConfig):
+    """``saekit train``: everything that decides a training run."""
+
+    # What to train on (besides SourceConfig's model, hook and data).
     activation_cache: str | None = _opt(
         "read activations from a folder written by `saekit cache` instead of running the model",
         default=None,
@@ -71,11 +139,9 @@ class TrainConfig:
     )
     # The budget and the optimiser.
     tokens: int = _opt("activations to train on", default=300_000)
-    context_length: int = _opt("tokens per context (BOS included)", default=128)
     batch_size: int = _opt("activations per optimiser step", default=1024)
-    model_batch_size: int = _opt("contexts per forward pass of the language model", default=32)
     lr: float | None = _opt(
-        "Adam learning rate; default 8e-4 scaled by 1/sqrt(F/4096) (smaller for larger dictionaries)",
+        "Adam learning rate; default 1.6e-3 scaled by 1/sqrt(F/4096) (smaller for larger dictionaries)",
         default=None,
     )
     lr_warmup: float = _opt("fraction of the run for linear learning-rate warm-up", default=0.02)
@@ -90,12 +156,10 @@ class TrainConfig:
     auxk_coeff: float = _opt("weight of the auxiliary-k loss (topk family)", default=1 / 32)
     resample: bool = _opt("resample dead features (relu, gated)", default=True)
     jumprelu_bandwidth: float = _opt("straight-through kernel bandwidth ε (jumprelu)", default=0.05)
-    keep_bos: bool = _opt("train on the BOS position too (excluded by default: its norm is extreme)", default=False)
     max_norm_ratio: float | None = _opt(
         "drop tokens whose norm exceeds this multiple of the median norm (e.g. 10); off by default",
         default=None,
     )
-    seed: int = _opt("random seed (init, data order, shuffling)", default=0)
     # Where and how.
     out: str | None = _opt("output folder; default runs/<model>-<hook>-<arch>", default=None)
     resume: bool = _opt("continue the run in --out from its last checkpoint", default=False)
@@ -104,71 +168,67 @@ class TrainConfig:
         "tokens between checkpoints; default a tenth of the run", default=None
     )
     eval_tokens: int = _opt("held-out tokens to evaluate on at the end (0 to skip)", default=32_768)
-    device: str = _opt("cpu, cuda, cuda:1, ... or auto", default="auto")
-    dtype: str = _opt("language-model dtype: float32, bfloat16, float16", default="float32")
     log_every: int = _opt("optimiser steps between log lines", default=10)
     wandb: bool = _opt("also log to Weights & Biases (WANDB_MODE=offline works)", default=False)
     wandb_project: str = _opt("W&B project", default="saekit")
 
     def __post_init__(self) -> None:
-        def bad(msg: str) -> None:
-            raise ConfigError(msg)
-
-        if self.arch not in ARCH_CHOICES:
-            bad(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCH_CHOICES)}")
+        super().__post_init__()
+        if self.arch not in ARCHITECTURES:
+            _bad(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCH_CHOICES)}")
+        cls = ARCHITECTURES[self.arch]
         if self.expansion is not None and self.dict_size is not None:
-            bad("give --expansion or --dict-size, not both")
+            _bad("give --expansion or --dict-size, not both")
         if self.expansion is not None and self.expansion <= 0:
-            bad(f"--expansion must be positive, got {self.expansion}")
+            _bad(f"--expansion must be positive, got {self.expansion}")
         if self.dict_size is not None and self.dict_size <= 0:
-            bad(f"--dict-size must be positive, got {self.dict_size}")
-        if self.arch in TOPK_FAMILY and self.k <= 0:
-            bad(f"--k must be positive, got {self.k}")
-        if self.dict_size is not None and self.arch in TOPK_FAMILY and self.k >= self.dict_size:
-            bad(f"--k {self.k} must be smaller than --dict-size {self.dict_size}")
-        if self.l1_coeff is not None and self.arch not in DEFAULT_L1_COEFF:
-            bad(f"--l1 applies to relu and gated, not {self.arch}" + (" (use --l0-coeff)" if self.arch == "jumprelu" else ""))
-        if self.l0_coeff is not None and self.arch != "jumprelu":
-            bad(f"--l0-coeff applies to jumprelu, not {self.arch}")
-        for flag, v in (("--l1", self.l1_coeff), ("--l0-coeff", self.l0_coeff)):
-            if v is not None and not (math.isfinite(v) and v >= 0):
-                bad(f"{flag} must be a finite non-negative number, got {v}")
+            _bad(f"--dict-size must be positive, got {self.dict_size}")
+        if cls.uses_k and self.k <= 0:
+            _bad(f"--k must be positive, got {self.k}")
+        if self.dict_size is not None and cls.uses_k and self.k >= self.dict_size:
+            _bad(f"--k {self.k} must be smaller than --dict-size {self.dict_size}")
+        for flag, value, penalty in (("--l1", self.l1_coeff, "l1"), ("--l0-coeff", self.l0_coeff, "l0")):
+            if value is None:
+                continue
+            if cls.sparsity_penalty != penalty:
+                takes = [a for a, c in sorted(ARCHITECTURES.items()) if c.sparsity_penalty == penalty]
+                _bad(f"{flag} applies to {' and '.join(takes)}, not {self.arch}")
+            if not (math.isfinite(value) and value >= 0):
+                _bad(f"{flag} must be a finite non-negative number, got {value}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            bad(f"--lr must be a finite positive number, got {self.lr}")
+            _bad(f"--lr must be a finite positive number, got {self.lr}")
         if self.tokens <= 0:
-            bad(f"--tokens must be positive, got {self.tokens}")
-        for name in ("context_length", "batch_size", "model_batch_size", "buffer_tokens", "log_every"):
+            _bad(f"--tokens must be positive, got {self.tokens}")
+        for name in ("batch_size", "buffer_tokens", "log_every"):
             if getattr(self, name) <= 0:
-                bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
-            bad("--context-length must be at least 2 (a BOS token and one more)")
+                _bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.buffer_tokens < self.batch_size:
-            bad(f"--buffer-tokens ({self.buffer_tokens}) must hold at least one batch (--batch-size {self.batch_size})")
+            _bad(f"--buffer-tokens ({self.buffer_tokens}) must hold at least one batch (--batch-size {self.batch_size})")
         if self.batch_size > self.tokens:
-            bad(f"--batch-size ({self.batch_size}) is larger than the whole run (--tokens {self.tokens}); lower it or train longer")
+            _bad(f"--batch-size ({self.batch_size}) is larger than the whole run (--tokens {self.tokens}); lower it or train longer")
         for name in ("lr_warmup", "lr_decay", "sparsity_warmup"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                bad(f"--{name.replace('_', '-')} is a fraction of the run and must lie in [0, 1], got {v}")
+                _bad(f"--{name.replace('_', '-')} is a fraction of the run and must lie in [0, 1], got {v}")
         if self.lr_warmup + self.lr_decay > 1.0:
-            bad(
+            _bad(
                 f"learning-rate warm-up ({self.lr_warmup}) and decay ({self.lr_decay}) together exceed "
                 "the run (fractions summing above 1); shorten one of them"
             )
         if self.dead_after_tokens is not None and self.dead_after_tokens <= 0:
-            bad(f"--dead-after-tokens must be positive, got {self.dead_after_tokens}")
+            _bad(f"--dead-after-tokens must be positive, got {self.dead_after_tokens}")
         if self.checkpoint_every is not None and self.checkpoint_every <= 0:
-            bad(f"--checkpoint-every must be positive, got {self.checkpoint_every}")
+            _bad(f"--checkpoint-every must be positive, got {self.checkpoint_every}")
         if self.eval_tokens < 0:
-            bad(f"--eval-tokens must be zero or positive, got {self.eval_tokens}")
+            _bad(f"--eval-tokens must be zero or positive, got {self.eval_tokens}")
         if self.max_norm_ratio is not None and self.max_norm_ratio <= 1.0:
-            bad(f"--max-norm-ratio must exceed 1 (a multiple of the median norm), got {self.max_norm_ratio}")
+            _bad(f"--max-norm-ratio must exceed 1 (a multiple of the median norm), got {self.max_norm_ratio}")
         if self.jumprelu_bandwidth <= 0:
-            bad(f"--jumprelu-bandwidth must be positive, got {self.jumprelu_bandwidth}")
+            _bad(f"--jumprelu-bandwidth must be positive, got {self.jumprelu_bandwidth}")
+        if self.auxk_coeff < 0:
+            _bad(f"--auxk-coeff must be zero or positive, got {self.auxk_coeff}")
         if self.resume and self.overwrite:
-            bad("--resume continues the run in --out and --overwrite replaces it; choose one")
-        if self.dtype not in ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
-            bad(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+            _bad("--resume continues the run in --out and --overwrite replaces it; choose one")
 
     # ----------------------------------------------------- derived settings
     def dictionary_size(self, d_in: int) -> int:
@@ -177,16 +237,16 @@ class TrainConfig:
         return d_in * (self.expansion or 8)
 
     def sparsity_coeff(self) -> float:
-        if self.arch in DEFAULT_L1_COEFF:
-            return self.l1_coeff if self.l1_coeff is not None else DEFAULT_L1_COEFF[self.arch]
-        if self.arch == "jumprelu":
-            return self.l0_coeff if self.l0_coeff is not None else DEFAULT_L0_COEFF
-        return 0.0
+        penalty = ARCHITECTURES[self.arch].sparsity_penalty
+        if penalty is None:
+            return 0.0
+        given = self.l1_coeff if penalty == "l1" else self.l0_coeff
+        return given if given is not None else DEFAULT_SPARSITY_COEFF[penalty]
 
     def learning_rate(self, d_sae: int) -> float:
         # Larger dictionaries want smaller steps (sparsify's 1/sqrt(F) rule); the base
         # is set for short CPU budgets, where a too-small rate never leaves the ground.
-        return self.lr if self.lr is not None else 8e-4 / math.sqrt(d_sae / 4096)
+        return self.lr if self.lr is not None else 1.6e-3 / math.sqrt(d_sae / 4096)
 
     def dead_window(self) -> int:
         if self.dead_after_tokens is not None:
@@ -195,14 +255,3 @@ class TrainConfig:
 
     def checkpoint_interval(self) -> int:
         return self.checkpoint_every if self.checkpoint_every is not None else max(self.tokens // 10, self.batch_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {unknown}; valid options: {sorted(known)}")
-        return cls(**d)

@@ -343,3 +343,13 @@ def _ensure_pad_token(tokenizer: Any, name: str) -> None:
         return
     tokenizer.pad_token = tokenizer.eos_token
     logger.debug("%s: tokenizer had no pad token; using eos %r", name, tokenizer.eos_token)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` → CUDA when torch sees a GPU, else CPU; a CUDA device without a GPU is an error."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for CUDA but torch sees no GPU; use --device cpu")
+    return dev

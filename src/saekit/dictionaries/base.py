@@ -10,15 +10,17 @@ Conventions (stated once, kept everywhere; see shared/docs/DESIGN.md):
 * Every method works on any leading batch shape ``(..., d)``.
 
 A subclass states only what differs: its activation (``activate``), its training
-loss (``training_loss``), and which of its tensors scale with the input
-(``input_scaled``, used to fold the activation scale into the weights).
+loss (``training_loss``), and a few class attributes the trainer reads instead of
+testing architecture names: which sparsity penalty it takes (``sparsity_penalty``),
+how its dead features are revived (``revive_dead``), which tensors are indexed by
+feature (``feature_axes``) and which scale with the input (``input_scaled``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +48,6 @@ class DictionaryConfig:
     model: str = ""
     act_scale: float = 1.0
     context_length: int | None = None
-    metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -112,6 +113,15 @@ class Dictionary(nn.Module):
 
     arch: ClassVar[str]
     uses_k: ClassVar[bool] = False
+    # "l1" or "l0": the penalty the trainer's sparsity coefficient weights (None: sparsity
+    # is structural, as in TopK).
+    sparsity_penalty: ClassVar[Literal["l1", "l0"] | None] = None
+    # How dead features come back: resampled onto badly reconstructed inputs, or trained
+    # by the auxiliary-k loss.
+    revive_dead: ClassVar[Literal["resample", "auxk"]] = "resample"
+    # Tensors with one slice per feature, and the axis it is on (for resampling and for
+    # resetting Adam's moments of exactly those slices).
+    feature_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
     # Tensors that are in input units: multiplying the input by s multiplies each of
     # them by s, and then the features f scale by s too while the unit-norm decoder
     # rows stay unchanged. This is all `fold_activation_scale` needs to know.
@@ -205,10 +215,15 @@ class Dictionary(nn.Module):
         residual = (x - x_hat).detach()
         dead_pre = pre.masked_fill(~dead, float("-inf"))
         vals, idx = dead_pre.topk(aux_k, dim=-1, sorted=False)
-        vals = vals.relu()
-        e_hat = torch.einsum("bk,bkd->bd", vals, self.W_dec[idx])
+        # Scatter into a dense (B, F) and multiply: gathering W_dec[idx] would build a
+        # B × aux_k × d tensor, ten times slower and gigabytes at GPU batch sizes.
+        e_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ self.W_dec
         denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
         return (e_hat - residual).pow(2).sum(-1).mean() / denom
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor) -> None:
+        """Set inference-only statistics from a batch of training inputs (default: none)."""
 
     @torch.no_grad()
     def after_step(self) -> None:

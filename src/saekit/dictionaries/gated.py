@@ -24,7 +24,9 @@ from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, mse, reg
 @register
 class GatedDictionary(Dictionary):
     arch = "gated"
+    sparsity_penalty = "l1"
     input_scaled = ("b_dec", "b_enc", "b_mag")
+    feature_axes = {**Dictionary.feature_axes, "r_mag": 0, "b_mag": 0}
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)

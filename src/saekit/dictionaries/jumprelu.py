@@ -64,7 +64,9 @@ class _Step(torch.autograd.Function):
 @register
 class JumpReLUDictionary(Dictionary):
     arch = "jumprelu"
+    sparsity_penalty = "l0"
     input_scaled = ("b_dec", "b_enc", "threshold")
+    feature_axes = {**Dictionary.feature_axes, "threshold": 0}
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)

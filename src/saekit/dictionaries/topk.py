@@ -8,7 +8,10 @@ BatchTopK (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders"): in training k
 the ``k·B`` largest pre-activations over the whole batch of B tokens, so k holds on
 average and busy tokens may use more features than quiet ones. At inference a single
 learned threshold θ replaces the batch dependence: ``f = pre · 1[pre > θ]``. θ is
-the running mean, over training batches, of the smallest activation the batch kept.
+set at the end of training (``calibrate``) to the smallest activation that batch top-k
+keeps on a training batch, so that inference keeps k features per token on average.
+(A running average from the first steps on, as some implementations keep, stays
+biased towards the untrained model's values in short runs.)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def topk_per_token(pre: Tensor, k: int) -> Tensor:
 class TopKDictionary(Dictionary):
     arch = "topk"
     uses_k = True
+    revive_dead = "auxk"
 
     def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
         if features is None:
@@ -58,20 +62,18 @@ class TopKDictionary(Dictionary):
 class BatchTopKDictionary(TopKDictionary):
     arch = "batchtopk"
     input_scaled = ("b_dec", "b_enc", "threshold")
-    # Weight of each new batch in the threshold's running mean once warmed up.
-    threshold_momentum = 0.01
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
-        # A buffer, not a parameter: it is estimated, not learned by gradient; -1
-        # marks "not estimated yet" so the first batch sets it outright.
+        # A buffer, not a parameter: it is estimated, not learned by gradient; -1 marks
+        # "not calibrated yet".
         self.register_buffer("threshold", torch.tensor(-1.0))
 
     def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
         if float(self.threshold) < 0:
             raise RuntimeError(
-                "this BatchTopK dictionary has no inference threshold yet; train it for at "
-                "least one step (or load a trained one) before calling encode()"
+                "this BatchTopK dictionary has no inference threshold yet; calibrate it on training "
+                "inputs (dictionary.calibrate(x)) or load a trained one before calling encode()"
             )
         return pre.relu() * (pre > self.threshold).to(pre.dtype)
 
@@ -79,13 +81,11 @@ class BatchTopKDictionary(TopKDictionary):
         flat = pre.relu().flatten()
         n_keep = min(self.cfg.k * pre.shape[0], flat.numel())
         vals, idx = flat.topk(n_keep, sorted=False)
-        f = torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
-        with torch.no_grad():
-            kept = vals[vals > 0]
-            if kept.numel():
-                smallest = kept.min()
-                if float(self.threshold) < 0:
-                    self.threshold.copy_(smallest)
-                else:
-                    self.threshold.lerp_(smallest, self.threshold_momentum)
-        return f
+        return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor) -> None:
+        kept = self.batch_activate(self.pre_acts(x.reshape(-1, x.shape[-1])))
+        kept = kept[kept > 0]
+        if kept.numel():
+            self.threshold.copy_(kept.min())

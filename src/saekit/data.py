@@ -351,8 +351,9 @@ def iter_documents(
     )
 
 
-def _is_streamed(source: str | None) -> bool:
-    return _resolve(source)[0] == "hub"
+def _is_shuffled(source: str | None, split: Split) -> bool:
+    """Only the train split of a local or embedded source is shuffled (see `ordered_documents`)."""
+    return split == "train" and _resolve(source)[0] != "hub"
 
 
 def _permuted(documents: list[str], seed: int, epoch: int) -> list[str]:
@@ -379,7 +380,7 @@ def ordered_documents(
     split is never shuffled, so both evaluation regimes see the same documents.
     """
     documents = iter_documents(source, text_field=text_field, split=split)
-    if split == "heldout" or _is_streamed(source):
+    if not _is_shuffled(source, split):
         return documents
     return iter(_permuted(list(documents), seed, epoch))
 
@@ -524,7 +525,7 @@ class ContextStream:
         return _fixed_batch(rows, self.bos_id is not None)
 
     def _documents(self, epoch: int) -> Iterator[str]:
-        if self.split == "heldout" or _is_streamed(self.source):
+        if not _is_shuffled(self.source, self.split):
             return iter_documents(self.source, text_field=self.text_field, split=self.split)
         if self._cached is None:  # read local sources once, reshuffle per epoch
             self._cached = list(

@@ -122,6 +122,10 @@ class Dictionary(nn.Module):
     # Tensors with one slice per feature, and the axis it is on (for resampling and for
     # resetting Adam's moments of exactly those slices).
     feature_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+    # Where a feature's firing cut-off lives, for the data-driven start in
+    # `init_from_data`: "bias" (ReLU-like: fires when pre-activation + b_enc > 0),
+    # "threshold" (fires when the pre-activation exceeds `threshold`), or None (TopK).
+    cutoff: ClassVar[Literal["bias", "threshold"] | None] = None
     # Tensors that are in input units: multiplying the input by s multiplies each of
     # them by s, and then the features f scale by s too while the unit-norm decoder
     # rows stay unchanged. This is all `fold_activation_scale` needs to know.
@@ -153,14 +157,30 @@ class Dictionary(nn.Module):
             self.b_dec.zero_()
 
     @torch.no_grad()
-    def init_from_data(self, x: Tensor) -> None:
-        """Set ``b_dec`` to the geometric median of a sample of (scaled) activations.
+    def init_from_data(self, x: Tensor, initial_l0: float = 64.0) -> None:
+        """Start from a sample of (scaled) activations instead of from nothing.
 
-        Starting the decoder bias at the data's centre means the very first
-        reconstructions already beat zero; the geometric median is robust to the
-        rare huge-norm tokens that would drag a mean.
+        ``b_dec`` becomes the sample's geometric median, so the first reconstructions
+        already beat zero (the median is robust to rare huge-norm tokens). Where the
+        architecture has a firing cut-off (``cutoff``), each feature's cut-off starts at
+        the quantile of its own pre-activations above which it fires on ``initial_l0 / F``
+        of the sample. Under Adam a bias or threshold moves about one learning rate
+        per step, so a cut-off started at zero needs thousands of steps to reach a
+        sparse regime; started here, the sparsity coefficient only fine-tunes it.
         """
-        self.b_dec.copy_(geometric_median(x.reshape(-1, x.shape[-1]).float()).to(self.b_dec))
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.b_dec.copy_(geometric_median(x).to(self.b_dec))
+        if self.cutoff is None:
+            return
+        sample = x[torch.linspace(0, x.shape[0] - 1, min(x.shape[0], 4096)).long()].to(self.W_enc.device)
+        pre = (sample - self.b_dec) @ self.W_enc
+        density = min(0.5, initial_l0 / self.cfg.d_sae)
+        q = pre.kthvalue(max(1, int(round((1 - density) * pre.shape[0]))), dim=0).values
+        if self.cutoff == "bias":
+            self.b_enc.copy_(-q)
+        else:
+            self.threshold.copy_(q.clamp_min(0) + 1e-3)
+            self.b_enc.zero_()
 
     # ------------------------------------------------------------- inference
     def pre_acts(self, x: Tensor, features: Tensor | None = None) -> Tensor:

@@ -25,6 +25,7 @@ from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, mse, reg
 class GatedDictionary(Dictionary):
     arch = "gated"
     sparsity_penalty = "l1"
+    cutoff = "bias"
     input_scaled = ("b_dec", "b_enc", "b_mag")
     feature_axes = {**Dictionary.feature_axes, "r_mag": 0, "b_mag": 0}
 

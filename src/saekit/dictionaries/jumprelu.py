@@ -65,6 +65,7 @@ class _Step(torch.autograd.Function):
 class JumpReLUDictionary(Dictionary):
     arch = "jumprelu"
     sparsity_penalty = "l0"
+    cutoff = "threshold"
     input_scaled = ("b_dec", "b_enc", "threshold")
     feature_axes = {**Dictionary.feature_axes, "threshold": 0}
 

@@ -18,6 +18,7 @@ from .base import Dictionary, LossOutput, LossParams, mse, register
 class ReLUDictionary(Dictionary):
     arch = "relu"
     sparsity_penalty = "l1"
+    cutoff = "bias"
 
     def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
         return pre.relu()

@@ -59,6 +59,11 @@ _LLAMA_LIKE: dict[str, Any] = dict(
     max_position_embeddings=N_CTX,
 )
 
+_NEOX = dict(
+    hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=4,
+    max_position_embeddings=N_CTX,
+)
+
 _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("llama", _LLAMA_LIKE),
     "mistral": ("mistral", _LLAMA_LIKE),
@@ -67,28 +72,8 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma": ("gemma", {**_LLAMA_LIKE, "head_dim": 8}),
     "gemma2": ("gemma2", {**_LLAMA_LIKE, "head_dim": 8, "sliding_window": 16, "query_pre_attn_scalar": 8}),
     "gpt2": ("gpt2", dict(n_embd=D_MODEL, n_layer=N_LAYERS, n_head=4, n_positions=N_CTX)),
-    "gpt_neox": (
-        "gpt_neox",
-        dict(
-            hidden_size=D_MODEL,
-            intermediate_size=64,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=4,
-            max_position_embeddings=N_CTX,
-            use_parallel_residual=True,
-        ),
-    ),
-    "gpt_neox_sequential": (
-        "gpt_neox",
-        dict(
-            hidden_size=D_MODEL,
-            intermediate_size=64,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=4,
-            max_position_embeddings=N_CTX,
-            use_parallel_residual=False,
-        ),
-    ),
+    "gpt_neox": ("gpt_neox", {**_NEOX, "use_parallel_residual": True}),
+    "gpt_neox_sequential": ("gpt_neox", {**_NEOX, "use_parallel_residual": False}),
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .errors import CheckpointError
@@ -65,8 +65,6 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
         )
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
         skeleton = json.loads(meta[_META_KEY])

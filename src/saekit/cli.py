@@ -65,6 +65,9 @@ class _TokenBar:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, desc=self.desc, unit="tok", unit_scale=True, dynamic_ncols=True)
+        if "status" in record:
+            self.bar.set_description(f"{self.desc}: {record['status']}")
+            return
         self.bar.update(record["tokens"] - self.done)
         self.done = record["tokens"]
         self.bar.set_postfix(

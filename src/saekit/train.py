@@ -213,7 +213,8 @@ class DictionaryTrainer:
         self.tracker.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.gen.set_state(state["generator"])
         self.scale, self.step, self.tokens = state["act_scale"], state["step"], state["tokens_done"]
-        self.last_x = state["last_x"]
+        last_x = state["last_x"]  # checkpoints hold CPU tensors
+        self.last_x = None if last_x is None else last_x.to(self.sae.W_dec.device)
 
 
 @torch.no_grad()
@@ -294,7 +295,8 @@ def train(
 
     ``source`` overrides where activations come from (e.g. ``ArrayActivations`` over a
     tensor you already have); by default the config decides. ``progress`` is called
-    with every log record (the CLI draws its progress bar from them). Every check
+    with every log record (the CLI draws its progress bar from them) and, before slow
+    phases without steps, with ``{"status": "what is happening"}``. Every check
     (output folder, checkpoint, model, hook point, data, held-out set) runs before
     the output folder is touched and before the first training step.
     """
@@ -319,8 +321,13 @@ def train(
         model=source.model_name,
         context_length=source.context_length,
     )
+    def status(message: str) -> None:
+        if progress:
+            progress({"status": message})
+
     heldout = None
     if cfg.eval_tokens > 0:
+        status(f"reading up to {cfg.eval_tokens:,} held-out activations")
         try:
             heldout = source.heldout(cfg.eval_tokens)
         except DataError as e:
@@ -347,6 +354,7 @@ def train(
         log.info("resuming %s at step %d (%d tokens)", out, trainer.step, trainer.tokens)
     else:
         buffer = ActivationBuffer(source, cfg)
+        status("filling the shuffle buffer")
         sample = buffer.peek_sample()
         cap = norm_cap(sample, cfg.max_norm_ratio)
         buffer.set_norm_cap(cap)
@@ -366,6 +374,7 @@ def train(
         save_checkpoint({**trainer.state_dict(), "buffer": buffer.state()}, out)
         last_good[0] = trainer.tokens
 
+    status("training")
     try:
         for x in buffer:
             out_step, x_scaled, resampled = trainer.train_step(x)
@@ -395,6 +404,7 @@ def train(
     save_dictionary(final, out)
     metrics = None
     if heldout is not None:
+        status("evaluating on held-out activations")
         metrics = evaluate_reconstruction(final, heldout)
         atomic_write_text(out / EVAL_FILE, json.dumps({"heldout": metrics.to_dict()}, indent=2) + "\n")
     return TrainResult(final, out, trainer.tokens, trainer.step, metrics)

@@ -32,8 +32,34 @@ def test_train_prints_heldout_figures(model_dir, corpus, tmp_path, capsys):
     code = main(["train", "--model", str(model_dir), "--dataset", str(corpus), "--tokens", "3000", "--out", str(tmp_path / "r"), *TINY])
     assert code == 0
     out = capsys.readouterr().out
-    assert "held-out (512 tokens" in out and "fvu" in out and "dead features" in out
+    for text in ("fixed", "documents", "fvu", "loss_recovered", "kl", "tokens (reconstruction)", "report.html"):
+        assert text in out, text
     assert saekit.load(tmp_path / "r").cfg.k == 4
+
+
+def test_eval_report_compare(model_dir, corpus, tmp_path, capsys):
+    for k in ("2", "8"):
+        assert main(["train", "--model", str(model_dir), "--dataset", str(corpus), "--tokens", "2000",
+                     "--out", str(tmp_path / f"k{k}"), *TINY, "--k", k, "--eval-tokens", "0"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "k2"), "--dataset", str(corpus), "--tokens", "600", "--max-length", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "loss_recovered" in out and "documents" in out
+    evaluation = json.loads((tmp_path / "k2" / "eval.json").read_text())
+    assert set(evaluation) >= {"fixed", "documents"} and evaluation["fixed"]["n_tokens"] >= 600
+    assert main(["eval", str(tmp_path / "k8"), "--dataset", str(corpus), "--tokens", "600", "--max-length", "64",
+                 "--json", str(tmp_path / "k8.json")]) == 0
+    assert main(["report", str(tmp_path / "k2")]) == 0
+    assert (tmp_path / "k2" / "report.html").stat().st_size > 10_000
+    assert main(["report", str(tmp_path / "k8")]) == 2  # no eval.json there
+    assert "saekit eval" in capsys.readouterr().err
+    (tmp_path / "k8" / "eval.json").write_text((tmp_path / "k8.json").read_text())
+    assert main(["compare", str(tmp_path / "k2"), str(tmp_path / "k8"), "--out", str(tmp_path / "cmp.html")]) == 0
+    out = capsys.readouterr().out
+    assert "k2" in out and "k8" in out and (tmp_path / "cmp.html").exists()
+    assert main(["eval", str(tmp_path / "k2"), "--hook", "resid_post.0"]) == 2
+    assert "trained on resid_post.1" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nope")]) == 2
 
 
 def test_errors_are_one_line_without_traceback(model_dir, corpus, tmp_path, capsys):

@@ -133,6 +133,10 @@ class ModelActivations:
                 break
         return torch.cat(parts) if parts else torch.empty(0, self.d, device=self.lm.device)
 
+    def check_heldout(self) -> None:
+        """Raise `DataError` now if the held-out split is empty (reads one batch)."""
+        next(iter(self._contexts("heldout", 0, repeat=False)), None)
+
     def heldout(self, n_tokens: int) -> Tensor:
         acts = self._collect(self._contexts("heldout", 0, repeat=False), n_tokens)[:n_tokens]
         if acts.shape[0] < n_tokens:

@@ -15,7 +15,7 @@ import typing
 from typing import Any, Sequence
 
 from .config import CacheConfig, TrainConfig
-from .errors import SaekitError
+from .errors import ConfigError, HookPointError, SaekitError
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -92,12 +92,13 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     print(f"\nsaved {result.dictionary.cfg.arch} dictionary ({result.dictionary.cfg.d_sae} features, "
           f"{result.dictionary.cfg.hook} of {result.dictionary.cfg.model}) to {result.out}")
     print(f"trained on {result.tokens:,} tokens in {result.steps:,} steps")
-    if result.heldout is not None:
+    if result.evaluation is not None:
+        print(result.evaluation.table())
+    elif result.heldout is not None:
         m = result.heldout
-        print(f"held-out ({m.n_tokens:,} tokens, fixed contexts of {cfg.context_length}):")
-        for name in ("fvu", "variance_explained", "mse", "cosine", "l0", "frac_alive", "relative_reconstruction_bias"):
-            print(f"  {name:<30} {getattr(m, name):.4g}")
-        print(f"  {'dead features':<30} {m.n_dead} of {result.dictionary.cfg.d_sae} ({m.n_dead / result.dictionary.cfg.d_sae:.1%})")
+        print(f"held-out activations ({m.n_tokens:,} tokens): fvu {m.fvu:.4g}  l0 {m.l0:.4g}  dead {m.n_dead}")
+    if (result.out / "report.html").exists():
+        print(f"report: {result.out / 'report.html'}")
     return 0
 
 
@@ -125,6 +126,50 @@ def _cmd_cache(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluate import evaluate
+    from .formats import load_dictionary
+    from .models import load_model, parse_dtype, resolve_device
+
+    if ns.tokens <= 0:
+        raise ConfigError(f"--tokens must be positive, got {ns.tokens}")
+    sae = load_dictionary(ns.folder, device=resolve_device(ns.device))
+    if ns.hook is not None and ns.hook != sae.cfg.hook:
+        raise HookPointError(f"the dictionary was trained on {sae.cfg.hook}, not {ns.hook}; drop --hook or pass a dictionary for {ns.hook}")
+    from .data import validate_source
+
+    validate_source(ns.dataset, ns.text_field)
+    lm = load_model(ns.model or sae.cfg.model or None, device=sae.W_dec.device, dtype=parse_dtype(ns.dtype))
+    result = evaluate(
+        sae, lm, dataset=ns.dataset, tokens=ns.tokens, max_length=ns.max_length, text_field=ns.text_field,
+        regimes=ns.regimes, allow_other_model=ns.allow_other_model,
+    )
+    print(result.table())
+    out = Path(ns.json) if ns.json else Path(ns.folder) / "eval.json"
+    out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(ns.folder, eval_path=ns.eval, out=ns.out)}")
+    return 0
+
+
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    from .report import compare
+
+    table, page = compare(ns.folders, out=ns.out)
+    print(table)
+    print(f"wrote {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saekit", description="Sparse dictionary learning on language-model activations.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -148,6 +193,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(p, CacheConfig)
     p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser(
+        "eval",
+        help="every figure of METRICS.md for a dictionary, in both context regimes",
+        description="Evaluate a dictionary on held-out text: reconstruction, sparsity and downstream figures "
+        "(the model with the dictionary spliced in), for fixed contexts as in training and for whole documents, "
+        "with FVU and CE diff by position. Prints a table and writes JSON (default FOLDER/eval.json).",
+    )
+    p.add_argument("folder", help="a dictionary folder (e.g. the --out of saekit train)")
+    p.add_argument("--tokens", type=int, default=32_768, help="evaluated tokens per regime (default 32,768)")
+    p.add_argument("--dataset", default=None, help="as for saekit train; its held-out split is used (default: embedded corpus)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--model", default=None, help="the model to run (default: the one the dictionary records)")
+    p.add_argument("--hook", default=None, help="refuse unless the dictionary was trained on this hook point")
+    p.add_argument("--regimes", nargs="+", default=["fixed", "documents"], choices=["fixed", "documents"])
+    p.add_argument("--max-length", type=int, default=1024, help="document length cap in the documents regime")
+    p.add_argument("--allow-other-model", action="store_true", help="evaluate on a model other than the recorded one")
+    p.add_argument("--json", default=None, help="where to write the figures (default FOLDER/eval.json)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="model dtype")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("report", help="a self-contained HTML page of a run's figures and plots")
+    p.add_argument("folder", help="a run folder holding eval.json (saekit train writes one; else run saekit eval)")
+    p.add_argument("--eval", default=None, help="an eval JSON elsewhere")
+    p.add_argument("--out", default=None, help="the page to write (default FOLDER/report.html)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="several dictionaries side by side, with sparsity-fidelity frontiers")
+    p.add_argument("folders", nargs="+", help="dictionary folders, each holding eval.json")
+    p.add_argument("--out", default=None, help="the page to write (default compare.html)")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 

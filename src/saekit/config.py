@@ -171,7 +171,10 @@ class TrainConfig(SourceConfig):
     checkpoint_every: int | None = _opt(
         "tokens between checkpoints; default a tenth of the run", default=None
     )
-    eval_tokens: int = _opt("held-out tokens to evaluate on at the end (0 to skip)", default=32_768)
+    eval_tokens: int = _opt(
+        "held-out tokens per context regime to evaluate on at the end (0 to skip); `saekit eval` measures more",
+        default=16_384,
+    )
     log_every: int = _opt("optimiser steps between log lines", default=10)
     wandb: bool = _opt("also log to Weights & Biases (WANDB_MODE=offline works)", default=False)
     wandb_project: str = _opt("W&B project", default="saekit")

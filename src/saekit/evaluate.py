@@ -2,21 +2,41 @@
 
 Every sum is accumulated in float64 over all evaluated tokens (never averaged per
 batch and then averaged again), so the figures do not depend on how the tokens were
-split into batches.
+split into batches or padded.
+
+Two layers:
+
+* ``evaluate_reconstruction`` needs only activations: mse, fvu, cosine, L0, L1,
+  density, γ.
+* ``evaluate`` runs the model: it reads the activations on held-out text in both
+  context regimes (``fixed`` contexts as in training, whole ``documents``), and
+  splices the reconstruction, zero and the mean activation into the forward pass for
+  the downstream figures (ce_*, loss_recovered, kl), and FVU and CE diff by position.
+  The four passes share the work up to the hook point (``hooks.skip_to_block``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Any, Iterable, Iterator, Literal
 
 import torch
 from torch import Tensor
 
 from .dictionaries import Dictionary
+from .errors import DataError, DimensionError, HookPointError
+
+log = logging.getLogger(__name__)
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens counts as dense
+Regime = Literal["fixed", "documents"]
+REGIMES: tuple[Regime, ...] = ("fixed", "documents")
+
+
+def _finite_or_text(v: Any) -> Any:
+    return v if not isinstance(v, float) or math.isfinite(v) else str(v)
 
 
 @dataclass
@@ -37,12 +57,93 @@ class ReconstructionMetrics:
     relative_reconstruction_bias: float
     hook: str = ""
     feature_density: list[float] = field(default_factory=list, repr=False)
+    l0_histogram: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
-    def to_dict(self, with_density: bool = False) -> dict:
+    def to_dict(self, with_distributions: bool = False) -> dict:
         d = asdict(self)
-        if not with_density:
+        if not with_distributions:
             d.pop("feature_density")
-        return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in d.items()}
+            d.pop("l0_histogram")
+        return {k: _finite_or_text(v) for k, v in d.items()}
+
+
+class _ReconstructionSums:
+    """Float64 running sums behind ``ReconstructionMetrics``, optionally by position bucket."""
+
+    def __init__(self, dictionary: Dictionary, bucket: int | None = None):
+        self.F = dictionary.cfg.d_sae
+        self.hook = dictionary.cfg.hook
+        self.dec_norms = dictionary.W_dec.detach().norm(dim=1).double()
+        self.bucket = bucket
+        self.n = 0
+        self.sum_x: Tensor | None = None
+        self.sum_sq_x = self.err = self.cos = self.l0 = self.l1 = self.l1w = self.xhat_sq = self.xhat_dot_x = 0.0
+        self.fires = torch.zeros(self.F, dtype=torch.float64, device=self.dec_norms.device)
+        self.l0_counts = torch.zeros(1, dtype=torch.long)
+        self.buckets: dict[int, list] = {}  # bucket -> [n, sum_x, sum_sq_x, err]
+
+    def add(self, x: Tensor, f: Tensor, x_hat: Tensor, positions: Tensor | None = None) -> None:
+        xd, xh, fd = x.double(), x_hat.double(), f.double()
+        self.n += x.shape[0]
+        self.sum_x = xd.sum(0) if self.sum_x is None else self.sum_x + xd.sum(0)
+        self.sum_sq_x += float(xd.pow(2).sum())
+        tok_err = (xd - xh).pow(2).sum(-1)
+        self.err += float(tok_err.sum())
+        self.cos += float(torch.nn.functional.cosine_similarity(xd, xh, dim=-1, eps=1e-12).sum())
+        active = fd > 0
+        self.l0 += float(active.sum())
+        self.l1 += float(fd.abs().sum())
+        self.l1w += float((fd.abs() * self.dec_norms).sum())
+        self.xhat_sq += float(xh.pow(2).sum())
+        self.xhat_dot_x += float((xh * xd).sum())
+        self.fires += active.sum(0)
+        counts = torch.bincount(active.sum(-1).cpu())
+        if counts.numel() > self.l0_counts.numel():
+            counts[: self.l0_counts.numel()] += self.l0_counts
+            self.l0_counts = counts
+        else:
+            self.l0_counts[: counts.numel()] += counts
+        if positions is not None and self.bucket:
+            ids = (positions // self.bucket).cpu()
+            for b in ids.unique().tolist():
+                sel = (ids == b).to(xd.device)
+                entry = self.buckets.setdefault(b, [0, 0.0, 0.0, 0.0])
+                entry[0] += int(sel.sum())
+                entry[1] = entry[1] + xd[sel].sum(0)
+                entry[2] += float(xd[sel].pow(2).sum())
+                entry[3] += float(tok_err[sel].sum())
+
+    @staticmethod
+    def _fvu(n: int, sum_x: Tensor, sum_sq: float, err: float) -> float:
+        total_var = sum_sq - float(sum_x.pow(2).sum()) / n  # Σ‖x − x̄‖², x̄ over the same tokens
+        return err / total_var if total_var > 0 else math.nan
+
+    def bucket_fvu(self) -> dict[int, tuple[int, float]]:
+        return {b: (e[0], self._fvu(e[0], e[1], e[2], e[3])) for b, e in sorted(self.buckets.items())}
+
+    def result(self) -> ReconstructionMetrics:
+        n = self.n
+        if n == 0:
+            raise DataError("no activations to evaluate: the evaluation data yielded no tokens")
+        fvu = self._fvu(n, self.sum_x, self.sum_sq_x, self.err)
+        density = (self.fires / n).cpu()
+        return ReconstructionMetrics(
+            n_tokens=n,
+            mse=self.err / n,
+            fvu=fvu,
+            variance_explained=1.0 - fvu,
+            cosine=self.cos / n,
+            l0=self.l0 / n,
+            l1=self.l1 / n,
+            l1_weighted=self.l1w / n,
+            frac_alive=float((density > 0).double().mean()),
+            n_dead=int((density == 0).sum()),
+            n_dense=int((density > DENSE_THRESHOLD).sum()),
+            relative_reconstruction_bias=self.xhat_sq / self.xhat_dot_x if self.xhat_dot_x != 0 else math.nan,
+            hook=self.hook,
+            feature_density=density.tolist(),
+            l0_histogram={"edges": list(range(self.l0_counts.numel() + 1)), "counts": self.l0_counts.tolist()},
+        )
 
 
 @torch.no_grad()
@@ -52,48 +153,348 @@ def evaluate_reconstruction(
     """Reconstruction figures for raw activations ``(N, d)`` (or an iterable of such)."""
     if isinstance(activations, Tensor):
         activations = activations.reshape(-1, activations.shape[-1]).split(batch_size)
+    sums = _ReconstructionSums(dictionary)
     device = dictionary.W_dec.device
-    F = dictionary.cfg.d_sae
-    dec_norms = dictionary.W_dec.norm(dim=1).double()
-    n = 0
-    sum_x = None
-    sum_sq_x = err = cos = l0 = l1 = l1w = xhat_sq = xhat_dot_x = 0.0
-    fires = torch.zeros(F, dtype=torch.float64, device=device)
     for x in activations:
         x = x.to(device, torch.float32)
         f = dictionary.encode(x)
+        sums.add(x, f, dictionary.decode(f))
+    return sums.result()
+
+
+# ---------------------------------------------------------------- with the model
+
+
+@dataclass
+class RegimeResult:
+    """Every METRICS.md figure for one context regime, with the counts behind them."""
+
+    regime: Regime
+    context_length: int
+    n_sequences: int
+    requested_tokens: int
+    reconstruction: ReconstructionMetrics
+    n_ce_tokens: int
+    ce_clean: float
+    ce_spliced: float
+    ce_zero: float
+    ce_mean: float
+    kl: float
+    by_position: list[dict[str, Any]]
+
+    @property
+    def ce_diff(self) -> float:
+        return self.ce_spliced - self.ce_clean
+
+    @property
+    def loss_recovered(self) -> float:
+        denom = self.ce_zero - self.ce_clean
+        return (self.ce_zero - self.ce_spliced) / denom if denom != 0 else math.nan
+
+    @property
+    def n_tokens(self) -> int:
+        return self.reconstruction.n_tokens
+
+    def __getattr__(self, name: str) -> Any:  # fvu, l0, ... straight from the reconstruction
+        if name != "reconstruction" and "reconstruction" in self.__dict__:
+            rec = self.__dict__["reconstruction"]
+            if hasattr(rec, name):
+                return getattr(rec, name)
+        raise AttributeError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "context_length": self.context_length,
+            "n_sequences": self.n_sequences,
+            "requested_tokens": self.requested_tokens,
+            "n_ce_tokens": self.n_ce_tokens,
+        }
+        d.update(self.reconstruction.to_dict(with_distributions=True))
+        d.pop("hook", None)
+        for name in ("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "ce_diff", "loss_recovered", "kl"):
+            d[name] = getattr(self, name)
+        d["by_position"] = self.by_position
+        return {k: _finite_or_text(v) for k, v in d.items()}
+
+
+@dataclass
+class EvalResult:
+    """``saekit.evaluate``'s answer: both regimes for one dictionary at its hook point."""
+
+    dictionary: dict[str, Any]
+    model: str
+    hook: str
+    dataset: str | None
+    fixed: RegimeResult | None
+    documents: RegimeResult | None
+
+    def regimes(self) -> dict[str, RegimeResult]:
+        return {r: getattr(self, r) for r in REGIMES if getattr(self, r) is not None}
+
+    TABLE_FIGURES = (
+        "fvu", "variance_explained", "mse", "cosine", "l0", "l1", "l1_weighted", "frac_alive", "n_dead", "n_dense",
+        "relative_reconstruction_bias", "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "ce_diff", "loss_recovered", "kl",
+    )
+
+    def table(self) -> str:
+        """The figures of both regimes side by side, with the counts behind them."""
+        regimes = self.regimes()
+        head = f"{'figure':<30}" + "".join(f"{name:>14}" for name in regimes)
+        rows = [f"{self.dictionary.get('arch')} dictionary on {self.hook} of {self.model}", head]
+        rows.append(f"{'context length':<30}" + "".join(f"{r.context_length:>14}" for r in regimes.values()))
+        rows.append(f"{'tokens (reconstruction)':<30}" + "".join(f"{r.n_tokens:>14,}" for r in regimes.values()))
+        rows.append(f"{'tokens (cross-entropy)':<30}" + "".join(f"{r.n_ce_tokens:>14,}" for r in regimes.values()))
+        for name in self.TABLE_FIGURES:
+            cells = []
+            for r in regimes.values():
+                v = getattr(r, name)
+                cells.append(f"{v:>14,}" if isinstance(v, int) else f"{v:>14.4g}")
+            rows.append(f"{name:<30}" + "".join(cells))
+        for r in regimes.values():
+            if r.n_tokens < r.requested_tokens:
+                rows.append(f"note: {r.regime}: the data held {r.n_tokens:,} of the {r.requested_tokens:,} tokens asked for")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dictionary": self.dictionary, "model": self.model, "hook": self.hook, "dataset": self.dataset}
+        for name, res in self.regimes().items():
+            out[name] = res.to_dict()
+        return out
+
+
+class _CEAccumulator:
+    """Summed next-token cross-entropies of the four passes and the KL, overall and by bucket."""
+
+    def __init__(self, bucket: int):
+        self.bucket = bucket
+        self.n = 0
+        self.sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "mean": 0.0, "kl": 0.0}
+        self.by_bucket: dict[int, list[float]] = {}  # bucket -> [n, Σ spliced − clean]
+
+    def add(self, ce: dict[str, Tensor], kl: Tensor, positions: Tensor) -> None:
+        self.n += ce["clean"].numel()
+        for k, v in ce.items():
+            self.sums[k] += float(v.double().sum())
+        self.sums["kl"] += float(kl.double().sum())
+        diff = (ce["spliced"] - ce["clean"]).double().cpu()
+        ids = (positions // self.bucket).cpu()
+        for b in ids.unique().tolist():
+            sel = ids == b
+            entry = self.by_bucket.setdefault(b, [0, 0.0])
+            entry[0] += int(sel.sum())
+            entry[1] += float(diff[sel].sum())
+
+    def mean(self, key: str) -> float:
+        return self.sums[key] / self.n if self.n else math.nan
+
+
+def _positions(mask: Tensor) -> Tensor:
+    """Each token's position in its sequence (0 = first real token; right padding)."""
+    return torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+
+
+def _next_token_ce(logits: Tensor, input_ids: Tensor, pred_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-position CE at the prediction positions, and the log-probabilities there."""
+    logp = torch.log_softmax(logits[:, :-1][pred_mask].float(), dim=-1)
+    targets = input_ids[:, 1:][pred_mask]
+    return -logp.gather(-1, targets[:, None]).squeeze(-1), logp
+
+
+@torch.no_grad()
+def _evaluate_regime(
+    dictionary: Dictionary,
+    lm: Any,
+    batches: list[Any],
+    regime: Regime,
+    context_length: int,
+    requested: int,
+    bucket: int,
+    splice_bos: bool,
+) -> RegimeResult:
+    from .hooks import HookPoint, edit_activations, read_activations, skip_to_block
+
+    hook = dictionary.cfg.hook
+    layer = HookPoint.parse(hook).layer
+    dev = lm.device
+
+    def masks(batch: Any) -> tuple[Tensor, Tensor]:
+        attn = batch.attention_mask.to(dev).bool()
+        splice = batch.token_mask(keep_bos=splice_bos).to(dev)
+        return attn, splice
+
+    # Pass 1 (prefix only): the mean activation over the evaluated tokens, for ce_mean.
+    total, count = None, 0
+    for batch in batches:
+        x = read_activations(lm, [hook], batch.input_ids.to(dev), batch.attention_mask.to(dev))[hook].float()
+        _, evaluated = masks(batch)
+        s = x[evaluated].double().sum(0)
+        total, count = (s if total is None else total + s), count + int(evaluated.sum())
+    mean_act = (total / max(count, 1)).float()
+
+    rec = _ReconstructionSums(dictionary, bucket)
+    ce = _CEAccumulator(bucket)
+    n_seq = 0
+    for batch in batches:
+        ids, attn_long = batch.input_ids.to(dev), batch.attention_mask.to(dev)
+        attn, evaluated = masks(batch)
+        acts = read_activations(lm, [f"resid_pre.{layer}", hook], ids, attn_long)
+        resid_pre, x = acts[f"resid_pre.{layer}"], acts[hook]
+        xe = x[evaluated].float()
+        f = dictionary.encode(xe)
         x_hat = dictionary.decode(f)
-        xd, xh, fd = x.double(), x_hat.double(), f.double()
-        n += x.shape[0]
-        sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)
-        sum_sq_x += float(xd.pow(2).sum())
-        err += float((xd - xh).pow(2).sum())
-        cos += float(torch.nn.functional.cosine_similarity(xd, xh, dim=-1, eps=1e-12).sum())
-        active = fd > 0
-        l0 += float(active.sum())
-        l1 += float(fd.abs().sum())
-        l1w += float((fd.abs() * dec_norms).sum())
-        xhat_sq += float(xh.pow(2).sum())
-        xhat_dot_x += float((xh * xd).sum())
-        fires += active.sum(0)
-    if n == 0:
-        raise ValueError("no activations to evaluate")
-    total_var = sum_sq_x - float(sum_x.pow(2).sum()) / n  # Σ‖x − x̄‖²
-    fvu = err / total_var if total_var > 0 else math.nan
-    density = (fires / n).cpu()
-    return ReconstructionMetrics(
-        n_tokens=n,
-        mse=err / n,
-        fvu=fvu,
-        variance_explained=1.0 - fvu,
-        cosine=cos / n,
-        l0=l0 / n,
-        l1=l1 / n,
-        l1_weighted=l1w / n,
-        frac_alive=float((density > 0).double().mean()),
-        n_dead=int((density == 0).sum()),
-        n_dense=int((density > DENSE_THRESHOLD).sum()),
-        relative_reconstruction_bias=xhat_sq / xhat_dot_x if xhat_dot_x != 0 else math.nan,
+        positions = _positions(attn)
+        rec.add(xe, f, x_hat, positions[evaluated])
+
+        full_hat = x.clone()
+        full_hat[evaluated] = x_hat.to(x.dtype)
+        variants = {
+            "clean": None,
+            "spliced": lambda a: torch.where(evaluated[..., None], full_hat, a),
+            "zero": lambda a: torch.where(evaluated[..., None], torch.zeros_like(a), a),
+            "mean": lambda a: torch.where(evaluated[..., None], mean_act.to(a.dtype).expand_as(a), a),
+        }
+        pred_mask = attn[:, :-1] & attn[:, 1:]
+        ces: dict[str, Tensor] = {}
+        logp_clean = None
+        kl = None
+        for name, fn in variants.items():
+            with skip_to_block(lm, layer, resid_pre), edit_activations(lm, {hook: fn} if fn else {}):
+                logits = lm.model(input_ids=ids, attention_mask=attn_long, use_cache=False).logits
+            ces[name], logp = _next_token_ce(logits, ids, pred_mask)
+            del logits
+            if name == "clean":
+                logp_clean = logp
+            elif name == "spliced":
+                kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
+        ce.add(ces, kl, positions[:, :-1][pred_mask])
+        n_seq += ids.shape[0]
+
+    metrics = rec.result()
+    rec_buckets = rec.bucket_fvu()
+    by_position = []
+    for b in sorted(set(rec_buckets) | set(ce.by_bucket)):
+        n_rec, fvu = rec_buckets.get(b, (0, math.nan))
+        n_ce, diff = ce.by_bucket.get(b, (0, 0.0))
+        by_position.append({
+            "start": b * bucket, "end": (b + 1) * bucket - 1, "n_tokens": n_rec, "fvu": _finite_or_text(fvu),
+            "n_ce_tokens": n_ce, "ce_diff": _finite_or_text(diff / n_ce if n_ce else math.nan),
+        })
+    return RegimeResult(
+        regime=regime,
+        context_length=context_length,
+        n_sequences=n_seq,
+        requested_tokens=requested,
+        reconstruction=metrics,
+        n_ce_tokens=ce.n,
+        ce_clean=ce.mean("clean"),
+        ce_spliced=ce.mean("spliced"),
+        ce_zero=ce.mean("zero"),
+        ce_mean=ce.mean("mean"),
+        kl=ce.mean("kl"),
+        by_position=by_position,
+    )
+
+
+def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool) -> tuple[list[Any], int]:
+    """Batches until they hold ``tokens`` evaluated tokens (or the data runs out)."""
+    taken, n = [], 0
+    for batch in batches:
+        taken.append(batch)
+        n += batch.num_tokens(keep_bos)
+        if n >= tokens:
+            break
+    return taken, n
+
+
+def check_dictionary_fits(dictionary: Dictionary, lm: Any, hook: str | None = None, model_name: str | None = None) -> None:
+    """Refuse a dictionary for another hook point, model width or model, naming each."""
+    from .hooks import hook_width, resolve_hook_point
+
+    cfg = dictionary.cfg
+    if hook is not None and hook != cfg.hook:
+        raise HookPointError(
+            f"the dictionary was trained on {cfg.hook}, not {hook}; drop --hook or pass a dictionary for {hook}"
+        )
+    resolve_hook_point(lm, cfg.hook)
+    width = hook_width(lm, cfg.hook)
+    if width != cfg.d_in:
+        raise DimensionError(
+            f"the dictionary takes activations of width {cfg.d_in} but {cfg.hook} of {lm.name} has width {width}; "
+            f"it was trained on another model ({cfg.model or 'unrecorded'})"
+        )
+    if model_name is not None and cfg.model and model_name != cfg.model:
+        raise DimensionError(
+            f"the dictionary was trained on {cfg.model}, not {model_name}; pass --model {cfg.model} "
+            "(or --allow-other-model to evaluate it on this model anyway)"
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    dictionary: Dictionary,
+    model: Any = None,
+    *,
+    dataset: str | None = None,
+    tokens: int = 32_768,
+    regimes: Iterable[Regime] = REGIMES,
+    context_length: int | None = None,
+    max_length: int = 1024,
+    batch_tokens: int = 2048,
+    split: Literal["train", "heldout"] = "heldout",
+    splice_bos: bool = False,
+    text_field: str = "text",
+    allow_other_model: bool = False,
+) -> EvalResult:
+    """Every METRICS.md figure for ``dictionary`` on held-out text, in both regimes.
+
+    ``model`` is a ``LoadedModel`` or a name for ``load_model`` (default: the model the
+    dictionary records). ``tokens`` evaluated tokens per regime (padding and BOS never
+    count); a dataset with fewer evaluates what there is and says so in the log and in
+    ``requested_tokens``. ``fixed`` cuts contexts of ``context_length`` (default: the
+    dictionary's training length, else 128); ``documents`` feeds whole documents up to
+    ``max_length`` tokens (capped by the model's own maximum), padded per batch.
+    Position buckets have the width of the fixed context length.
+    """
+    from .data import ContextStream, document_batches, validate_source
+    from .models import LoadedModel, load_model
+
+    regimes = tuple(regimes)
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"unknown regime(s) {unknown}; choose from {REGIMES}")
+    if tokens <= 0:
+        raise ValueError(f"tokens must be positive, got {tokens}")
+    validate_source(dataset, text_field)
+    asked_name = model if isinstance(model, str) else None
+    if not isinstance(model, LoadedModel):
+        model = load_model(model or dictionary.cfg.model or None, device=dictionary.W_dec.device)
+    lm = model
+    check_dictionary_fits(dictionary, lm, model_name=None if allow_other_model else (asked_name or lm.name))
+    ctx = context_length or dictionary.cfg.context_length or 128
+    max_len = min(max_length, lm.max_length)
+    results: dict[str, RegimeResult] = {}
+    for regime in regimes:
+        if regime == "fixed":
+            stream: Iterator[Any] = ContextStream(
+                dataset, lm.tokenizer, context_length=ctx, batch_size=max(1, batch_tokens // ctx),
+                split=split, text_field=text_field,
+            )
+            length = ctx
+        else:
+            stream = document_batches(
+                dataset, lm.tokenizer, max_length=max_len, batch_size=max(1, batch_tokens // max_len),
+                split=split, text_field=text_field,
+            )
+            length = max_len
+        batches, n = _take_tokens(stream, tokens, splice_bos)
+        if n < tokens:
+            log.warning("%s regime: the data holds only %d of the %d tokens asked for; evaluating those", regime, n, tokens)
+        results[regime] = _evaluate_regime(dictionary, lm, batches, regime, length, tokens, ctx, splice_bos)
+    return EvalResult(
+        dictionary=dictionary.cfg.to_dict(),
+        model=lm.name,
         hook=dictionary.cfg.hook,
-        feature_density=density.tolist(),
+        dataset=dataset,
+        fixed=results.get("fixed"),
+        documents=results.get("documents"),
     )

@@ -543,3 +543,86 @@ def _device_of(module: nn.Module) -> torch.device | None:
     for param in module.parameters():
         return param.device
     return None
+
+
+# ---------------------------------------------------------------------------
+# Running only the blocks after a cached point: skip_to_block
+
+# Whether a model's blocks return a tuple (transformers < 4.56) or a tensor; probed
+# once per model on a two-token input.
+_BLOCKS_RETURN_TUPLE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _blocks_return_tuple(structure: _Structure) -> bool:
+    first = structure.blocks[0]
+    if first not in _BLOCKS_RETURN_TUPLE:
+        seen: list[bool] = []
+
+        def probe(_mod: nn.Module, _args: Any, output: Any) -> None:
+            seen.append(isinstance(output, (tuple, list)))
+            raise _StopForward
+
+        handle = first.register_forward_hook(probe)
+        device = _device_of(structure.runner)
+        try:
+            with torch.no_grad():
+                ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+                structure.runner(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        _BLOCKS_RETURN_TUPLE[first] = bool(seen and seen[0])
+    return _BLOCKS_RETURN_TUPLE[first]
+
+
+@contextlib.contextmanager
+def skip_to_block(model: Any, layer: int, resid_pre: Tensor) -> Iterator[None]:
+    """While active, a forward pass starts at block `layer` from a cached residual stream.
+
+    Blocks 0..layer-2 become pass-throughs and block layer-1 returns `resid_pre`
+    (the residual stream entering block `layer`, e.g. read earlier with
+    `read_activations(model, [f"resid_pre.{layer}"], ...)` on the same batch), so
+    several passes that differ only from block `layer` on (clean, spliced, ablated)
+    share the work before it. Embeddings, masks and position encodings are still
+    computed (cheaply) by the model itself, and every block keeps its place in the
+    list, so per-layer settings (Gemma-2's alternating attention masks) stay right.
+    Edits from `edit_activations` compose with this in either nesting order. With
+    `layer == 0` there is nothing to skip and the context changes nothing.
+    """
+    structure = _structure(model)
+    if not 0 <= layer < structure.n_layers:
+        raise HookPointError(f"skip_to_block: layer {layer} is outside 0..{structure.n_layers - 1}")
+    if layer == 0:
+        yield
+        return
+    as_tuple = _blocks_return_tuple(structure)
+
+    def wrap(hidden: Tensor) -> Any:
+        return (hidden,) if as_tuple else hidden
+
+    def passthrough(*args: Any, **kwargs: Any) -> Any:
+        return wrap(_input_of(args, kwargs, "skip_to_block"))
+
+    def inject(*args: Any, **kwargs: Any) -> Any:
+        hidden = _input_of(args, kwargs, "skip_to_block")
+        if hidden.shape != resid_pre.shape:
+            raise HookPointError(
+                f"skip_to_block: the cached residual stream has shape {tuple(resid_pre.shape)} but this "
+                f"forward pass has {tuple(hidden.shape)}; cache it from the same batch"
+            )
+        return wrap(resid_pre.to(hidden.dtype))
+
+    saved: list[tuple[nn.Module, Any]] = []
+    try:
+        for i in range(layer):
+            block = structure.blocks[i]
+            saved.append((block, block.__dict__.get("forward")))
+            block.forward = inject if i == layer - 1 else passthrough  # type: ignore[method-assign]
+        yield
+    finally:
+        for block, original in saved:
+            if original is None:
+                del block.forward
+            else:
+                block.forward = original

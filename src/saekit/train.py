@@ -33,12 +33,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .activations import ActivationBuffer, ActivationSource, open_activation_source
+from .activations import ActivationBuffer, ActivationSource, ModelActivations, open_activation_source
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .config import RESAMPLE_STOP_FRACTION, TrainConfig
 from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, LossOutput, LossParams, build_dictionary
 from .errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
-from .evaluate import ReconstructionMetrics, evaluate_reconstruction
+from .evaluate import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
 from .formats import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text, save_dictionary
 from .models import resolve_device
 
@@ -59,7 +59,8 @@ class TrainResult:
     out: Path
     tokens: int
     steps: int
-    heldout: ReconstructionMetrics | None
+    heldout: ReconstructionMetrics | None  # fixed-context reconstruction figures on held-out text
+    evaluation: EvalResult | None = None  # every figure, both regimes (when trained from a model)
 
 
 def lr_multiplier(progress: float, warmup: float, decay: float) -> float:
@@ -325,15 +326,18 @@ def train(
         if progress:
             progress({"status": message})
 
-    heldout = None
+    heldout = None  # held-out activations, for sources without a model to run
     if cfg.eval_tokens > 0:
-        status(f"reading up to {cfg.eval_tokens:,} held-out activations")
+        status("checking the held-out split")
         try:
-            heldout = source.heldout(cfg.eval_tokens)
+            if isinstance(source, ModelActivations):
+                source.check_heldout()
+            else:
+                heldout = source.heldout(cfg.eval_tokens)
+                if heldout.shape[0] == 0:
+                    raise DataError("the held-out split yielded no activations")
         except DataError as e:
             raise DataError(f"{e} (or pass --eval-tokens 0 to skip the held-out evaluation)") from None
-        if heldout.shape[0] == 0:
-            raise DataError("the held-out split yielded no activations; pass --eval-tokens 0 to skip the evaluation")
 
     # Everything is checked: now the output folder may change.
     if cfg.overwrite:
@@ -402,12 +406,27 @@ def train(
 
     final = trainer.finished_dictionary()
     save_dictionary(final, out)
-    metrics = None
-    if heldout is not None:
-        status("evaluating on held-out activations")
-        metrics = evaluate_reconstruction(final, heldout)
-        atomic_write_text(out / EVAL_FILE, json.dumps({"heldout": metrics.to_dict()}, indent=2) + "\n")
-    return TrainResult(final, out, trainer.tokens, trainer.step, metrics)
+    metrics, evaluation = None, None
+    if cfg.eval_tokens > 0:
+        status("evaluating on held-out text")
+        if isinstance(source, ModelActivations):
+            evaluation = evaluate(
+                final, source.lm, dataset=cfg.dataset, tokens=cfg.eval_tokens, context_length=cfg.context_length,
+                splice_bos=cfg.keep_bos, text_field=cfg.text_field,
+            )
+            metrics, record = evaluation.fixed.reconstruction, evaluation.to_dict()
+        else:
+            # No model to run: reconstruction figures on held-out activations only.
+            metrics = evaluate_reconstruction(final, heldout)
+            record = {
+                "dictionary": final.cfg.to_dict(), "model": source.model_name, "hook": source.hook, "dataset": cfg.dataset,
+                "fixed": {"context_length": source.context_length, **metrics.to_dict(with_distributions=True)},
+            }
+        atomic_write_text(out / EVAL_FILE, json.dumps(record, indent=2) + "\n")
+        from .report import write_report
+
+        write_report(out)
+    return TrainResult(final, out, trainer.tokens, trainer.step, metrics, evaluation)
 
 
 def _step_record(trainer: DictionaryTrainer, x: Tensor, out: LossOutput, t0: float, tokens_at_t0: int) -> dict[str, Any]:

@@ -1,0 +1,152 @@
+"""Evaluation figures checked against dictionaries whose answers are known exactly."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import saekit
+from saekit.data import ContextStream
+from saekit.dictionaries import DictionaryConfig, build_dictionary
+from saekit.errors import DimensionError, HookPointError
+from saekit.evaluate import evaluate
+from saekit.hooks import edit_activations, read_activations
+
+HOOK = "resid_post.1"
+
+
+@pytest.fixture(scope="module")
+def lm(model_dir):
+    return saekit.load_model(str(model_dir))
+
+
+def linear_dictionary(lm, c: float = 1.0, hook: str = HOOK):
+    """x̂ = c·x exactly: a ReLU dictionary with W_enc = [I, −I] and W_dec = c·[I; −I]."""
+    d = lm.d_model
+    sae = build_dictionary(DictionaryConfig(arch="relu", d_in=d, d_sae=2 * d, hook=hook, model=lm.name, context_length=32))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(c * torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def run(sae, lm, corpus, **kw):
+    kw.setdefault("tokens", 1500)
+    kw.setdefault("max_length", 64)
+    return evaluate(sae, lm, dataset=str(corpus), **kw)
+
+
+def test_identity_dictionary(lm, corpus):
+    res = run(linear_dictionary(lm), lm, corpus)
+    for regime in (res.fixed, res.documents):
+        assert regime.fvu == pytest.approx(0.0, abs=1e-10)
+        assert regime.relative_reconstruction_bias == pytest.approx(1.0, abs=1e-6)
+        assert regime.ce_spliced == pytest.approx(regime.ce_clean, abs=1e-5)
+        assert regime.loss_recovered == pytest.approx(1.0, abs=1e-4)
+        assert regime.kl == pytest.approx(0.0, abs=1e-6)
+        assert regime.cosine == pytest.approx(1.0, abs=1e-6)
+        assert regime.n_tokens >= 1500 or regime.requested_tokens == 1500
+
+
+def test_scaled_dictionary_has_known_fvu_and_gamma(lm, corpus):
+    c = 0.7
+    res = run(linear_dictionary(lm, c), lm, corpus, regimes=["fixed"])
+    # The same tokens, read by hand: fixed contexts of 32 from the held-out split, BOS dropped.
+    stream = ContextStream(str(corpus), lm.tokenizer, context_length=32, batch_size=64, split="heldout")
+    xs, n = [], 0
+    for batch in stream:
+        x = read_activations(lm, [HOOK], batch.input_ids, batch.attention_mask)[HOOK]
+        xs.append(x[batch.token_mask()].double())
+        n += xs[-1].shape[0]
+        if n >= 1500:
+            break
+    x = torch.cat(xs)
+    assert res.fixed.n_tokens == x.shape[0]
+    expected_fvu = (1 - c) ** 2 * x.pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert res.fixed.fvu == pytest.approx(float(expected_fvu), rel=1e-6)
+    assert res.fixed.relative_reconstruction_bias == pytest.approx(c, rel=1e-6)
+    assert res.fixed.mse == pytest.approx(float((1 - c) ** 2 * x.pow(2).sum(-1).mean()), rel=1e-6)
+
+
+def test_zero_dictionary_is_the_zero_ablation(lm, corpus):
+    res = run(linear_dictionary(lm, 0.0), lm, corpus)
+    for regime in (res.fixed, res.documents):
+        assert regime.ce_spliced == pytest.approx(regime.ce_zero, abs=1e-6)
+        assert regime.loss_recovered == pytest.approx(0.0, abs=1e-6)
+        assert regime.ce_zero > regime.ce_clean  # ablating the residual stream hurts
+
+
+def test_splicing_reconstruction_plus_error_gives_clean_loss(lm, corpus):
+    """METRICS.md's sanity check: x̂ + (x − x̂) spliced in gives ce_clean to fp precision."""
+    torch.manual_seed(0)
+    sae = build_dictionary(DictionaryConfig(arch="topk", d_in=lm.d_model, d_sae=64, k=4, hook=HOOK, model=lm.name))
+    batch = next(iter(ContextStream(str(corpus), lm.tokenizer, context_length=32, batch_size=4, split="heldout")))
+    with torch.no_grad():
+        clean = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        with edit_activations(lm, {HOOK: lambda a: sae(a) + (a - sae(a))}):
+            spliced = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        with edit_activations(lm, {HOOK: sae}):
+            reconstructed = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert torch.allclose(clean, spliced, atol=1e-5)
+    assert not torch.allclose(clean, reconstructed, atol=1e-3)  # the test would notice a no-op splice
+
+
+def test_padding_never_counts(lm, corpus):
+    torch.manual_seed(0)
+    sae = build_dictionary(DictionaryConfig(arch="topk", d_in=lm.d_model, d_sae=64, k=4, hook=HOOK, model=lm.name, context_length=32))
+    one = run(sae, lm, corpus, regimes=["documents"], batch_tokens=64)  # one document per batch
+    many = run(sae, lm, corpus, regimes=["documents"], batch_tokens=320)  # five per batch, padded
+    a, b = one.documents.to_dict(), many.documents.to_dict()
+    assert a["n_tokens"] == b["n_tokens"] and a["n_ce_tokens"] == b["n_ce_tokens"]
+    for key in ("mse", "fvu", "cosine", "l0", "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_position_buckets_cover_the_tokens(lm, corpus):
+    res = run(linear_dictionary(lm, 0.5), lm, corpus, max_length=96, regimes=["documents"])
+    buckets = res.documents.by_position
+    assert [b["start"] for b in buckets] == [0, 32, 64][: len(buckets)] and len(buckets) >= 2
+    assert sum(b["n_tokens"] for b in buckets) == res.documents.n_tokens
+    assert sum(b["n_ce_tokens"] for b in buckets) == res.documents.n_ce_tokens
+
+
+def test_json_has_both_regimes_and_counts(lm, corpus, tmp_path):
+    res = run(linear_dictionary(lm, 0.9), lm, corpus)
+    d = json.loads(json.dumps(res.to_dict()))
+    for regime in ("fixed", "documents"):
+        for key in ("mse", "fvu", "variance_explained", "cosine", "l0", "l1", "l1_weighted", "frac_alive", "n_dead",
+                    "n_dense", "relative_reconstruction_bias", "ce_clean", "ce_spliced", "ce_zero", "ce_mean",
+                    "ce_diff", "loss_recovered", "kl", "n_tokens", "n_ce_tokens", "by_position", "feature_density"):
+            assert key in d[regime], (regime, key)
+    assert d["hook"] == HOOK and d["fixed"]["context_length"] == 32 and d["documents"]["context_length"] == 64
+
+
+def test_fewer_tokens_than_asked_evaluates_what_there_is(lm, corpus, caplog):
+    res = run(linear_dictionary(lm), lm, corpus, tokens=10**7, regimes=["fixed"])
+    assert res.fixed.requested_tokens == 10**7 and 0 < res.fixed.n_tokens < 10**7
+    assert "only" in caplog.text
+
+
+def test_non_finite_figures_are_reported_not_dropped(lm, corpus):
+    sae = linear_dictionary(lm)
+    with torch.no_grad():
+        sae.W_dec[0, 0] = float("nan")
+    d = run(sae, lm, corpus, regimes=["fixed"], tokens=200).to_dict()["fixed"]
+    assert d["fvu"] == "nan" and d["mse"] == "nan"
+
+
+def test_dictionary_for_another_hook_or_model(lm, corpus):
+    with pytest.raises(DimensionError, match="width 16"):
+        sae = build_dictionary(DictionaryConfig(arch="relu", d_in=16, d_sae=32, hook=HOOK, model=lm.name))
+        run(sae, lm, corpus)
+    with pytest.raises(HookPointError, match="layer 7"):
+        run(linear_dictionary(lm, hook="resid_post.7"), lm, corpus)
+    other = linear_dictionary(lm)
+    other.cfg.model = "some/other-model"
+    with pytest.raises(DimensionError, match="trained on some/other-model"):
+        run(other, lm, corpus)
+    assert run(other, lm, corpus, tokens=100, regimes=["fixed"], allow_other_model=True).fixed.n_tokens > 0

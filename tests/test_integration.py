@@ -24,7 +24,7 @@ def test_default_train_path_on_the_embedded_model(tmp_path):
     sae = saekit.load(tmp_path / "run")
     assert (sae.cfg.arch, sae.cfg.k, sae.cfg.hook, sae.cfg.model) == ("topk", 32, "resid_post.9", "smollm2-135m")
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (576, 8 * 576)
-    assert result.heldout.n_tokens == 2048 and result.heldout.fvu < 1.0
+    assert 2048 <= result.heldout.n_tokens < 2048 + 128 and result.heldout.fvu < 1.0
     assert result.heldout.l0 <= 32
 
 

@@ -396,13 +396,24 @@ def _evaluate_regime(
 
 
 def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool) -> tuple[list[Any], int]:
-    """Batches until they hold ``tokens`` evaluated tokens (or the data runs out)."""
+    """Whole sequences until they hold ``tokens`` evaluated tokens (or the data runs out).
+
+    The last batch is cut after the sequence that reaches the budget, so the overshoot
+    is less than one sequence.
+    """
+    from .data import TokenBatch
+
     taken, n = [], 0
     for batch in batches:
-        taken.append(batch)
-        n += batch.num_tokens(keep_bos)
-        if n >= tokens:
+        per_row = batch.token_mask(keep_bos).sum(1).cumsum(0)
+        if n + int(per_row[-1]) >= tokens:
+            rows = int((per_row < tokens - n).sum()) + 1
+            batch = TokenBatch(batch.input_ids[:rows], batch.attention_mask[:rows], batch.bos_mask[:rows])
+            taken.append(batch)
+            n += int(per_row[rows - 1])
             break
+        taken.append(batch)
+        n += int(per_row[-1])
     return taken, n
 
 

@@ -6,12 +6,13 @@ The Python API mirrors the CLI::
     result = saekit.train(saekit.TrainConfig(arch="topk", k=32, tokens=300_000))
     sae = saekit.load(result.out)            # encode / decode / forward on raw activations
     lm = saekit.load_model()                 # the embedded SmolLM2-135M (or a Hub id / folder / .gguf)
+    print(saekit.evaluate(sae, lm).table())  # every METRICS.md figure, both context regimes
 """
 
 from .config import TrainConfig
 from .dictionaries import Dictionary, DictionaryConfig
 from .errors import SaekitError
-from .evaluate import ReconstructionMetrics, evaluate_reconstruction
+from .evaluate import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
 from .formats import load_dictionary as load
 from .formats import save_dictionary as save
 from .hooks import edit_activations, hook_point_names, read_activations
@@ -26,11 +27,13 @@ __all__ = [
     "Dictionary",
     "DictionaryConfig",
     "ReconstructionMetrics",
+    "EvalResult",
     "SaekitError",
     "train",
     "load",
     "save",
     "load_model",
+    "evaluate",
     "evaluate_reconstruction",
     "read_activations",
     "edit_activations",

@@ -178,3 +178,15 @@ def test_wrong_width_is_a_clear_error():
     sae = make("relu")
     with pytest.raises(ValueError, match="width 16 \\(resid_post.1 of tiny\\), but got width 20"):
         sae.encode(torch.randn(3, 20))
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        folder = save(make("relu"), tmp_path / "d")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((folder / "weights.safetensors").stat().st_mode) == 0o644

@@ -15,7 +15,7 @@ import typing
 from typing import Any, Sequence
 
 from .config import CacheConfig, TrainConfig
-from .errors import ConfigError, HookPointError, SaekitError
+from .errors import ConfigError, SaekitError
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -130,15 +130,14 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .evaluate import evaluate
+    from .evaluate import check_hook, evaluate
     from .formats import load_dictionary
     from .models import load_model, parse_dtype, resolve_device
 
     if ns.tokens <= 0:
         raise ConfigError(f"--tokens must be positive, got {ns.tokens}")
     sae = load_dictionary(ns.folder, device=resolve_device(ns.device))
-    if ns.hook is not None and ns.hook != sae.cfg.hook:
-        raise HookPointError(f"the dictionary was trained on {sae.cfg.hook}, not {ns.hook}; drop --hook or pass a dictionary for {ns.hook}")
+    check_hook(sae, ns.hook)  # before the slow model load
     from .data import validate_source
 
     validate_source(ns.dataset, ns.text_field)

@@ -417,15 +417,20 @@ def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool) -> tuple[l
     return taken, n
 
 
+def check_hook(dictionary: Dictionary, hook: str | None) -> None:
+    """Refuse a dictionary trained on another hook point than the one asked for."""
+    if hook is not None and hook != dictionary.cfg.hook:
+        raise HookPointError(
+            f"the dictionary was trained on {dictionary.cfg.hook}, not {hook}; drop --hook or pass a dictionary for {hook}"
+        )
+
+
 def check_dictionary_fits(dictionary: Dictionary, lm: Any, hook: str | None = None, model_name: str | None = None) -> None:
     """Refuse a dictionary for another hook point, model width or model, naming each."""
     from .hooks import hook_width, resolve_hook_point
 
     cfg = dictionary.cfg
-    if hook is not None and hook != cfg.hook:
-        raise HookPointError(
-            f"the dictionary was trained on {cfg.hook}, not {hook}; drop --hook or pass a dictionary for {hook}"
-        )
+    check_hook(dictionary, hook)
     resolve_hook_point(lm, cfg.hook)
     width = hook_width(lm, cfg.hook)
     if width != cfg.d_in:

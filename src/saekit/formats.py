@@ -45,6 +45,11 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
+    # safetensors creates the file private (0600); give it the permissions any other
+    # file the user writes would get, so a shared run folder stays readable.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 

@@ -293,11 +293,21 @@ def _positions(mask: Tensor) -> Tensor:
     return torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
 
 
-def _next_token_ce(logits: Tensor, input_ids: Tensor, pred_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-position CE at the prediction positions, and the log-probabilities there."""
-    logp = torch.log_softmax(logits[:, :-1][pred_mask].float(), dim=-1)
-    targets = input_ids[:, 1:][pred_mask]
-    return -logp.gather(-1, targets[:, None]).squeeze(-1), logp
+def _next_token_terms(logits: Tensor, input_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-position next-token CE, the logits that made it, and their log-sum-exp.
+
+    CE = logsumexp(z) − z_target needs one read-only pass over the vocabulary, where a
+    full log-softmax would write a (positions × vocabulary) tensor per pass.
+    """
+    z = logits[:, :-1].float()
+    lse = torch.logsumexp(z, dim=-1)
+    return lse - z.gather(-1, input_ids[:, 1:, None]).squeeze(-1), z, lse
+
+
+def _kl(z_clean: Tensor, lse_clean: Tensor, z_other: Tensor, lse_other: Tensor) -> Tensor:
+    """KL(p_clean ‖ p_other) per position, from logits: Σ p_c (z_c − z_o) − lse_c + lse_o."""
+    p_clean = (z_clean - lse_clean[..., None]).exp()
+    return (p_clean * (z_clean - z_other)).sum(-1) - lse_clean + lse_other
 
 
 @torch.no_grad()
@@ -355,17 +365,19 @@ def _evaluate_regime(
         }
         pred_mask = attn[:, :-1] & attn[:, 1:]
         ces: dict[str, Tensor] = {}
-        logp_clean = None
+        clean: tuple[Tensor, Tensor] | None = None
         kl = None
         for name, fn in variants.items():
             with skip_to_block(lm, layer, resid_pre), edit_activations(lm, {hook: fn} if fn else {}):
                 logits = lm.model(input_ids=ids, attention_mask=attn_long, use_cache=False).logits
-            ces[name], logp = _next_token_ce(logits, ids, pred_mask)
-            del logits
+            ce_all, z, lse = _next_token_terms(logits, ids)
+            ces[name] = ce_all[pred_mask]
             if name == "clean":
-                logp_clean = logp
+                clean = (z, lse)
             elif name == "spliced":
-                kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
+                kl = _kl(*clean, z, lse)[pred_mask]
+                clean = None  # the clean logits are needed for the KL only
+            del logits, z
         ce.add(ces, kl, positions[:, :-1][pred_mask])
         n_seq += ids.shape[0]
 

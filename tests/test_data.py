@@ -461,3 +461,17 @@ def test_token_batch_to_device():
         torch.zeros(2, 3, dtype=torch.bool),
     )
     assert batch.to("cpu").num_tokens() == 6
+
+
+def test_documents_batches_respect_a_padded_token_budget(tokenizers, corpus):
+    tok = tokenizers["bos"]
+    budget = 96
+    batches = list(document_batches(corpus[0], tok, max_length=40, batch_size=1000, split="train",
+                                    max_documents=60, max_batch_tokens=budget))
+    assert all(b.input_ids.numel() <= budget or len(b.input_ids) == 1 for b in batches)
+    assert any(len(b.input_ids) > 1 for b in batches)
+    flat = [ids[m.bool()].tolist() for b in batches for ids, m in zip(b.input_ids, b.attention_mask)]
+    single = [ids[m.bool()].tolist() for b in document_batches(corpus[0], tok, max_length=40, batch_size=1,
+                                                                  split="train", max_documents=60)
+              for ids, m in zip(b.input_ids, b.attention_mask)]
+    assert flat == single  # the same documents, in order, only grouped differently

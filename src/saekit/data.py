@@ -587,6 +587,7 @@ def document_batches(
     split: Split = "heldout",
     max_documents: int | None = None,
     text_field: str = "text",
+    max_batch_tokens: int | None = None,
 ) -> Iterator[TokenBatch]:
     """Batches of whole documents, one per row, for the ``documents`` regime.
 
@@ -597,15 +598,21 @@ def document_batches(
     first ``max_documents`` of the split are used. Raises `DataError` (when iterated)
     if the split has no documents, which happens for sources of fewer than
     ``HELDOUT_PERIOD`` documents.
+
+    With ``max_batch_tokens`` a batch also closes before its padded size (rows × the
+    longest row) would exceed that many tokens, so memory stays bounded whether the
+    documents are short or long; a batch always holds at least one document.
     """
     _check_positive("max_length", max_length, 2 if tokenizer.bos_token_id is not None else 1)
     _check_positive("batch_size", batch_size)
+    if max_batch_tokens is not None:
+        _check_positive("max_batch_tokens", max_batch_tokens)
     if max_documents is not None:
         _check_positive("max_documents", max_documents)
     if split not in ("train", "heldout"):
         raise ConfigError(f"split must be 'train' or 'heldout', not {split!r}.")
     return _document_batches(
-        source, tokenizer, max_length, batch_size, split, max_documents, text_field
+        source, tokenizer, max_length, batch_size, split, max_documents, text_field, max_batch_tokens
     )
 
 
@@ -617,6 +624,7 @@ def _document_batches(
     split: Split,
     max_documents: int | None,
     text_field: str,
+    max_batch_tokens: int | None = None,
 ) -> Iterator[TokenBatch]:
     bos_id = tokenizer.bos_token_id
     prefix = [] if bos_id is None else [bos_id]
@@ -627,7 +635,13 @@ def _document_batches(
     for ids in _token_ids(tokenizer, itertools.islice(documents, max_documents)):
         if not ids:
             continue
-        rows.append((prefix + ids)[:max_length])
+        row = (prefix + ids)[:max_length]
+        if rows and max_batch_tokens is not None:
+            longest = max(len(row), max(len(r) for r in rows))
+            if (len(rows) + 1) * longest > max_batch_tokens:
+                yield _padded_batch(rows, pad_id, bos_id is not None)
+                rows, any_rows = [], True
+        rows.append(row)
         if len(rows) == batch_size:
             yield _padded_batch(rows, pad_id, bos_id is not None)
             rows, any_rows = [], True

@@ -480,7 +480,8 @@ def evaluate(
     count); a dataset with fewer evaluates what there is and says so in the log and in
     ``requested_tokens``. ``fixed`` cuts contexts of ``context_length`` (default: the
     dictionary's training length, else 128); ``documents`` feeds whole documents up to
-    ``max_length`` tokens (capped by the model's own maximum), padded per batch.
+    ``max_length`` tokens (capped by the model's own maximum), padded per batch, as many
+    per batch as fit in ``batch_tokens`` padded tokens (which bounds the logits' memory).
     Position buckets have the width of the fixed context length.
     """
     from .data import ContextStream, document_batches, validate_source
@@ -510,8 +511,8 @@ def evaluate(
             length = ctx
         else:
             stream = document_batches(
-                dataset, lm.tokenizer, max_length=max_len, batch_size=max(1, batch_tokens // max_len),
-                split=split, text_field=text_field,
+                dataset, lm.tokenizer, max_length=max_len, batch_size=batch_tokens,
+                split=split, text_field=text_field, max_batch_tokens=batch_tokens,
             )
             length = max_len
         batches, n = _take_tokens(stream, tokens, splice_bos)

@@ -60,6 +60,10 @@ def test_eval_report_compare(model_dir, corpus, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "k2"), "--hook", "resid_post.0"]) == 2
     assert "trained on resid_post.1" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert main(["eval", str(tmp_path / "k2"), "--json", str(tmp_path / "no" / "dir.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "k2" / "config.json"), "--dataset", str(corpus), "--tokens", "100",
+                 "--regimes", "fixed"]) == 0  # a file inside the folder: eval.json lands beside it
 
 
 def test_errors_are_one_line_without_traceback(model_dir, corpus, tmp_path, capsys):

@@ -110,7 +110,7 @@ def test_padding_never_counts(lm, corpus):
 
 
 def test_position_buckets_cover_the_tokens(lm, corpus):
-    res = run(linear_dictionary(lm, 0.5), lm, corpus, max_length=96, regimes=["documents"])
+    res = run(linear_dictionary(lm, 0.5), lm, corpus, max_length=96, regimes=["documents"], bucket_tokens=32)
     buckets = res.documents.by_position
     assert [b["start"] for b in buckets] == [0, 32, 64][: len(buckets)] and len(buckets) >= 2
     assert sum(b["n_tokens"] for b in buckets) == res.documents.n_tokens
@@ -153,3 +153,21 @@ def test_dictionary_for_another_hook_or_model(lm, corpus):
     with pytest.raises(DimensionError, match="trained on some/other-model"):
         run(other, lm, corpus)
     assert run(other, lm, corpus, tokens=100, regimes=["fixed"], allow_other_model=True).fixed.n_tokens > 0
+
+
+def test_bad_options_fail_before_any_work(lm, corpus):
+    from saekit.errors import ConfigError
+
+    sae = linear_dictionary(lm)
+    for kw, match in ((dict(regimes="fixd"), "unknown regime"), (dict(tokens=0), "tokens must be positive"),
+                      (dict(max_length=1), "at least 2"), (dict(bucket_tokens=0), "bucket_tokens")):
+        with pytest.raises(ConfigError, match=match):
+            run(sae, lm, corpus, **kw)
+    assert run(sae, lm, corpus, regimes="fixed", tokens=100).documents is None  # one regime as a string
+
+
+def test_model_paths_compare_resolved(lm, corpus, model_dir, monkeypatch):
+    sae = linear_dictionary(lm)
+    sae.cfg.model = str(model_dir) + "/"
+    monkeypatch.chdir(model_dir.parent)
+    assert run(sae, model_dir.name, corpus, tokens=100, regimes="fixed").fixed.n_tokens > 0

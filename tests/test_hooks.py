@@ -451,3 +451,18 @@ def test_tuple_outputs_are_read_and_edited():
         with edit_activations(model, {"resid_post.0": lambda x: x + 1, "attn_out.1": lambda x: x}):
             edited = model(ids)
     assert not torch.allclose(edited, clean)
+
+
+def test_skip_to_block_restores_a_block_listed_twice():
+    from saekit.hooks import read_activations, skip_to_block
+
+    model = tiny_model("llama")
+    model.model.layers[1] = model.model.layers[0]  # shared weights: one module in two places
+    ids = torch.randint(3, 200, (1, 8))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        pre = read_activations(model, ["resid_pre.2"], ids)["resid_pre.2"]
+        with skip_to_block(model, 2, pre):
+            pass
+        assert "forward" not in model.model.layers[0].__dict__
+        assert torch.allclose(model(input_ids=ids).logits, before)

@@ -130,25 +130,36 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .evaluate import check_hook, evaluate
-    from .formats import load_dictionary
+    from .data import validate_source
+    from .errors import DimensionError
+    from .evaluate import check_hook, evaluate, same_model
+    from .formats import atomic_write_text, load_dictionary
     from .models import load_model, parse_dtype, resolve_device
 
+    # Everything that can be checked before the slow model load and the passes is checked here.
     if ns.tokens <= 0:
         raise ConfigError(f"--tokens must be positive, got {ns.tokens}")
-    sae = load_dictionary(ns.folder, device=resolve_device(ns.device))
-    check_hook(sae, ns.hook)  # before the slow model load
-    from .data import validate_source
-
+    if ns.max_length < 2:
+        raise ConfigError(f"--max-length must be at least 2, got {ns.max_length}")
+    folder = Path(ns.folder)
+    out = Path(ns.json) if ns.json else (folder if folder.is_dir() else folder.parent) / "eval.json"
+    if not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another --json")
+    sae = load_dictionary(folder, device=resolve_device(ns.device))
+    check_hook(sae, ns.hook)
+    if ns.model and sae.cfg.model and not ns.allow_other_model and not same_model(ns.model, sae.cfg.model):
+        raise DimensionError(
+            f"the dictionary was trained on {sae.cfg.model}, not {ns.model}; drop --model "
+            "(or pass --allow-other-model to evaluate it on this model anyway)"
+        )
     validate_source(ns.dataset, ns.text_field)
     lm = load_model(ns.model or sae.cfg.model or None, device=sae.W_dec.device, dtype=parse_dtype(ns.dtype))
     result = evaluate(
         sae, lm, dataset=ns.dataset, tokens=ns.tokens, max_length=ns.max_length, text_field=ns.text_field,
-        regimes=ns.regimes, allow_other_model=ns.allow_other_model,
+        regimes=ns.regimes, allow_other_model=True,  # checked above, against the name the user gave
     )
     print(result.table())
-    out = Path(ns.json) if ns.json else Path(ns.folder) / "eval.json"
-    out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(out, json.dumps(result.to_dict(), indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

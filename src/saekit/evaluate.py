@@ -26,11 +26,14 @@ import torch
 from torch import Tensor
 
 from .dictionaries import Dictionary
-from .errors import DataError, DimensionError, HookPointError
+from .errors import ConfigError, DataError, DimensionError, HookPointError
 
 log = logging.getLogger(__name__)
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens counts as dense
+# Width of the position buckets (METRICS.md: 0-127, 128-255, ...), the same for every
+# dictionary so that drift is visible whatever context length it was trained on.
+POSITION_BUCKET = 128
 Regime = Literal["fixed", "documents"]
 REGIMES: tuple[Regime, ...] = ("fixed", "documents")
 
@@ -293,21 +296,28 @@ def _positions(mask: Tensor) -> Tensor:
     return torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
 
 
-def _next_token_terms(logits: Tensor, input_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-position next-token CE, the logits that made it, and their log-sum-exp.
+CE_CHUNK = 256  # prediction positions per chunk: bounds the (positions × vocabulary) temporaries
 
-    CE = logsumexp(z) − z_target needs one read-only pass over the vocabulary, where a
-    full log-softmax would write a (positions × vocabulary) tensor per pass.
+
+def _next_token_ce(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """CE = logsumexp(z) − z_target for logits ``z`` (n, V), and the log-sum-exp.
+
+    One read-only pass over the vocabulary; a full log-softmax would write an (n × V)
+    tensor per pass.
     """
-    z = logits[:, :-1].float()
     lse = torch.logsumexp(z, dim=-1)
-    return lse - z.gather(-1, input_ids[:, 1:, None]).squeeze(-1), z, lse
+    return lse - z.gather(-1, targets[:, None]).squeeze(-1), lse
 
 
 def _kl(z_clean: Tensor, lse_clean: Tensor, z_other: Tensor, lse_other: Tensor) -> Tensor:
-    """KL(p_clean ‖ p_other) per position, from logits: Σ p_c (z_c − z_o) − lse_c + lse_o."""
+    """KL(p_clean ‖ p_other) per position from logits: Σ p_c (z_c − z_o) − lse_c + lse_o.
+
+    Tokens the clean model gives probability 0 (logit −inf) contribute 0, as in the
+    definition, rather than 0·(−inf − −inf) = nan.
+    """
     p_clean = (z_clean - lse_clean[..., None]).exp()
-    return (p_clean * (z_clean - z_other)).sum(-1) - lse_clean + lse_other
+    diff = torch.where(p_clean > 0, z_clean - z_other, torch.zeros_like(z_clean))
+    return (p_clean * diff).sum(-1) - lse_clean + lse_other
 
 
 @torch.no_grad()
@@ -364,20 +374,30 @@ def _evaluate_regime(
             "mean": lambda a: torch.where(evaluated[..., None], mean_act.to(a.dtype).expand_as(a), a),
         }
         pred_mask = attn[:, :-1] & attn[:, 1:]
+        targets = ids[:, 1:][pred_mask]
         ces: dict[str, Tensor] = {}
-        clean: tuple[Tensor, Tensor] | None = None
+        clean_logits: Tensor | None = None
         kl = None
         for name, fn in variants.items():
             with skip_to_block(lm, layer, resid_pre), edit_activations(lm, {hook: fn} if fn else {}):
                 logits = lm.model(input_ids=ids, attention_mask=attn_long, use_cache=False).logits
-            ce_all, z, lse = _next_token_terms(logits, ids)
-            ces[name] = ce_all[pred_mask]
+            z = logits[:, :-1][pred_mask]  # (n, V): padding positions dropped before any maths
+            del logits
+            parts, kls = [], []
+            for i in range(0, z.shape[0], CE_CHUNK):
+                zc = z[i : i + CE_CHUNK].float()
+                ce_c, lse = _next_token_ce(zc, targets[i : i + CE_CHUNK])
+                parts.append(ce_c)
+                if name == "spliced":
+                    zk = clean_logits[i : i + CE_CHUNK].float()
+                    kls.append(_kl(zk, torch.logsumexp(zk, dim=-1), zc, lse))
+            ces[name] = torch.cat(parts)
             if name == "clean":
-                clean = (z, lse)
+                clean_logits = z
             elif name == "spliced":
-                kl = _kl(*clean, z, lse)[pred_mask]
-                clean = None  # the clean logits are needed for the KL only
-            del logits, z
+                kl = torch.cat(kls)
+                clean_logits = None  # needed for the KL only
+            del z
         ce.add(ces, kl, positions[:, :-1][pred_mask])
         n_seq += ids.shape[0]
 
@@ -429,6 +449,17 @@ def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool) -> tuple[l
     return taken, n
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names mean the same model (local paths compared resolved)."""
+    import os
+    from pathlib import Path
+
+    def norm(name: str) -> str:
+        return str(Path(name).resolve()) if os.path.exists(name) else name.rstrip("/")
+
+    return norm(a) == norm(b)
+
+
 def check_hook(dictionary: Dictionary, hook: str | None) -> None:
     """Refuse a dictionary trained on another hook point than the one asked for."""
     if hook is not None and hook != dictionary.cfg.hook:
@@ -450,7 +481,7 @@ def check_dictionary_fits(dictionary: Dictionary, lm: Any, hook: str | None = No
             f"the dictionary takes activations of width {cfg.d_in} but {cfg.hook} of {lm.name} has width {width}; "
             f"it was trained on another model ({cfg.model or 'unrecorded'})"
         )
-    if model_name is not None and cfg.model and model_name != cfg.model:
+    if model_name is not None and cfg.model and not same_model(model_name, cfg.model):
         raise DimensionError(
             f"the dictionary was trained on {cfg.model}, not {model_name}; pass --model {cfg.model} "
             "(or --allow-other-model to evaluate it on this model anyway)"
@@ -464,7 +495,7 @@ def evaluate(
     *,
     dataset: str | None = None,
     tokens: int = 32_768,
-    regimes: Iterable[Regime] = REGIMES,
+    regimes: Regime | Iterable[Regime] = REGIMES,
     context_length: int | None = None,
     max_length: int = 1024,
     batch_tokens: int = 2048,
@@ -472,6 +503,7 @@ def evaluate(
     splice_bos: bool = False,
     text_field: str = "text",
     allow_other_model: bool = False,
+    bucket_tokens: int = POSITION_BUCKET,
 ) -> EvalResult:
     """Every METRICS.md figure for ``dictionary`` on held-out text, in both regimes.
 
@@ -482,24 +514,35 @@ def evaluate(
     dictionary's training length, else 128); ``documents`` feeds whole documents up to
     ``max_length`` tokens (capped by the model's own maximum), padded per batch, as many
     per batch as fit in ``batch_tokens`` padded tokens (which bounds the logits' memory).
-    Position buckets have the width of the fixed context length.
+    Position buckets are ``bucket_tokens`` wide (default 128).
     """
     from .data import ContextStream, document_batches, validate_source
     from .models import LoadedModel, load_model
 
-    regimes = tuple(regimes)
+    regimes = (regimes,) if isinstance(regimes, str) else tuple(regimes)
     unknown = [r for r in regimes if r not in REGIMES]
-    if unknown:
-        raise ValueError(f"unknown regime(s) {unknown}; choose from {REGIMES}")
+    if unknown or not regimes:
+        raise ConfigError(f"unknown regime(s) {unknown or regimes}; choose from {', '.join(REGIMES)}")
     if tokens <= 0:
-        raise ValueError(f"tokens must be positive, got {tokens}")
+        raise ConfigError(f"tokens must be positive, got {tokens}")
+    ctx = context_length or dictionary.cfg.context_length or 128
+    if bucket_tokens <= 0:
+        raise ConfigError(f"bucket_tokens must be positive, got {bucket_tokens}")
+    if ctx < 2 or max_length < 2 or batch_tokens < 2:
+        raise ConfigError(
+            f"context_length ({ctx}), max_length ({max_length}) and batch_tokens ({batch_tokens}) must be at least 2"
+        )
     validate_source(dataset, text_field)
     asked_name = model if isinstance(model, str) else None
     if not isinstance(model, LoadedModel):
         model = load_model(model or dictionary.cfg.model or None, device=dictionary.W_dec.device)
     lm = model
+    if lm.device != dictionary.W_dec.device:
+        raise ConfigError(
+            f"the dictionary is on {dictionary.W_dec.device} and the model on {lm.device}; "
+            f"move one, e.g. dictionary.to('{lm.device}')"
+        )
     check_dictionary_fits(dictionary, lm, model_name=None if allow_other_model else (asked_name or lm.name))
-    ctx = context_length or dictionary.cfg.context_length or 128
     max_len = min(max_length, lm.max_length)
     results: dict[str, RegimeResult] = {}
     for regime in regimes:
@@ -518,7 +561,7 @@ def evaluate(
         batches, n = _take_tokens(stream, tokens, splice_bos)
         if n < tokens:
             log.warning("%s regime: the data holds only %d of the %d tokens asked for; evaluating those", regime, n, tokens)
-        results[regime] = _evaluate_regime(dictionary, lm, batches, regime, length, tokens, ctx, splice_bos)
+        results[regime] = _evaluate_regime(dictionary, lm, batches, regime, length, tokens, bucket_tokens, splice_bos)
     return EvalResult(
         dictionary=dictionary.cfg.to_dict(),
         model=lm.name,

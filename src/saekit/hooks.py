@@ -621,8 +621,9 @@ def skip_to_block(model: Any, layer: int, resid_pre: Tensor) -> Iterator[None]:
             block.forward = inject if i == layer - 1 else passthrough  # type: ignore[method-assign]
         yield
     finally:
-        for block, original in saved:
+        # In reverse, so a module listed twice (shared weights) ends with its own forward.
+        for block, original in reversed(saved):
             if original is None:
-                del block.forward
+                block.__dict__.pop("forward", None)
             else:
                 block.forward = original

@@ -54,7 +54,7 @@ RECONSTRUCTION = (
 )  # fmt: skip
 DOWNSTREAM = ("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "ce_diff", "loss_recovered", "kl")
 # Keys of a regime that describe the measurement rather than being figures.
-REGIME_META = ("context_length", "n_sequences", "n_tokens", "n_ce_tokens")
+REGIME_META = ("context_length", "n_sequences", "n_tokens", "n_ce_tokens", "requested_tokens")
 # Log keys that are not loss terms; every other numeric key is plotted with the loss.
 LOG_NON_LOSS = ("step", "tokens", "l0", "fvu", "dead_frac", "lr", "tokens_per_s", "resampled")
 MARKERS = "os^vDPX*<>"

@@ -171,3 +171,18 @@ def test_model_paths_compare_resolved(lm, corpus, model_dir, monkeypatch):
     sae.cfg.model = str(model_dir) + "/"
     monkeypatch.chdir(model_dir.parent)
     assert run(sae, model_dir.name, corpus, tokens=100, regimes="fixed").fixed.n_tokens > 0
+
+
+def test_prefix_cache_does_not_change_the_figures(lm, corpus, monkeypatch):
+    import importlib
+
+    ev = importlib.import_module("saekit.evaluate")  # the module (saekit.evaluate is the function)
+
+    torch.manual_seed(0)
+    sae = build_dictionary(DictionaryConfig(arch="topk", d_in=lm.d_model, d_sae=64, k=4, hook=HOOK, model=lm.name, context_length=32))
+    cached = run(sae, lm, corpus, tokens=600).to_dict()
+    monkeypatch.setattr(ev, "PREFIX_CACHE_BYTES", 0)  # recompute the prefix for every batch
+    recomputed = run(sae, lm, corpus, tokens=600).to_dict()
+    for regime in ("fixed", "documents"):
+        for key in ("fvu", "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl"):
+            assert cached[regime][key] == pytest.approx(recomputed[regime][key], rel=1e-6), (regime, key)

@@ -34,6 +34,9 @@ DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens counts as d
 # Width of the position buckets (METRICS.md: 0-127, 128-255, ...), the same for every
 # dictionary so that drift is visible whatever context length it was trained on.
 POSITION_BUCKET = 128
+# Activations up to the hook kept between the mean pass and the main pass (beyond it,
+# the prefix is recomputed instead).
+PREFIX_CACHE_BYTES = 1 << 30
 Regime = Literal["fixed", "documents"]
 REGIMES: tuple[Regime, ...] = ("fixed", "documents")
 
@@ -342,23 +345,34 @@ def _evaluate_regime(
         splice = batch.token_mask(keep_bos=splice_bos).to(dev)
         return attn, splice
 
+    pre_name = f"resid_pre.{layer}"
+
+    def prefix(batch: Any) -> tuple[Tensor, Tensor]:
+        acts = read_activations(lm, [pre_name, hook], batch.input_ids.to(dev), batch.attention_mask.to(dev))
+        return acts[pre_name], acts[hook]
+
     # Pass 1 (prefix only): the mean activation over the evaluated tokens, for ce_mean.
-    total, count = None, 0
+    # The prefix outputs are kept for pass 2 while they fit in PREFIX_CACHE_BYTES, so
+    # that for most evaluations the prefix runs once.
+    total, count, room = None, 0, PREFIX_CACHE_BYTES
+    kept: list[tuple[Tensor, Tensor] | None] = []
     for batch in batches:
-        x = read_activations(lm, [hook], batch.input_ids.to(dev), batch.attention_mask.to(dev))[hook].float()
+        resid_pre, x = prefix(batch)
         _, evaluated = masks(batch)
         s = x[evaluated].double().sum(0)
         total, count = (s if total is None else total + s), count + int(evaluated.sum())
+        size = (resid_pre.numel() + x.numel()) * x.element_size()
+        kept.append((resid_pre, x) if size <= room else None)
+        room -= size if size <= room else 0
     mean_act = (total / max(count, 1)).float()
 
     rec = _ReconstructionSums(dictionary, bucket)
     ce = _CEAccumulator(bucket)
     n_seq = 0
-    for batch in batches:
+    for batch, cached in zip(batches, kept):
         ids, attn_long = batch.input_ids.to(dev), batch.attention_mask.to(dev)
         attn, evaluated = masks(batch)
-        acts = read_activations(lm, [f"resid_pre.{layer}", hook], ids, attn_long)
-        resid_pre, x = acts[f"resid_pre.{layer}"], acts[hook]
+        resid_pre, x = cached if cached is not None else prefix(batch)
         xe = x[evaluated].float()
         f = dictionary.encode(xe)
         x_hat = dictionary.decode(f)

@@ -322,6 +322,7 @@ def train(
         model=source.model_name,
         context_length=source.context_length,
     )
+
     def status(message: str) -> None:
         if progress:
             progress({"status": message})
@@ -409,24 +410,36 @@ def train(
     metrics, evaluation = None, None
     if cfg.eval_tokens > 0:
         status("evaluating on held-out text")
-        if isinstance(source, ModelActivations):
-            evaluation = evaluate(
-                final, source.lm, dataset=cfg.dataset, tokens=cfg.eval_tokens, context_length=cfg.context_length,
-                splice_bos=cfg.keep_bos, text_field=cfg.text_field,
-            )
-            metrics, record = evaluation.fixed.reconstruction, evaluation.to_dict()
-        else:
-            # No model to run: reconstruction figures on held-out activations only.
-            metrics = evaluate_reconstruction(final, heldout)
-            record = {
-                "dictionary": final.cfg.to_dict(), "model": source.model_name, "hook": source.hook, "dataset": cfg.dataset,
-                "fixed": {"context_length": source.context_length, **metrics.to_dict(with_distributions=True)},
-            }
-        atomic_write_text(out / EVAL_FILE, json.dumps(record, indent=2) + "\n")
-        from .report import write_report
-
-        write_report(out)
+        metrics, evaluation = _evaluate_run(cfg, final, source, heldout, out)
     return TrainResult(final, out, trainer.tokens, trainer.step, metrics, evaluation)
+
+
+def _evaluate_run(
+    cfg: TrainConfig, final: Dictionary, source: ActivationSource, heldout: Tensor | None, out: Path
+) -> tuple[ReconstructionMetrics, EvalResult | None]:
+    """Write eval.json and report.html for a finished run.
+
+    With a model to run, every figure in both regimes; from cached or in-memory
+    activations, the reconstruction figures on the held-out activations only.
+    """
+    from .report import write_report
+
+    evaluation = None
+    if isinstance(source, ModelActivations):
+        evaluation = evaluate(
+            final, source.lm, dataset=cfg.dataset, tokens=cfg.eval_tokens, context_length=cfg.context_length,
+            splice_bos=cfg.keep_bos, text_field=cfg.text_field,
+        )
+        metrics, record = evaluation.fixed.reconstruction, evaluation.to_dict()
+    else:
+        metrics = evaluate_reconstruction(final, heldout)
+        record = {
+            "dictionary": final.cfg.to_dict(), "model": source.model_name, "hook": source.hook, "dataset": cfg.dataset,
+            "fixed": {"context_length": source.context_length, **metrics.to_dict(with_distributions=True)},
+        }
+    atomic_write_text(out / EVAL_FILE, json.dumps(record, indent=2) + "\n")
+    write_report(out)
+    return metrics, evaluation
 
 
 def _step_record(trainer: DictionaryTrainer, x: Tensor, out: LossOutput, t0: float, tokens_at_t0: int) -> dict[str, Any]:

@@ -113,3 +113,22 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(model_dir, corpus, tmp_
         assert torch.allclose(x, y, atol=1e-5, rtol=1e-5), name
     steps = [json.loads(line)["step"] for line in (cut / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))
+
+
+def test_convert_round_trip_through_every_format(model_dir, corpus, tmp_path, capsys):
+    assert main(["train", "--model", str(model_dir), "--dataset", str(corpus), "--tokens", "2000",
+                 "--out", str(tmp_path / "run"), *TINY, "--eval-tokens", "0"]) == 0
+    original = saekit.load(tmp_path / "run")
+    x = torch.randn(20, original.cfg.d_in)
+    for fmt in ("saelens", "sparsify", "dictionary_learning"):
+        assert main(["convert", str(tmp_path / "run"), str(tmp_path / fmt), "--to", fmt]) == 0
+        back = tmp_path / f"{fmt}-back"
+        assert main(["convert", str(tmp_path / fmt), str(back), "--to", "saekit"]) == 0
+        for folder in (tmp_path / fmt, back):
+            loaded = saekit.load(folder)  # format detected
+            assert torch.allclose(loaded(x), original(x), atol=1e-5), (fmt, folder)
+    assert main(["convert", str(tmp_path / "run"), str(tmp_path / "x"), "--to", "saelens", "--format", "sparsify"]) == 2
+    sparsify_eval = ["eval", str(tmp_path / "sparsify"), "--dataset", str(corpus), "--tokens", "100", "--regimes", "fixed"]
+    capsys.readouterr()
+    assert main(sparsify_eval) == 2 and "pass --hook" in capsys.readouterr().err  # sparsify records no hook point
+    assert main([*sparsify_eval, "--hook", "resid_post.1", "--model", str(model_dir)]) == 0

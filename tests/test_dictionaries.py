@@ -132,7 +132,7 @@ def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(FormatError, match="does not exist"):
         load(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FormatError, match="missing config.json, weights.safetensors"):
+    with pytest.raises(FormatError, match="holds no dictionary format saekit recognises.*found: nothing"):
         load(tmp_path / "empty")
     sae = make("topk")
     folder = save(sae, tmp_path / "d")

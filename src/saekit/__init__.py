@@ -13,7 +13,7 @@ from .config import TrainConfig
 from .dictionaries import Dictionary, DictionaryConfig
 from .errors import SaekitError
 from .evaluate import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
-from .formats import load_dictionary as load
+from .peer_formats import load_any as load
 from .formats import save_dictionary as save
 from .hooks import edit_activations, hook_point_names, read_activations
 from .models import load_model

@@ -15,6 +15,9 @@ import typing
 from typing import Any, Sequence
 
 from .config import CacheConfig, TrainConfig
+
+# The formats `saekit.peer_formats` reads and writes (kept here so --help needs no torch import).
+FORMAT_CHOICES = ("saekit", "saelens", "sparsify", "dictionary_learning")
 from .errors import ConfigError, SaekitError
 
 
@@ -133,8 +136,9 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from .data import validate_source
     from .errors import DimensionError
     from .evaluate import check_hook, evaluate, same_model
-    from .formats import atomic_write_text, load_dictionary
+    from .formats import atomic_write_text
     from .models import load_model, parse_dtype, resolve_device
+    from .peer_formats import load_any
 
     # Everything that can be checked before the slow model load and the passes is checked here.
     if ns.tokens <= 0:
@@ -145,7 +149,14 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     out = Path(ns.json) if ns.json else (folder if folder.is_dir() else folder.parent) / "eval.json"
     if not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another --json")
-    sae = load_dictionary(folder, device=resolve_device(ns.device))
+    sae = load_any(folder, ns.format, device=resolve_device(ns.device))
+    # Some formats (sparsify) record neither the hook point nor the model: take them from the flags.
+    if not sae.cfg.hook:
+        if ns.hook is None:
+            raise ConfigError(f"{folder} does not record its hook point; pass --hook (e.g. --hook resid_post.9)")
+        sae.cfg.hook = ns.hook
+    if not sae.cfg.model and ns.model:
+        sae.cfg.model = ns.model
     check_hook(sae, ns.hook)
     if ns.model and sae.cfg.model and not ns.allow_other_model and not same_model(ns.model, sae.cfg.model):
         raise DimensionError(
@@ -161,6 +172,13 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     print(result.table())
     atomic_write_text(out, json.dumps(result.to_dict(), indent=2) + "\n")
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_convert(ns: argparse.Namespace) -> int:
+    from .peer_formats import convert
+
+    print(f"wrote {ns.to} dictionary to {convert(ns.src, ns.dst, ns.to, ns.format)}")
     return 0
 
 
@@ -211,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(the model with the dictionary spliced in), for fixed contexts as in training and for whole documents, "
         "with FVU and CE diff by position. Prints a table and writes JSON (default FOLDER/eval.json).",
     )
-    p.add_argument("folder", help="a dictionary folder (e.g. the --out of saekit train)")
+    p.add_argument("folder", help="a dictionary folder: saekit, SAELens, sparsify or dictionary_learning (detected)")
+    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folder's format, if detection is wrong")
     p.add_argument("--tokens", type=int, default=32_768, help="evaluated tokens per regime (default 32,768)")
     p.add_argument("--dataset", default=None, help="as for saekit train; its held-out split is used (default: embedded corpus)")
     p.add_argument("--text-field", default="text")
@@ -224,6 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", help="model dtype")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "convert",
+        help="write a dictionary in another library's format",
+        description="Read a dictionary folder in any supported format and write it as saekit, SAELens "
+        "(cfg.json + sae_weights.safetensors), sparsify (cfg.json + sae.safetensors) or dictionary_learning "
+        "(config.json + ae.pt). Conventions (transposed weights, b_dec subtracted or not, thresholds, "
+        "activation scale) are mapped explicitly.",
+    )
+    p.add_argument("src", help="the dictionary folder to read")
+    p.add_argument("dst", help="the folder to write")
+    p.add_argument("--to", required=True, choices=FORMAT_CHOICES, help="the format to write")
+    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the source's format, if detection is wrong")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("report", help="a self-contained HTML page of a run's figures and plots")
     p.add_argument("folder", help="a run folder holding eval.json (saekit train writes one; else run saekit eval)")

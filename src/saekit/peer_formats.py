@@ -1,0 +1,541 @@
+"""Reading and writing the on-disk formats of the other SAE libraries.
+
+Every loader returns a saekit ``Dictionary`` whose ``encode``/``decode`` on raw
+activations equal the peer's own ``encode``/``decode`` (saekit's conventions: ``W_enc``
+d×F, ``W_dec`` F×d, ``pre = (x − b_dec) W_enc + b_enc``, ``x̂ = f W_dec + b_dec``). A
+peer's decoder rows are kept as they are (never renormalised on load). Nothing is
+unpickled with code execution: safetensors files, and ``torch.load(weights_only=True)``
+for dictionary_learning's ``ae.pt``.
+
+Formats (the files that identify them):
+
+* saekit: ``config.json`` (``"format": "saekit"``) + ``weights.safetensors``;
+* SAELens 6.x: ``cfg.json`` + ``sae_weights.safetensors`` (architectures ``standard``,
+  ``topk``, ``jumprelu``, ``gated``; saekit's BatchTopK is written as SAELens writes its
+  own BatchTopK for inference: a ``jumprelu`` with the global threshold per feature);
+* sparsify (EleutherAI): ``cfg.json`` + ``sae.safetensors`` (TopK);
+* dictionary_learning: ``config.json`` + ``ae.pt`` (``AutoEncoder``, ``GatedAutoEncoder``,
+  ``JumpReluAutoEncoder``, ``AutoEncoderTopK``, ``BatchTopKSAE``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .dictionaries import Dictionary, DictionaryConfig, build_dictionary
+from .errors import ConfigError, FormatError
+from .formats import CONFIG_FILE as SAEKIT_CONFIG
+from .formats import WEIGHTS_FILE as SAEKIT_WEIGHTS
+from .formats import atomic_save_tensors, atomic_write_text, load_dictionary, save_dictionary
+
+SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
+DL_CFG, DL_WEIGHTS = "config.json", "ae.pt"
+
+FORMATS = ("saekit", "saelens", "dictionary_learning", "sparsify")
+FORMAT_FILES = {
+    "saekit": (SAEKIT_CONFIG, SAEKIT_WEIGHTS),
+    "saelens": (SAELENS_CFG, SAELENS_WEIGHTS),
+    "sparsify": (SPARSIFY_CFG, SPARSIFY_WEIGHTS),
+    "dictionary_learning": (DL_CFG, DL_WEIGHTS),
+}
+# The SAELens version written into saved configs: >= 6 so that SAELens reads the
+# config as its 6.x layout (hook/model names under "metadata").
+SAELENS_VERSION_WRITTEN = "6.0.0"
+
+
+# ---------------------------------------------------------------- helpers
+def _folder(path: str | os.PathLike) -> Path:
+    folder = Path(path)
+    if not folder.exists():
+        raise FormatError(f"{folder} does not exist")
+    return folder.parent if folder.is_file() else folder
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Which format the folder (or a file inside it) holds, from the files present."""
+    folder = _folder(path)
+    names = {p.name for p in folder.iterdir()}
+    if SAEKIT_CONFIG in names and SAEKIT_WEIGHTS in names:
+        # No other format pairs these two files; the saekit loader then checks the header
+        # (and names a corrupt config.json as such).
+        return "saekit"
+    if SAELENS_CFG in names and SAELENS_WEIGHTS in names:
+        return "saelens"
+    if SPARSIFY_CFG in names and SPARSIFY_WEIGHTS in names:
+        return "sparsify"
+    if DL_CFG in names and DL_WEIGHTS in names:
+        return "dictionary_learning"
+    found = sorted(names)[:20]
+    needs = "; ".join(f"{fmt}: {' + '.join(files)}" for fmt, files in FORMAT_FILES.items())
+    raise FormatError(
+        f"{folder} holds no dictionary format saekit recognises (found: {found or 'nothing'}). "
+        f"Each format needs: {needs} (saekit's config.json must say \"format\": \"saekit\")."
+    )
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise FormatError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _require(cfg: dict, key: str, path: Path, kind: type | tuple = int) -> Any:
+    if key not in cfg:
+        raise FormatError(f"{path} is missing the key {key!r}")
+    value = cfg[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise FormatError(f"{path}: {key!r} must be an integer, got {value!r}")
+    if kind is not int and not isinstance(value, kind):
+        raise FormatError(f"{path}: {key!r} has the wrong type ({value!r})")
+    return value
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise FormatError(f"{path} is missing")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise FormatError(f"{path} cannot be read ({e}); the file is truncated or corrupt") from None
+
+
+def _tensor(weights: dict[str, torch.Tensor], name: str, shape: tuple, path: Path, what: str) -> torch.Tensor:
+    if name not in weights:
+        raise FormatError(f"{path} lacks the tensor {name!r} needed by a {what} (found: {sorted(weights)})")
+    t = weights[name]
+    if not isinstance(t, torch.Tensor):
+        raise FormatError(f"{path}: {name!r} is not a tensor")
+    if tuple(t.shape) != tuple(shape):
+        raise FormatError(
+            f"{path}: tensor {name!r} has shape {tuple(t.shape)} but the config implies {tuple(shape)}"
+        )
+    if not t.is_floating_point() and name not in ("k",):
+        raise FormatError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected a floating-point tensor")
+    return t.detach().to(torch.float32)
+
+
+def _make_config(path: Path, **kwargs: Any) -> DictionaryConfig:
+    try:
+        return DictionaryConfig(**kwargs)
+    except (ConfigError, TypeError) as e:
+        raise FormatError(f"{path}: the config describes an invalid dictionary: {e}") from None
+
+
+def _build(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor]) -> Dictionary:
+    dictionary = build_dictionary(cfg)
+    state = dictionary.state_dict()
+    assert set(state) == set(tensors), (sorted(state), sorted(tensors))
+    dictionary.load_state_dict({k: v.reshape(state[k].shape).to(state[k].dtype) for k, v in tensors.items()})
+    return dictionary.eval()
+
+
+def _weights(dictionary: Dictionary) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(torch.float32).cpu().clone() for k, v in dictionary.state_dict().items()}
+
+
+def _unsupported(fmt: str, arch: str, supported: list[str]) -> FormatError:
+    return FormatError(f"a {arch} dictionary cannot be written as {fmt}; {fmt} supports {supported}")
+
+
+# ---------------------------------------------------------------- SAELens
+def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = None) -> Dictionary:
+    """Load a SAELens 6.x folder (``cfg.json`` + ``sae_weights.safetensors``).
+
+    ``normalize_activations="expected_average_only_in"`` means the weights act on
+    activations multiplied by a constant that the folder does not store (SAELens keeps it
+    in its pretrained directory); pass it as ``norm_scaling_factor`` to fold it in.
+    """
+    folder = _folder(folder)
+    cfg_path, w_path = folder / SAELENS_CFG, folder / SAELENS_WEIGHTS
+    raw = _read_json(cfg_path)
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    # Configs older than 6.0 keep the metadata at the top level and may lack "architecture".
+    arch = raw.get("architecture", "standard")
+    if "architecture" not in raw and raw.get("activation_fn_str", raw.get("activation_fn")) == "topk":
+        arch = "topk"
+    d, F = _require(raw, "d_in", cfg_path), _require(raw, "d_sae", cfg_path)
+    k = None
+    if arch == "topk":
+        k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))
+        if k is None:
+            raise FormatError(f"{cfg_path} is missing the key 'k' needed by a topk SAE")
+        k = _require({"k": k}, "k", cfg_path)
+    elif arch not in ("standard", "jumprelu", "gated"):
+        raise FormatError(
+            f"{cfg_path} names SAELens architecture {arch!r}; saekit reads 'standard', 'topk', "
+            "'jumprelu' and 'gated'"
+        )
+    norm = raw.get("normalize_activations", "none")
+    if norm is False or norm is None:
+        norm = "none"
+    elif norm is True:
+        norm = "expected_average_only_in"
+    scale = 1.0
+    if norm == "expected_average_only_in":
+        if norm_scaling_factor is None:
+            raise FormatError(
+                f"{cfg_path} sets normalize_activations='expected_average_only_in': the weights act on "
+                "activations multiplied by a constant the folder does not store. Pass its "
+                "norm_scaling_factor (from SAELens' pretrained directory) to fold it in."
+            )
+        if not norm_scaling_factor > 0:
+            raise FormatError(f"norm_scaling_factor must be positive, got {norm_scaling_factor}")
+        scale = float(norm_scaling_factor)
+    elif norm != "none":
+        raise FormatError(
+            f"{cfg_path} sets normalize_activations={norm!r}, a per-token (or whitening) normalisation "
+            "that cannot be folded exactly into a dictionary's weights; saekit does not support it"
+        )
+    if raw.get("reshape_activations", "none") not in ("none", None):
+        raise FormatError(
+            f"{cfg_path} sets reshape_activations={raw['reshape_activations']!r} (per-head hook_z "
+            "inputs); saekit does not support it yet"
+        )
+    if raw.get("hook_head_index", meta.get("hook_head_index")) is not None:
+        raise FormatError(f"{cfg_path} sets hook_head_index (a single attention head); saekit does not support it yet")
+
+    w = _read_safetensors(w_path)
+    what = f"SAELens {arch} SAE"
+    W_enc = _tensor(w, "W_enc", (d, F), w_path, what)
+    W_dec = _tensor(w, "W_dec", (F, d), w_path, what)
+    b_dec = _tensor(w, "b_dec", (d,), w_path, what)
+    if "scaling_factor" in w:
+        # Old "finetuning scaling factor": f is multiplied by it before decoding; folding
+        # it into the decoder rows gives the same reconstruction with the same f.
+        s = _tensor(w, "scaling_factor", (F,), w_path, what)
+        W_dec = W_dec * s[:, None]
+    apply_b_dec = raw.get("apply_b_dec_to_input", True)
+    # SAELens computes pre = (x − b_dec·[apply_b_dec_to_input]) W_enc + b_enc; saekit always
+    # subtracts b_dec. Without the subtraction, pre = x W_enc + b_enc = (x − b_dec) W_enc +
+    # (b_enc + b_dec W_enc), so each encoder-side bias gains b_dec times its weights.
+    shift = torch.zeros(F) if apply_b_dec else b_dec @ W_enc
+    tensors = {"W_enc": W_enc, "W_dec": W_dec, "b_dec": b_dec}
+    if arch == "gated":
+        b_gate = _tensor(w, "b_gate", (F,), w_path, what)
+        r_mag = _tensor(w, "r_mag", (F,), w_path, what)
+        b_mag = _tensor(w, "b_mag", (F,), w_path, what)
+        mag_shift = torch.zeros(F) if apply_b_dec else b_dec @ (W_enc * r_mag.exp())
+        tensors.update(b_enc=b_gate + shift, r_mag=r_mag, b_mag=b_mag + mag_shift)
+        s_arch = "gated"
+    else:
+        tensors["b_enc"] = _tensor(w, "b_enc", (F,), w_path, what) + shift
+        if arch == "jumprelu":
+            if "threshold" in w:
+                theta = _tensor(w, "threshold", (F,), w_path, what)
+            elif "log_threshold" in w:
+                theta = _tensor(w, "log_threshold", (F,), w_path, what).exp()
+            else:
+                raise FormatError(f"{w_path} lacks the tensor 'threshold' needed by a {what}")
+            # SAELens: f = ReLU(pre)·1[pre > θ]; saekit: f = pre·1[pre > θ]. They agree
+            # for θ ≥ 0, and a negative θ behaves as θ = 0 under SAELens' ReLU.
+            tensors["threshold"] = theta.clamp_min(0.0)
+            s_arch = "jumprelu"
+        elif arch == "topk":
+            if raw.get("rescale_acts_by_decoder_norm", False):
+                # SAELens ranks pre·‖W_dec[i]‖ and decodes f/‖W_dec[i]‖; scaling the
+                # encoder column and bias by the norm and the decoder row by its inverse
+                # gives the same f and x̂ with saekit's plain TopK.
+                n = W_dec.norm(dim=1)
+                tensors.update(W_enc=W_enc * n, b_enc=tensors["b_enc"] * n, W_dec=W_dec / n[:, None])
+            s_arch = "topk"
+        else:
+            s_arch = "relu"
+    cfg = _make_config(
+        cfg_path, arch=s_arch, d_in=d, d_sae=F, k=k,
+        hook=str(meta.get("hook_name", raw.get("hook_name", raw.get("hook_point", ""))) or ""),
+        model=str(meta.get("model_name", raw.get("model_name", "")) or ""),
+        context_length=meta.get("context_size", raw.get("context_size")),
+    )
+    dictionary = _build(cfg, tensors)
+    if scale != 1.0:
+        # The SAE saw x·s, i.e. x / (1/s): saekit's fold makes it act on raw x.
+        dictionary.fold_activation_scale(1.0 / scale)
+    return dictionary
+
+
+def save_saelens(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
+    """Write a SAELens 6.x folder that ``SAE.load_from_disk`` opens."""
+    c = dictionary.cfg
+    w = _weights(dictionary)
+    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "jumprelu"}.get(c.arch)
+    if arch is None:
+        raise _unsupported("SAELens", c.arch, ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+    out = {"W_enc": w["W_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    if c.arch == "gated":
+        out.update(b_gate=w["b_enc"], r_mag=w["r_mag"], b_mag=w["b_mag"])
+    else:
+        out["b_enc"] = w["b_enc"]
+    if c.arch in ("jumprelu", "batchtopk"):
+        theta = w["threshold"] if c.arch == "jumprelu" else w["threshold"].expand(c.d_sae).clone()
+        if bool((theta < 0).any()):
+            raise FormatError(
+                f"this {c.arch} dictionary has a negative threshold"
+                + (" (not calibrated yet; run dictionary.calibrate(x) first)" if c.arch == "batchtopk" else "")
+                + "; SAELens applies a ReLU before the threshold and cannot represent it"
+            )
+        out["threshold"] = theta
+    cfg: dict[str, Any] = {
+        "d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": SAELENS_VERSION_WRITTEN, "sae_lens_training_version": SAELENS_VERSION_WRITTEN,
+            "model_name": c.model or None, "hook_name": c.hook or None, "context_size": c.context_length,
+            "saekit_arch": c.arch, "saekit_act_scale": c.act_scale,
+        },
+        "architecture": arch,
+    }
+    if arch == "topk":
+        cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(out, folder / SAELENS_WEIGHTS)
+    atomic_write_text(folder / SAELENS_CFG, json.dumps(cfg, indent=2) + "\n")
+    return folder
+
+
+# ---------------------------------------------------------------- sparsify
+def load_sparsify(folder: str | os.PathLike) -> Dictionary:
+    """Load an EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, TopK)."""
+    folder = _folder(folder)
+    cfg_path, w_path = folder / SPARSIFY_CFG, folder / SPARSIFY_WEIGHTS
+    raw = _read_json(cfg_path)
+    d = _require(raw, "d_in", cfg_path)
+    k = _require(raw, "k", cfg_path)
+    F = raw.get("num_latents") or 0
+    if not F:
+        F = d * _require(raw, "expansion_factor", cfg_path)
+    F = _require({"num_latents": F}, "num_latents", cfg_path)
+    if raw.get("activation", "topk") != "topk":
+        raise FormatError(f"{cfg_path} sets activation={raw['activation']!r}; saekit reads only sparsify's 'topk'")
+    for flag in ("transcode", "skip_connection"):
+        if raw.get(flag):
+            raise FormatError(f"{cfg_path} sets {flag}=true; saekit does not support sparsify's {flag} yet")
+    w = _read_safetensors(w_path)
+    what = "sparsify TopK SAE"
+    enc = _tensor(w, "encoder.weight", (F, d), w_path, what)
+    tensors = {
+        "W_enc": enc.T.contiguous(),
+        "b_enc": _tensor(w, "encoder.bias", (F,), w_path, what),
+        "W_dec": _tensor(w, "W_dec", (F, d), w_path, what),
+        "b_dec": _tensor(w, "b_dec", (d,), w_path, what),
+    }
+    # sparsify: top-k of ReLU(pre); saekit: ReLU of top-k(pre). The kept values agree.
+    cfg = _make_config(cfg_path, arch="topk", d_in=d, d_sae=F, k=k)
+    return _build(cfg, tensors)
+
+
+def save_sparsify(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
+    """Write a sparsify folder that ``SparseCoder.load_from_disk`` opens (TopK only)."""
+    c = dictionary.cfg
+    if c.arch != "topk":
+        raise _unsupported("sparsify", c.arch, ["topk"])
+    w = _weights(dictionary)
+    out = {
+        "encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"],
+        "W_dec": w["W_dec"], "b_dec": w["b_dec"],
+    }
+    cfg = {
+        "activation": "topk", "expansion_factor": max(1, c.d_sae // c.d_in), "normalize_decoder": True,
+        "num_latents": c.d_sae, "k": c.k, "multi_topk": False, "skip_connection": False,
+        "transcode": False, "d_in": c.d_in,
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(out, folder / SPARSIFY_WEIGHTS)
+    atomic_write_text(folder / SPARSIFY_CFG, json.dumps(cfg, indent=2) + "\n")
+    return folder
+
+
+# ---------------------------------------------------------------- dictionary_learning
+DL_CLASSES = {
+    "AutoEncoder": "relu", "GatedAutoEncoder": "gated", "JumpReluAutoEncoder": "jumprelu",
+    "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk",
+}
+
+
+def _load_ae_pt(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise FormatError(f"{path} is missing")
+    try:
+        # weights_only=True: the unpickler only rebuilds tensors and plain containers and
+        # refuses anything that would run code.
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise FormatError(
+            f"{path} cannot be loaded without executing code, or is corrupt ({str(e).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, io.UnsupportedOperation) as e:
+        raise FormatError(f"{path} cannot be read ({e}); the file is truncated or corrupt") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise FormatError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def load_dictionary_learning(folder: str | os.PathLike) -> Dictionary:
+    """Load a dictionary_learning folder (``config.json`` + ``ae.pt``), without unpickling code."""
+    folder = _folder(folder)
+    cfg_path, w_path = folder / DL_CFG, folder / DL_WEIGHTS
+    raw = _read_json(cfg_path)
+    trainer = raw.get("trainer")
+    if not isinstance(trainer, dict):
+        raise FormatError(f"{cfg_path} is missing the 'trainer' section")
+    dict_class = _require(trainer, "dict_class", cfg_path, str)
+    if dict_class not in DL_CLASSES:
+        raise FormatError(f"{cfg_path} names dict_class {dict_class!r}; saekit reads {sorted(DL_CLASSES)}")
+    arch = DL_CLASSES[dict_class]
+    d = _require(trainer, "activation_dim", cfg_path)
+    F = _require(trainer, "dict_size", cfg_path)
+    k = _require(trainer, "k", cfg_path) if arch in ("topk", "batchtopk") else None
+    w = _load_ae_pt(w_path)
+    what = f"dictionary_learning {dict_class}"
+    if arch in ("relu", "topk", "batchtopk"):
+        b_dec = _tensor(w, "bias" if arch == "relu" else "b_dec", (d,), w_path, what)
+        tensors = {
+            "W_enc": _tensor(w, "encoder.weight", (F, d), w_path, what).T.contiguous(),
+            "b_enc": _tensor(w, "encoder.bias", (F,), w_path, what),
+            "W_dec": _tensor(w, "decoder.weight", (d, F), w_path, what).T.contiguous(),
+            "b_dec": b_dec,
+        }
+        if arch != "relu" and "k" in w:
+            kw = w["k"]
+            if not isinstance(kw, torch.Tensor) or kw.numel() != 1 or int(kw) != k:
+                raise FormatError(f"{w_path}: tensor 'k' ({kw}) contradicts the config's k={k}")
+        if arch == "batchtopk":
+            # BatchTopKSAE: f = ReLU(pre)·1[ReLU(pre) > θ], equal to saekit's for θ ≥ 0; a
+            # negative θ is dictionary_learning's "not calibrated" marker, as in saekit.
+            tensors["threshold"] = _tensor(w, "threshold", (), w_path, what)
+    elif arch == "gated":
+        tensors = {
+            "W_enc": _tensor(w, "encoder.weight", (F, d), w_path, what).T.contiguous(),
+            "b_enc": _tensor(w, "gate_bias", (F,), w_path, what),
+            "r_mag": _tensor(w, "r_mag", (F,), w_path, what),
+            "b_mag": _tensor(w, "mag_bias", (F,), w_path, what),
+            "W_dec": _tensor(w, "decoder.weight", (d, F), w_path, what).T.contiguous(),
+            "b_dec": _tensor(w, "decoder_bias", (d,), w_path, what),
+        }
+    else:  # jumprelu
+        W_enc = _tensor(w, "W_enc", (d, F), w_path, what)
+        b_dec = _tensor(w, "b_dec", (d,), w_path, what)
+        # JumpReluAutoEncoder does not subtract b_dec from its input (apply_b_dec_to_input
+        # is False and not saved): pre = x W_enc + b_enc = (x − b_dec) W_enc + (b_enc + b_dec W_enc).
+        tensors = {
+            "W_enc": W_enc,
+            "b_enc": _tensor(w, "b_enc", (F,), w_path, what) + b_dec @ W_enc,
+            "W_dec": _tensor(w, "W_dec", (F, d), w_path, what),
+            "b_dec": b_dec,
+            # f = ReLU(pre·1[pre > θ]) equals saekit's pre·1[pre > θ] once θ ≥ 0.
+            "threshold": _tensor(w, "threshold", (F,), w_path, what).clamp_min(0.0),
+        }
+    buffer = raw.get("buffer") if isinstance(raw.get("buffer"), dict) else {}
+    norm_factor = trainer.get("norm_factor")
+    cfg = _make_config(
+        cfg_path, arch=arch, d_in=d, d_sae=F, k=k,
+        hook=str(trainer.get("submodule_name") or ""), model=str(trainer.get("lm_name") or ""),
+        # dictionary_learning folds its norm_factor into the saved biases (scale_biases)
+        # before writing ae.pt, so the weights already act on raw activations.
+        act_scale=float(norm_factor) if isinstance(norm_factor, (int, float)) and norm_factor > 0 else 1.0,
+        context_length=buffer.get("ctx_len") if isinstance(buffer.get("ctx_len"), int) else None,
+    )
+    return _build(cfg, tensors)
+
+
+def save_dictionary_learning(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
+    """Write ``ae.pt`` (a plain dict of tensors) + ``config.json`` in dictionary_learning's layout."""
+    c = dictionary.cfg
+    w = _weights(dictionary)
+    cls = {v: k for k, v in DL_CLASSES.items()}.get(c.arch)
+    if cls is None:
+        raise _unsupported("dictionary_learning", c.arch, sorted(DL_CLASSES.values()))
+    if c.arch in ("relu", "topk", "batchtopk"):
+        out = {
+            "encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"],
+            "decoder.weight": w["W_dec"].T.contiguous(),
+        }
+        out["bias" if c.arch == "relu" else "b_dec"] = w["b_dec"]
+        if c.arch != "relu":
+            out["k"] = torch.tensor(c.k, dtype=torch.int32)
+            # AutoEncoderTopK's encode ignores its threshold by default; -1 = "none".
+            out["threshold"] = w["threshold"].reshape(()) if c.arch == "batchtopk" else torch.tensor(-1.0)
+        # Module order of the peer's state dict, so load_state_dict sees what it expects.
+        order = (["bias", "encoder.weight", "encoder.bias", "decoder.weight"] if c.arch == "relu"
+                 else ["k", "threshold", "decoder.weight", "encoder.weight", "encoder.bias", "b_dec"])
+        out = {name: out[name] for name in order}
+    elif c.arch == "gated":
+        out = {
+            "decoder_bias": w["b_dec"], "encoder.weight": w["W_enc"].T.contiguous(), "r_mag": w["r_mag"],
+            "gate_bias": w["b_enc"], "mag_bias": w["b_mag"], "decoder.weight": w["W_dec"].T.contiguous(),
+        }
+    else:  # jumprelu
+        if bool((w["threshold"] < 0).any()):
+            raise FormatError("this jumprelu dictionary has a negative threshold; dictionary_learning "
+                              "applies a ReLU after the jump and cannot represent it")
+        # JumpReluAutoEncoder loads with apply_b_dec_to_input=False (pre = x W_enc + b_enc), so
+        # saekit's subtraction of b_dec moves into the bias: b_enc' = b_enc − b_dec W_enc.
+        out = {
+            "W_enc": w["W_enc"], "b_enc": w["b_enc"] - w["b_dec"] @ w["W_enc"], "W_dec": w["W_dec"],
+            "b_dec": w["b_dec"], "threshold": w["threshold"],
+        }
+    trainer = {
+        "dict_class": cls, "activation_dim": c.d_in, "dict_size": c.d_sae,
+        "lm_name": c.model or None, "submodule_name": c.hook or None, "layer": None,
+        "saekit_arch": c.arch,
+    }
+    if c.k is not None:
+        trainer["k"] = c.k
+    if c.act_scale != 1.0:
+        trainer["norm_factor"] = c.act_scale  # provenance only: already folded, as the peer does
+    config = {"trainer": trainer}
+    if c.context_length is not None:
+        config["buffer"] = {"ctx_len": c.context_length}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{DL_WEIGHTS}.tmp"
+    torch.save({k: v.contiguous() for k, v in out.items()}, str(tmp))
+    os.replace(tmp, folder / DL_WEIGHTS)
+    atomic_write_text(folder / DL_CFG, json.dumps(config, indent=4) + "\n")
+    return folder
+
+
+# ---------------------------------------------------------------- dispatch
+LOADERS = {
+    "saekit": load_dictionary, "saelens": load_saelens,
+    "sparsify": load_sparsify, "dictionary_learning": load_dictionary_learning,
+}
+
+
+SAVERS = {
+    "saekit": save_dictionary, "saelens": save_saelens,
+    "sparsify": save_sparsify, "dictionary_learning": save_dictionary_learning,
+}
+
+
+def load_any(path: str | os.PathLike, format: str | None = None, device: str | torch.device = "cpu") -> Dictionary:
+    """Load a dictionary folder in any supported format (detected unless ``format`` is given)."""
+    fmt = format or detect_format(path)
+    if fmt not in LOADERS:
+        raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return LOADERS[fmt](path).to(device).eval()
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, format: str | None = None) -> Path:
+    """Read ``src`` (any format) and write it to the folder ``dst`` in format ``to``."""
+    if to not in SAVERS:
+        raise FormatError(f"unknown target format {to!r}; choose one of {', '.join(FORMATS)}")
+    return SAVERS[to](load_any(src, format), dst)

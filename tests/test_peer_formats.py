@@ -1,0 +1,183 @@
+"""Round trips and error cases for the peer formats (no peer library needed)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from saekit.dictionaries import DictionaryConfig, build_dictionary
+from saekit.errors import FormatError
+from saekit.formats import save_dictionary
+from saekit.peer_formats import (
+    detect_format,
+    load_any,
+    load_dictionary_learning,
+    load_saelens,
+    load_sparsify,
+    save_dictionary_learning,
+    save_saelens,
+    save_sparsify,
+)
+
+D, F = 8, 24
+
+
+def make(arch, seed=0):
+    torch.manual_seed(seed)
+    cfg = DictionaryConfig(arch=arch, d_in=D, d_sae=F, k=4 if arch in ("topk", "batchtopk") else None,
+                           hook="blocks.1.hook_resid_post", model="tiny")
+    sae = build_dictionary(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        if arch == "jumprelu":
+            sae.threshold.copy_(torch.rand(F) * 0.3)
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.2)
+    return sae.eval()
+
+
+SAVERS = {
+    "saelens": (save_saelens, load_saelens, ["relu", "topk", "batchtopk", "jumprelu", "gated"]),
+    "sparsify": (save_sparsify, load_sparsify, ["topk"]),
+    "dictionary_learning": (save_dictionary_learning, load_dictionary_learning,
+                            ["relu", "topk", "batchtopk", "jumprelu", "gated"]),
+}
+CASES = [(fmt, arch) for fmt, (_, _, archs) in SAVERS.items() for arch in archs]
+
+
+def assert_same(a, b):
+    x = torch.randn(64, D) * 2
+    fa, fb = a.encode(x), b.encode(x)
+    assert (fa - fb).abs().max() <= 1e-6
+    assert (a.decode(fa) - b.decode(fa)).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("fmt,arch", CASES)
+def test_round_trip(tmp_path, fmt, arch):
+    save, load, _ = SAVERS[fmt]
+    sae = make(arch)
+    save(sae, tmp_path)
+    assert detect_format(tmp_path) == fmt
+    back = load(tmp_path)
+    assert_same(sae, back)
+    assert_same(sae, load_any(tmp_path))
+    assert back.cfg.d_in == D and back.cfg.d_sae == F
+
+
+def test_detect_saekit_and_unknown(tmp_path):
+    save_dictionary(make("relu"), tmp_path / "s")
+    assert detect_format(tmp_path / "s") == "saekit"
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "cfg.json").write_text("{}")
+    with pytest.raises(FormatError, match="sae_weights.safetensors"):
+        detect_format(tmp_path / "u")
+
+
+def test_unsupported_arch_for_sparsify(tmp_path):
+    with pytest.raises(FormatError, match="sparsify supports"):
+        save_sparsify(make("relu"), tmp_path)
+
+
+def test_saelens_conventions(tmp_path):
+    # A hand-made SAELens folder with apply_b_dec_to_input=False and a non-unit decoder.
+    torch.manual_seed(1)
+    W_enc, b_enc, W_dec, b_dec = torch.randn(D, F), torch.randn(F), torch.randn(F, D), torch.randn(D)
+    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, str(tmp_path / "sae_weights.safetensors"))
+    cfg = {"architecture": "standard", "d_in": D, "d_sae": F, "dtype": "float32", "apply_b_dec_to_input": False,
+           "normalize_activations": "none", "metadata": {"sae_lens_version": "6.1.0", "hook_name": "h", "model_name": "m"}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    sae = load_saelens(tmp_path)
+    x = torch.randn(16, D)
+    f = (x @ W_enc + b_enc).relu()
+    assert (sae.encode(x) - f).abs().max() < 1e-5
+    assert (sae.decode(f) - (f @ W_dec + b_dec)).abs().max() < 1e-5
+    assert torch.equal(sae.W_dec, W_dec)  # never renormalised
+    assert sae.cfg.hook == "h" and sae.cfg.model == "m"
+    for norm in ("layer_norm", "expected_average_only_in"):
+        (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "normalize_activations": norm}))
+        with pytest.raises(FormatError, match=norm):
+            load_saelens(tmp_path)
+    # expected_average_only_in with its factor folds exactly: SAELens sees x·s.
+    s = 3.0
+    sae = load_saelens(tmp_path, norm_scaling_factor=s)
+    f_peer = (x * s @ W_enc + b_enc).relu()
+    assert (sae.decode(sae.encode(x)) - (f_peer @ W_dec + b_dec) / s).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt", list(SAVERS))
+def test_missing_key(tmp_path, fmt):
+    save, load, _ = SAVERS[fmt]
+    save(make("topk"), tmp_path)
+    name = "config.json" if fmt == "dictionary_learning" else "cfg.json"
+    cfg = json.loads((tmp_path / name).read_text())
+    (cfg["trainer"] if fmt == "dictionary_learning" else cfg).pop("k")
+    (tmp_path / name).write_text(json.dumps(cfg))
+    with pytest.raises(FormatError, match="'k'"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", list(SAVERS))
+def test_wrong_shape(tmp_path, fmt):
+    save, load, _ = SAVERS[fmt]
+    save(make("topk"), tmp_path)
+    name = "config.json" if fmt == "dictionary_learning" else "cfg.json"
+    cfg = json.loads((tmp_path / name).read_text())
+    if fmt == "dictionary_learning":
+        cfg["trainer"]["dict_size"] = F + 1
+    else:
+        cfg["d_sae" if fmt == "saelens" else "num_latents"] = F + 1
+    (tmp_path / name).write_text(json.dumps(cfg))
+    with pytest.raises(FormatError, match="shape"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", list(SAVERS))
+def test_missing_tensor(tmp_path, fmt):
+    save, load, _ = SAVERS[fmt]
+    save(make("topk"), tmp_path)
+    if fmt == "dictionary_learning":
+        w = torch.load(tmp_path / "ae.pt", weights_only=True)
+        del w["b_dec"]
+        torch.save(w, tmp_path / "ae.pt")
+    else:
+        from safetensors.torch import load_file
+        wp = tmp_path / ("sae_weights.safetensors" if fmt == "saelens" else "sae.safetensors")
+        w = load_file(str(wp))
+        del w["b_dec"]
+        save_file(w, str(wp))
+    with pytest.raises(FormatError, match="b_dec"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", list(SAVERS))
+def test_truncated(tmp_path, fmt):
+    save, load, _ = SAVERS[fmt]
+    save(make("topk"), tmp_path)
+    wp = {"saelens": "sae_weights.safetensors", "sparsify": "sae.safetensors", "dictionary_learning": "ae.pt"}[fmt]
+    data = (tmp_path / wp).read_bytes()
+    (tmp_path / wp).write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="truncated or corrupt"):
+        load(tmp_path)
+
+
+def test_dictionary_learning_refuses_pickled_code(tmp_path):
+    save_dictionary_learning(make("relu"), tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"encoder.weight": Evil()}, tmp_path / "ae.pt")
+    with pytest.raises(FormatError, match="executing code"):
+        load_dictionary_learning(tmp_path)
+
+
+def test_unknown_architecture(tmp_path):
+    save_saelens(make("relu"), tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg["architecture"] = "matching_pursuit"
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(FormatError, match="matching_pursuit"):
+        load_saelens(tmp_path)

@@ -106,14 +106,19 @@ def test_saelens_conventions(tmp_path):
     assert (sae.decode(sae.encode(x)) - (f_peer @ W_dec + b_dec) / s).abs().max() < 1e-4
 
 
+def edit_peer_config(folder, fmt, edit):
+    """Apply ``edit`` to the dict a peer's config keeps its dictionary settings in."""
+    name = "config.json" if fmt == "dictionary_learning" else "cfg.json"
+    cfg = json.loads((folder / name).read_text())
+    edit(cfg["trainer"] if fmt == "dictionary_learning" else cfg)
+    (folder / name).write_text(json.dumps(cfg))
+
+
 @pytest.mark.parametrize("fmt", list(SAVERS))
 def test_missing_key(tmp_path, fmt):
     save, load, _ = SAVERS[fmt]
     save(make("topk"), tmp_path)
-    name = "config.json" if fmt == "dictionary_learning" else "cfg.json"
-    cfg = json.loads((tmp_path / name).read_text())
-    (cfg["trainer"] if fmt == "dictionary_learning" else cfg).pop("k")
-    (tmp_path / name).write_text(json.dumps(cfg))
+    edit_peer_config(tmp_path, fmt, lambda cfg: cfg.pop("k"))
     with pytest.raises(FormatError, match="'k'"):
         load(tmp_path)
 
@@ -122,13 +127,8 @@ def test_missing_key(tmp_path, fmt):
 def test_wrong_shape(tmp_path, fmt):
     save, load, _ = SAVERS[fmt]
     save(make("topk"), tmp_path)
-    name = "config.json" if fmt == "dictionary_learning" else "cfg.json"
-    cfg = json.loads((tmp_path / name).read_text())
-    if fmt == "dictionary_learning":
-        cfg["trainer"]["dict_size"] = F + 1
-    else:
-        cfg["d_sae" if fmt == "saelens" else "num_latents"] = F + 1
-    (tmp_path / name).write_text(json.dumps(cfg))
+    size_key = {"dictionary_learning": "dict_size", "saelens": "d_sae"}.get(fmt, "num_latents")
+    edit_peer_config(tmp_path, fmt, lambda cfg: cfg.__setitem__(size_key, F + 1))
     with pytest.raises(FormatError, match="shape"):
         load(tmp_path)
 

@@ -181,3 +181,33 @@ def test_unknown_architecture(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(FormatError, match="matching_pursuit"):
         load_saelens(tmp_path)
+
+
+def test_gemma_scope_params_npz(tmp_path):
+    import numpy as np
+
+    from saekit.peer_formats import load_any, load_gemma_scope
+
+    g = np.random.default_rng(0)
+    d, f = 16, 48
+    params = {
+        "W_enc": g.normal(size=(d, f)).astype(np.float32), "W_dec": g.normal(size=(f, d)).astype(np.float32),
+        "b_enc": g.normal(size=f).astype(np.float32), "b_dec": g.normal(size=d).astype(np.float32),
+        "threshold": np.abs(g.normal(size=f)).astype(np.float32),
+    }
+    params["threshold"][0] = -0.5  # a negative threshold: the reference's ReLU makes it 0
+    folder = tmp_path / "layer_3" / "width_16k"
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", **params)
+    x = torch.from_numpy(g.normal(size=(64, d)).astype(np.float32))
+    t = {k: torch.from_numpy(v) for k, v in params.items()}
+    pre = x @ t["W_enc"] + t["b_enc"]  # Gemma Scope's own encode: no b_dec subtracted
+    f_ref = (pre > t["threshold"]) * pre.relu()
+    x_ref = f_ref @ t["W_dec"] + t["b_dec"]
+    for sae in (load_any(folder), load_any(folder / "params.npz"), load_gemma_scope(folder, hook="resid_post.3")):
+        assert sae.cfg.arch == "jumprelu" and (sae.cfg.d_in, sae.cfg.d_sae) == (d, f)
+        assert torch.allclose(sae.encode(x), f_ref, atol=1e-4) and torch.allclose(sae(x), x_ref, atol=1e-4)
+    raw = (folder / "params.npz").read_bytes()
+    (folder / "params.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(FormatError, match="truncated or corrupt"):
+        load_any(folder)

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 from .config import CacheConfig, TrainConfig
 
 # The formats `saekit.peer_formats` reads and writes (kept here so --help needs no torch import).
-FORMAT_CHOICES = ("saekit", "saelens", "sparsify", "dictionary_learning")
+FORMAT_CHOICES = ("saekit", "saelens", "sparsify", "dictionary_learning", "gemma_scope")
+WRITE_FORMATS = FORMAT_CHOICES[:4]  # Gemma Scope is read-only
 from .errors import ConfigError, SaekitError
 
 
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="the dictionary folder to read")
     p.add_argument("dst", help="the folder to write")
-    p.add_argument("--to", required=True, choices=FORMAT_CHOICES, help="the format to write")
+    p.add_argument("--to", required=True, choices=WRITE_FORMATS, help="the format to write")
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the source's format, if detection is wrong")
     p.set_defaults(func=_cmd_convert)
 

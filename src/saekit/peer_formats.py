@@ -41,13 +41,15 @@ from .formats import atomic_save_tensors, atomic_write_text, load_dictionary, sa
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
 DL_CFG, DL_WEIGHTS = "config.json", "ae.pt"
+GEMMA_SCOPE_PARAMS = "params.npz"
 
-FORMATS = ("saekit", "saelens", "dictionary_learning", "sparsify")
+FORMATS = ("saekit", "saelens", "dictionary_learning", "sparsify", "gemma_scope")
 FORMAT_FILES = {
     "saekit": (SAEKIT_CONFIG, SAEKIT_WEIGHTS),
     "saelens": (SAELENS_CFG, SAELENS_WEIGHTS),
     "sparsify": (SPARSIFY_CFG, SPARSIFY_WEIGHTS),
     "dictionary_learning": (DL_CFG, DL_WEIGHTS),
+    "gemma_scope": (GEMMA_SCOPE_PARAMS,),
 }
 # The SAELens version written into saved configs: >= 6 so that SAELens reads the
 # config as its 6.x layout (hook/model names under "metadata").
@@ -76,6 +78,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "sparsify"
     if DL_CFG in names and DL_WEIGHTS in names:
         return "dictionary_learning"
+    if GEMMA_SCOPE_PARAMS in names:
+        return "gemma_scope"
     found = sorted(names)[:20]
     needs = "; ".join(f"{fmt}: {' + '.join(files)}" for fmt, files in FORMAT_FILES.items())
     raise FormatError(
@@ -513,10 +517,49 @@ def save_dictionary_learning(dictionary: Dictionary, folder: str | os.PathLike) 
     return folder
 
 
+# ---------------------------------------------------------------- Gemma Scope
+def load_gemma_scope(path: str | os.PathLike, hook: str = "", model: str = "") -> Dictionary:
+    """Load a Gemma Scope ``params.npz`` (the file or its folder) as a JumpReLU dictionary.
+
+    Gemma Scope computes ``pre = x W_enc + b_enc`` without subtracting ``b_dec`` and
+    ``f = 1[pre > threshold] · ReLU(pre)``; saekit subtracts ``b_dec`` first, so the
+    encoder bias becomes ``b_enc + b_dec W_enc``, and clamps a negative threshold to 0
+    (exact, given the ReLU). The file records neither hook point nor model
+    (they live in the release's folder names): pass them, or set ``cfg.hook`` later.
+    Loaded with ``allow_pickle=False``: nothing in the file can execute.
+    """
+    import numpy as np
+
+    p = Path(path)
+    file = p if p.is_file() else _folder(p) / GEMMA_SCOPE_PARAMS
+    if not file.exists():
+        raise FormatError(f"{file} does not exist; a Gemma Scope dictionary is a {GEMMA_SCOPE_PARAMS} file")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            arrays = {k: torch.from_numpy(np.array(npz[k], dtype=np.float32)) for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise FormatError(f"{file} cannot be read ({e}); the file is truncated or corrupt") from None
+    if "W_enc" not in arrays or arrays["W_enc"].ndim != 2:
+        raise FormatError(f"{file} lacks a 2-D 'W_enc' (found: {sorted(arrays)})")
+    d, F = arrays["W_enc"].shape
+    what = "Gemma Scope JumpReLU dictionary"
+    W_enc = _tensor(arrays, "W_enc", (d, F), file, what)
+    W_dec = _tensor(arrays, "W_dec", (F, d), file, what)
+    b_enc = _tensor(arrays, "b_enc", (F,), file, what)
+    b_dec = _tensor(arrays, "b_dec", (d,), file, what)
+    threshold = _tensor(arrays, "threshold", (F,), file, what)
+    cfg = _make_config(file, arch="jumprelu", d_in=d, d_sae=F, hook=hook, model=model)
+    return _build(cfg, {
+        "W_enc": W_enc, "W_dec": W_dec, "b_dec": b_dec, "b_enc": b_enc + b_dec @ W_enc,
+        "threshold": threshold.clamp_min(0.0),
+    })
+
+
 # ---------------------------------------------------------------- dispatch
 LOADERS = {
     "saekit": load_dictionary, "saelens": load_saelens,
     "sparsify": load_sparsify, "dictionary_learning": load_dictionary_learning,
+    "gemma_scope": load_gemma_scope,
 }
 
 
@@ -537,5 +580,5 @@ def load_any(path: str | os.PathLike, format: str | None = None, device: str | t
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, format: str | None = None) -> Path:
     """Read ``src`` (any format) and write it to the folder ``dst`` in format ``to``."""
     if to not in SAVERS:
-        raise FormatError(f"unknown target format {to!r}; choose one of {', '.join(FORMATS)}")
+        raise FormatError(f"saekit cannot write {to!r}; it writes {', '.join(SAVERS)}")
     return SAVERS[to](load_any(src, format), dst)

@@ -59,6 +59,9 @@ def test_eval_report_compare(model_dir, corpus, tmp_path, capsys):
     assert "k2" in out and "k8" in out and (tmp_path / "cmp.html").exists()
     assert main(["eval", str(tmp_path / "k2"), "--hook", "resid_post.0"]) == 2
     assert "trained on resid_post.1" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "k2"), "--model", "some/other-model"]) == 2  # refused before any load
+    err = capsys.readouterr().err
+    assert "trained on" in err and "not some/other-model" in err
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert main(["eval", str(tmp_path / "k2"), "--json", str(tmp_path / "no" / "dir.json")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -135,8 +135,7 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import validate_source
-    from .errors import DimensionError
-    from .evaluate import check_hook, evaluate, same_model
+    from .evaluate import check_hook, check_model, evaluate
     from .formats import atomic_write_text
     from .models import load_model, parse_dtype, resolve_device
     from .peer_formats import load_any
@@ -159,11 +158,7 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     if not sae.cfg.model and ns.model:
         sae.cfg.model = ns.model
     check_hook(sae, ns.hook)
-    if ns.model and sae.cfg.model and not ns.allow_other_model and not same_model(ns.model, sae.cfg.model):
-        raise DimensionError(
-            f"the dictionary was trained on {sae.cfg.model}, not {ns.model}; drop --model "
-            "(or pass --allow-other-model to evaluate it on this model anyway)"
-        )
+    check_model(sae, None if ns.allow_other_model else ns.model)  # both before the slow model load
     validate_source(ns.dataset, ns.text_field)
     lm = load_model(ns.model or sae.cfg.model or None, device=sae.W_dec.device, dtype=parse_dtype(ns.dtype))
     result = evaluate(

@@ -17,6 +17,7 @@ import torch
 
 from .dictionaries import ARCHITECTURES
 from .errors import ConfigError
+from .models import parse_dtype
 
 ARCH_CHOICES = tuple(sorted(ARCHITECTURES))
 
@@ -29,7 +30,6 @@ DEFAULT_SPARSITY_COEFF = {"l1": 2.0, "l0": 1.0}
 # decay phase is not disturbed by fresh features.
 RESAMPLE_STOP_FRACTION = 0.8
 
-DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -76,8 +76,7 @@ class SourceConfig:
             _bad("--context-length must be at least 2 (a BOS token and one more)")
         if self.seed < 0:
             _bad(f"--seed must be zero or positive, got {self.seed}")
-        if self.dtype not in DTYPES:
-            _bad(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        parse_dtype(self.dtype)  # the one reader of dtype names; raises ConfigError
         if self.device != "auto":
             try:
                 dev = torch.device(self.device)

@@ -482,6 +482,16 @@ def check_hook(dictionary: Dictionary, hook: str | None) -> None:
         )
 
 
+def check_model(dictionary: Dictionary, model_name: str | None) -> None:
+    """Refuse a dictionary trained on another model than ``model_name`` (None: no check)."""
+    recorded = dictionary.cfg.model
+    if model_name is not None and recorded and not same_model(model_name, recorded):
+        raise DimensionError(
+            f"the dictionary was trained on {recorded}, not {model_name}; pass --model {recorded} "
+            "(or --allow-other-model to evaluate it on this model anyway)"
+        )
+
+
 def check_dictionary_fits(dictionary: Dictionary, lm: Any, hook: str | None = None, model_name: str | None = None) -> None:
     """Refuse a dictionary for another hook point, model width or model, naming each."""
     from .hooks import hook_width, resolve_hook_point
@@ -495,11 +505,7 @@ def check_dictionary_fits(dictionary: Dictionary, lm: Any, hook: str | None = No
             f"the dictionary takes activations of width {cfg.d_in} but {cfg.hook} of {lm.name} has width {width}; "
             f"it was trained on another model ({cfg.model or 'unrecorded'})"
         )
-    if model_name is not None and cfg.model and not same_model(model_name, cfg.model):
-        raise DimensionError(
-            f"the dictionary was trained on {cfg.model}, not {model_name}; pass --model {cfg.model} "
-            "(or --allow-other-model to evaluate it on this model anyway)"
-        )
+    check_model(dictionary, model_name)
 
 
 @torch.no_grad()

@@ -58,6 +58,15 @@ def test_eval_report_compare(model_dir, corpus, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "k2" in out and "k8" in out and (tmp_path / "cmp.html").exists()
     assert main(["eval", str(tmp_path / "k2"), "--hook", "resid_post.0"]) == 2
+    # Another library's folder goes through eval, report and compare the same way.
+    assert main(["convert", str(tmp_path / "k2"), str(tmp_path / "k2-dl"), "--to", "dictionary_learning"]) == 0
+    assert main(["eval", str(tmp_path / "k2-dl"), "--dataset", str(corpus), "--tokens", "600", "--max-length", "64",
+                 "--regimes", "fixed"]) == 0
+    dl_figures = json.loads((tmp_path / "k2-dl" / "eval.json").read_text())["fixed"]
+    assert abs(dl_figures["fvu"] - evaluation["fixed"]["fvu"]) < 1e-5
+    assert main(["report", str(tmp_path / "k2-dl")]) == 0
+    assert "From config.json" in (tmp_path / "k2-dl" / "report.html").read_text()
+    assert main(["compare", str(tmp_path / "k2"), str(tmp_path / "k2-dl"), "--out", str(tmp_path / "cmp2.html")]) == 0
     assert "trained on resid_post.1" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "k2"), "--model", "some/other-model"]) == 2  # refused before any load
     err = capsys.readouterr().err

@@ -201,3 +201,26 @@ def test_compare_needs_folders_with_evaluations(tmp_path: Path) -> None:
     (folder / "eval.json").unlink()
     with pytest.raises(FormatError, match="saekit eval"):
         compare([folder])
+
+
+def test_report_and_compare_on_peer_format_folders(tmp_path: Path) -> None:
+    """A SAELens and a dictionary_learning folder, evaluated by `saekit eval` (which writes the
+    dictionary's description into eval.json): the report describes them from it and shows the
+    peer's own config as the training configuration."""
+    saekit_run = make_folder(tmp_path, "saekit-run")
+    peers = {}
+    for name, config_file, peer_config in (
+        ("saelens-run", "cfg.json", {"architecture": "topk", "d_in": 16, "d_sae": D_SAE, "metadata": {"hook_name": "blocks.9.hook_resid_post"}}),
+        ("dl-run", "config.json", {"trainer": {"dict_class": "AutoEncoderTopK", "k": 32, "lr": 0.0004}, "buffer": {"d_submodule": 16}}),
+    ):  # fmt: skip
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / config_file).write_text(json.dumps(peer_config))
+        (folder / "eval.json").write_text((saekit_run / "eval.json").read_text())
+        peers[name] = folder
+    page = write_report(peers["dl-run"]).read_text()
+    assert "From config.json" in page and "trainer.dict_class" in page and "AutoEncoderTopK" in page
+    page = write_report(peers["saelens-run"]).read_text()
+    assert "From cfg.json" in page and "metadata.hook_name" in page and "d_sae 64" in page
+    table, _ = compare([saekit_run, *peers.values()], out=tmp_path / "cmp.html")
+    assert all(name in table for name in ("saekit-run", "saelens-run", "dl-run"))

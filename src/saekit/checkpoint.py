@@ -68,9 +68,18 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
         skeleton = json.loads(meta[_META_KEY])
-        return _unflatten(skeleton, tensors)
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"the checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
-            "delete it to start over, or restore it from a backup"
-        ) from None
+        state = _unflatten(skeleton, tensors)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        # KeyError/TypeError/ValueError: a skeleton without the metadata entry, naming a
+        # tensor the file lacks, or not shaped as _flatten writes it; RecursionError: one
+        # nested deeper than the JSON parser (or _unflatten) follows.
+        raise _corrupt(path, f"{type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise _corrupt(path, f"it holds a {type(state).__name__}, not a training state keyed by name")
+    return state
+
+
+def _corrupt(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"the checkpoint {path} is corrupt or truncated ({why}); delete it to start over, or restore it from a backup"
+    )

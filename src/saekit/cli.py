@@ -15,11 +15,16 @@ import typing
 from typing import Any, Sequence
 
 from .config import CacheConfig, TrainConfig
+from .errors import ConfigError, SaekitError
 
 # The formats `saekit.peer_formats` reads and writes (kept here so --help needs no torch import).
 FORMAT_CHOICES = ("saekit", "saelens", "sparsify", "dictionary_learning", "gemma_scope")
 WRITE_FORMATS = FORMAT_CHOICES[:4]  # Gemma Scope is read-only
-from .errors import ConfigError, SaekitError
+# Said wherever a verb takes a dictionary.
+DICTIONARY_ARG_HELP = (
+    "a dictionary: a local folder in any format saekit reads (saekit, SAELens, sparsify, dictionary_learning, "
+    "Gemma Scope params.npz; detected), or a Hub name OWNER/REPO[@REVISION]/PATH/INSIDE (downloaded and cached)"
+)
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -137,6 +142,7 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from .data import validate_source
     from .evaluate import check_hook, check_model, evaluate
     from .formats import atomic_write_text
+    from .hub import default_output
     from .models import load_model, parse_dtype, resolve_device
     from .peer_formats import load_any
 
@@ -145,8 +151,8 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--tokens must be positive, got {ns.tokens}")
     if ns.max_length < 2:
         raise ConfigError(f"--max-length must be at least 2, got {ns.max_length}")
-    folder = Path(ns.folder)
-    out = Path(ns.json) if ns.json else (folder if folder.is_dir() else folder.parent) / "eval.json"
+    folder = ns.folder
+    out = Path(ns.json) if ns.json else default_output(folder, "eval.json")
     if not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another --json")
     sae = load_any(folder, ns.format, device=resolve_device(ns.device))
@@ -175,6 +181,15 @@ def _cmd_convert(ns: argparse.Namespace) -> int:
     from .peer_formats import convert
 
     print(f"wrote {ns.to} dictionary to {convert(ns.src, ns.dst, ns.to, ns.format)}")
+    return 0
+
+
+def _cmd_push(ns: argparse.Namespace) -> int:
+    from .hub import push
+
+    name = push(ns.folder, ns.repo_id, path_in_repo=ns.path, revision=ns.revision, private=ns.private or None,
+                commit_message=ns.message, include_checkpoint=ns.include_checkpoint)
+    print(f"pushed {ns.folder} to {name}; load it with saekit.load({name!r}) or `saekit eval {name}`")
     return 0
 
 
@@ -225,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the model with the dictionary spliced in), for fixed contexts as in training and for whole documents, "
         "with FVU and CE diff by position. Prints a table and writes JSON (default FOLDER/eval.json).",
     )
-    p.add_argument("folder", help="a dictionary folder: saekit, SAELens, sparsify or dictionary_learning (detected)")
+    p.add_argument("folder", help=DICTIONARY_ARG_HELP)
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folder's format, if detection is wrong")
     p.add_argument("--tokens", type=int, default=32_768, help="evaluated tokens per regime (default 32,768)")
     p.add_argument("--dataset", default=None, help="as for saekit train; its held-out split is used (default: embedded corpus)")
@@ -235,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regimes", nargs="+", default=["fixed", "documents"], choices=["fixed", "documents"])
     p.add_argument("--max-length", type=int, default=1024, help="document length cap in the documents regime")
     p.add_argument("--allow-other-model", action="store_true", help="evaluate on a model other than the recorded one")
-    p.add_argument("--json", default=None, help="where to write the figures (default FOLDER/eval.json)")
+    p.add_argument("--json", default=None, help="where to write the figures (default FOLDER/eval.json; for a Hub name, eval-NAME.json here)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", help="model dtype")
     p.set_defaults(func=_cmd_eval)
@@ -248,20 +263,39 @@ def build_parser() -> argparse.ArgumentParser:
         "(config.json + ae.pt). Conventions (transposed weights, b_dec subtracted or not, thresholds, "
         "activation scale) are mapped explicitly.",
     )
-    p.add_argument("src", help="the dictionary folder to read")
+    p.add_argument("src", help=DICTIONARY_ARG_HELP)
     p.add_argument("dst", help="the folder to write")
     p.add_argument("--to", required=True, choices=WRITE_FORMATS, help="the format to write")
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the source's format, if detection is wrong")
     p.set_defaults(func=_cmd_convert)
 
+    p = sub.add_parser(
+        "push",
+        help="upload a dictionary to the Hugging Face Hub with a model card",
+        description="Upload a dictionary folder (any format saekit reads) to a Hub model repository, created if "
+        "missing, in one commit: the dictionary's files, eval.json, training.json, log.jsonl and report.html when "
+        "present, and a model card (the folder's README.md if it has one, else one written from the config and "
+        "evaluation). Log in first with `hf auth login` or set HF_TOKEN; HF_ENDPOINT selects another Hub.",
+    )
+    p.add_argument("folder", help="the dictionary folder to upload")
+    p.add_argument("repo_id", help="the Hub repository, OWNER/NAME")
+    p.add_argument("--path", default="", help="a folder inside the repository (default: its top level), e.g. resid_post.9")
+    p.add_argument("--revision", default=None, help="the branch to commit to (default: main)")
+    p.add_argument("--private", action="store_true", help="create the repository private (if it does not exist)")
+    p.add_argument("--message", default=None, help="the commit message")
+    p.add_argument("--include-checkpoint", action="store_true",
+                   help="also upload checkpoint.safetensors (optimizer state, for resuming; ~3x the weights)")
+    p.set_defaults(func=_cmd_push)
+
     p = sub.add_parser("report", help="a self-contained HTML page of a run's figures and plots")
-    p.add_argument("folder", help="a run folder holding eval.json (saekit train writes one; else run saekit eval)")
+    p.add_argument("folder", help="a run or dictionary folder (any format) or a Hub name, holding eval.json "
+                   "(saekit train writes one; else run saekit eval)")
     p.add_argument("--eval", default=None, help="an eval JSON elsewhere")
     p.add_argument("--out", default=None, help="the page to write (default FOLDER/report.html)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("compare", help="several dictionaries side by side, with sparsity-fidelity frontiers")
-    p.add_argument("folders", nargs="+", help="dictionary folders, each holding eval.json")
+    p.add_argument("folders", nargs="+", help="dictionary folders (any format) or Hub names, each holding eval.json")
     p.add_argument("--out", default=None, help="the page to write (default compare.html)")
     p.set_defaults(func=_cmd_compare)
     return parser

@@ -41,3 +41,7 @@ class TrainingDivergedError(SaekitError):
 
 class DimensionError(SaekitError, ValueError):
     """Activations whose width does not match the dictionary (another hook point or model)."""
+
+
+class HubError(SaekitError):
+    """The Hugging Face Hub could not give or take a dictionary (not found, no access, offline)."""

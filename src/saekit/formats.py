@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, build_dictionary
+from .dictionaries import Dictionary, DictionaryConfig, build_dictionary
 from .errors import ConfigError, FormatError
 
 FORMAT_NAME = "saekit"
@@ -62,6 +63,95 @@ def save_dictionary(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------- reading, checked
+# Every loader (saekit's and the peers') reads through these, so a damaged file gets
+# the same kind of message whatever its format: the file, the key or tensor, what was
+# expected and what was found.
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; FormatError for anything else."""
+    if not path.exists():
+        raise FormatError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        # ValueError: not JSON, not UTF-8, or an integer literal past Python's digit limit;
+        # RecursionError: nesting deeper than the parser follows.
+        raise FormatError(f"{path} is not valid JSON ({type(e).__name__}: {e}); the file is corrupt") from None
+    except OSError as e:
+        raise FormatError(f"{path} cannot be read ({e})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise FormatError(f"{path} is missing")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise FormatError(f"{path} cannot be read ({e}); the file is truncated or corrupt") from None
+
+
+def checked_tensor(weights: dict[str, Any], name: str, shape: tuple, path: Path, what: str) -> torch.Tensor:
+    """``weights[name]`` as float32, after checking it exists, has ``shape``, is float and finite.
+
+    A NaN or Inf weight is an error here rather than NaN figures later; the check runs
+    after the conversion to float32, which turns float64 values past 3.4e38 into Inf.
+    """
+    if name not in weights:
+        raise FormatError(f"{path} lacks the tensor {name!r} needed by a {what} (found: {sorted(weights)[:20]})")
+    t = weights[name]
+    if not isinstance(t, torch.Tensor):
+        raise FormatError(f"{path}: {name!r} is a {type(t).__name__}, not a tensor")
+    if tuple(t.shape) != tuple(shape):
+        raise FormatError(f"{path}: tensor {name!r} has shape {tuple(t.shape)} but the config implies {tuple(shape)}")
+    if not t.is_floating_point():
+        raise FormatError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected a floating-point tensor")
+    t = t.detach().to(torch.float32)
+    check_finite(t, f"tensor {name!r}", path)
+    return t
+
+
+def check_finite(t: torch.Tensor, what: str, path: Path) -> None:
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise FormatError(f"{path}: {what} holds {bad} NaN or infinite value(s) (as float32); the file is corrupt")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a size
+
+
+# What each DictionaryConfig field must be in a file, checked before the config is built
+# (DictionaryConfig itself checks ranges: positive sizes, k < d_sae, a finite scale).
+_FIELD_TYPES: dict[str, tuple[Any, str]] = {
+    "arch": (lambda v: isinstance(v, str), "a string"),
+    "d_in": (_is_int, "an integer"),
+    "d_sae": (_is_int, "an integer"),
+    "k": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "hook": (lambda v: isinstance(v, str), "a string"),
+    "model": (lambda v: isinstance(v, str), "a string"),
+    # abs() bound: a JSON integer of 400 digits is an int that float() cannot take.
+    "act_scale": (lambda v: isinstance(v, float) or _is_int(v) and abs(v) < 1e300, "a number"),
+    "context_length": (lambda v: v is None or _is_int(v) and v > 0, "a positive integer or null"),
+}
+
+
+def make_config(path: Path, **fields: Any) -> DictionaryConfig:
+    """A ``DictionaryConfig`` from values read out of ``path``; FormatError naming it otherwise."""
+    for key, value in fields.items():
+        ok, expected = _FIELD_TYPES[key]
+        if not ok(value):
+            raise FormatError(f"{path}: {key!r} must be {expected}, got {value!r}")
+    if "act_scale" in fields:
+        fields["act_scale"] = float(fields["act_scale"])
+    try:
+        return DictionaryConfig(**fields)
+    except ConfigError as e:
+        raise FormatError(f"{path}: the config describes an invalid dictionary: {e}") from None
+
+
 def load_dictionary(path: str | os.PathLike, device: str | torch.device = "cpu") -> Dictionary:
     """Load a saekit dictionary folder (or a run folder, which contains one)."""
     folder = Path(path)
@@ -77,14 +167,11 @@ def load_dictionary(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"{folder} is not a saekit dictionary: missing {', '.join(missing)} (found: {found or 'nothing'}). "
             "A saekit dictionary folder holds config.json and weights.safetensors."
         )
-    try:
-        header = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{config_path} is not valid JSON ({e}); the file is corrupt") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+    header = read_json(config_path)
+    if header.get("format") != FORMAT_NAME:
         raise FormatError(f"{config_path} does not say format 'saekit'; it is not a saekit dictionary config")
     version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not _is_int(version) or version > FORMAT_VERSION:
         raise FormatError(
             f"{config_path} has format_version {version!r}; this saekit reads up to {FORMAT_VERSION}. "
             "Upgrade saekit to read it."
@@ -95,27 +182,15 @@ def load_dictionary(path: str | os.PathLike, device: str | torch.device = "cpu")
     for key in ("arch", "d_in", "d_sae"):
         if key not in raw:
             raise FormatError(f"{config_path}: dictionary config is missing the key {key!r}")
-    if raw["arch"] not in ARCHITECTURES:
-        raise FormatError(f"{config_path} names unknown architecture {raw['arch']!r}; known: {sorted(ARCHITECTURES)}")
     known = set(DictionaryConfig.__dataclass_fields__)
-    try:
-        cfg = DictionaryConfig(**{k: v for k, v in raw.items() if k in known})
-    except (ConfigError, TypeError) as e:
-        raise FormatError(f"{config_path}: invalid dictionary config: {e}") from None
-    try:
-        weights = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise FormatError(f"{weights_path} cannot be read ({e}); the file is truncated or corrupt") from None
+    cfg = make_config(config_path, **{k: v for k, v in raw.items() if k in known})
+    weights = read_safetensors(weights_path)
+    what = f"{cfg.arch} dictionary (d_in={cfg.d_in}, d_sae={cfg.d_sae})"
+    # W_enc first: once it matches, the config's sizes are those of real tensors, so
+    # building the dictionary allocates no more than the file holds.
+    checked_tensor(weights, "W_enc", (cfg.d_in, cfg.d_sae), weights_path, what)
     dictionary = build_dictionary(cfg)
-    expected = dictionary.state_dict()
-    missing_keys = sorted(set(expected) - set(weights))
-    if missing_keys:
-        raise FormatError(f"{weights_path} lacks tensor(s) {missing_keys} needed by a {cfg.arch} dictionary")
-    for name, tensor in expected.items():
-        if weights[name].shape != tensor.shape:
-            raise FormatError(
-                f"{weights_path}: tensor {name!r} has shape {tuple(weights[name].shape)} but the config "
-                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) implies {tuple(tensor.shape)}"
-            )
-    dictionary.load_state_dict({k: weights[k] for k in expected})
+    state = {name: checked_tensor(weights, name, t.shape, weights_path, what)
+             for name, t in dictionary.state_dict().items()}
+    dictionary.load_state_dict(state)
     return dictionary.to(device).eval()

@@ -22,26 +22,40 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
+import struct
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from .dictionaries import Dictionary, DictionaryConfig, build_dictionary
-from .errors import ConfigError, FormatError
+from .errors import FormatError
 from .formats import CONFIG_FILE as SAEKIT_CONFIG
 from .formats import WEIGHTS_FILE as SAEKIT_WEIGHTS
-from .formats import atomic_save_tensors, atomic_write_text, load_dictionary, save_dictionary
+from .formats import (
+    atomic_save_tensors,
+    atomic_write_text,
+    check_finite,
+    checked_tensor,
+    load_dictionary,
+    make_config,
+    read_json,
+    read_safetensors,
+    save_dictionary,
+)
 
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
 DL_CFG, DL_WEIGHTS = "config.json", "ae.pt"
 GEMMA_SCOPE_PARAMS = "params.npz"
+GEMMA_SCOPE_ARRAYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 FORMATS = ("saekit", "saelens", "dictionary_learning", "sparsify", "gemma_scope")
 FORMAT_FILES = {
@@ -51,6 +65,8 @@ FORMAT_FILES = {
     "dictionary_learning": (DL_CFG, DL_WEIGHTS),
     "gemma_scope": (GEMMA_SCOPE_PARAMS,),
 }
+# SAELens architecture → saekit architecture (BatchTopK is saved as a jumprelu).
+SAELENS_ARCHS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 # The SAELens version written into saved configs: >= 6 so that SAELens reads the
 # config as its 6.x layout (hook/model names under "metadata").
 SAELENS_VERSION_WRITTEN = "6.0.0"
@@ -88,18 +104,6 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def _read_json(path: Path) -> dict:
-    if not path.exists():
-        raise FormatError(f"{path} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
-    if not isinstance(data, dict):
-        raise FormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
-
-
 def _require(cfg: dict, key: str, path: Path, kind: type | tuple = int) -> Any:
     if key not in cfg:
         raise FormatError(f"{path} is missing the key {key!r}")
@@ -111,38 +115,11 @@ def _require(cfg: dict, key: str, path: Path, kind: type | tuple = int) -> Any:
     return value
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise FormatError(f"{path} is missing")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise FormatError(f"{path} cannot be read ({e}); the file is truncated or corrupt") from None
-
-
-def _tensor(weights: dict[str, torch.Tensor], name: str, shape: tuple, path: Path, what: str) -> torch.Tensor:
-    if name not in weights:
-        raise FormatError(f"{path} lacks the tensor {name!r} needed by a {what} (found: {sorted(weights)})")
-    t = weights[name]
-    if not isinstance(t, torch.Tensor):
-        raise FormatError(f"{path}: {name!r} is not a tensor")
-    if tuple(t.shape) != tuple(shape):
-        raise FormatError(
-            f"{path}: tensor {name!r} has shape {tuple(t.shape)} but the config implies {tuple(shape)}"
-        )
-    if not t.is_floating_point() and name not in ("k",):
-        raise FormatError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected a floating-point tensor")
-    return t.detach().to(torch.float32)
-
-
-def _make_config(path: Path, **kwargs: Any) -> DictionaryConfig:
-    try:
-        return DictionaryConfig(**kwargs)
-    except (ConfigError, TypeError) as e:
-        raise FormatError(f"{path}: the config describes an invalid dictionary: {e}") from None
-
-
-def _build(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor]) -> Dictionary:
+def _build(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor], path: Path) -> Dictionary:
+    for name, t in tensors.items():
+        # The file's tensors are finite (checked_tensor), but converting them to saekit's
+        # conventions (b_enc + b_dec W_enc, exp(r_mag), rescaled rows) can overflow float32.
+        check_finite(t, f"saekit's {name!r}, computed from the file's tensors,", path)
     dictionary = build_dictionary(cfg)
     state = dictionary.state_dict()
     assert set(state) == set(tensors), (sorted(state), sorted(tensors))
@@ -168,7 +145,7 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
     """
     folder = _folder(folder)
     cfg_path, w_path = folder / SAELENS_CFG, folder / SAELENS_WEIGHTS
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path)
     meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     # Configs older than 6.0 keep the metadata at the top level and may lack "architecture".
     arch = raw.get("architecture", "standard")
@@ -177,11 +154,12 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
     d, F = _require(raw, "d_in", cfg_path), _require(raw, "d_sae", cfg_path)
     k = None
     if arch == "topk":
-        k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))
+        fn_kwargs = raw.get("activation_fn_kwargs")
+        k = raw.get("k", fn_kwargs.get("k") if isinstance(fn_kwargs, dict) else None)
         if k is None:
             raise FormatError(f"{cfg_path} is missing the key 'k' needed by a topk SAE")
         k = _require({"k": k}, "k", cfg_path)
-    elif arch not in ("standard", "jumprelu", "gated"):
+    elif not isinstance(arch, str) or arch not in SAELENS_ARCHS:
         raise FormatError(
             f"{cfg_path} names SAELens architecture {arch!r}; saekit reads 'standard', 'topk', "
             "'jumprelu' and 'gated'"
@@ -215,15 +193,21 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
     if raw.get("hook_head_index", meta.get("hook_head_index")) is not None:
         raise FormatError(f"{cfg_path} sets hook_head_index (a single attention head); saekit does not support it yet")
 
-    w = _read_safetensors(w_path)
+    cfg = make_config(
+        cfg_path, arch=SAELENS_ARCHS[arch], d_in=d, d_sae=F, k=k,
+        hook=str(meta.get("hook_name", raw.get("hook_name", raw.get("hook_point", ""))) or ""),
+        model=str(meta.get("model_name", raw.get("model_name", "")) or ""),
+        context_length=meta.get("context_size", raw.get("context_size")),
+    )
+    w = read_safetensors(w_path)
     what = f"SAELens {arch} SAE"
-    W_enc = _tensor(w, "W_enc", (d, F), w_path, what)
-    W_dec = _tensor(w, "W_dec", (F, d), w_path, what)
-    b_dec = _tensor(w, "b_dec", (d,), w_path, what)
+    W_enc = checked_tensor(w, "W_enc", (d, F), w_path, what)
+    W_dec = checked_tensor(w, "W_dec", (F, d), w_path, what)
+    b_dec = checked_tensor(w, "b_dec", (d,), w_path, what)
     if "scaling_factor" in w:
         # Old "finetuning scaling factor": f is multiplied by it before decoding; folding
         # it into the decoder rows gives the same reconstruction with the same f.
-        s = _tensor(w, "scaling_factor", (F,), w_path, what)
+        s = checked_tensor(w, "scaling_factor", (F,), w_path, what)
         W_dec = W_dec * s[:, None]
     apply_b_dec = raw.get("apply_b_dec_to_input", True)
     # SAELens computes pre = (x − b_dec·[apply_b_dec_to_input]) W_enc + b_enc; saekit always
@@ -232,42 +216,30 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
     shift = torch.zeros(F) if apply_b_dec else b_dec @ W_enc
     tensors = {"W_enc": W_enc, "W_dec": W_dec, "b_dec": b_dec}
     if arch == "gated":
-        b_gate = _tensor(w, "b_gate", (F,), w_path, what)
-        r_mag = _tensor(w, "r_mag", (F,), w_path, what)
-        b_mag = _tensor(w, "b_mag", (F,), w_path, what)
+        b_gate = checked_tensor(w, "b_gate", (F,), w_path, what)
+        r_mag = checked_tensor(w, "r_mag", (F,), w_path, what)
+        b_mag = checked_tensor(w, "b_mag", (F,), w_path, what)
         mag_shift = torch.zeros(F) if apply_b_dec else b_dec @ (W_enc * r_mag.exp())
         tensors.update(b_enc=b_gate + shift, r_mag=r_mag, b_mag=b_mag + mag_shift)
-        s_arch = "gated"
     else:
-        tensors["b_enc"] = _tensor(w, "b_enc", (F,), w_path, what) + shift
+        tensors["b_enc"] = checked_tensor(w, "b_enc", (F,), w_path, what) + shift
         if arch == "jumprelu":
             if "threshold" in w:
-                theta = _tensor(w, "threshold", (F,), w_path, what)
+                theta = checked_tensor(w, "threshold", (F,), w_path, what)
             elif "log_threshold" in w:
-                theta = _tensor(w, "log_threshold", (F,), w_path, what).exp()
+                theta = checked_tensor(w, "log_threshold", (F,), w_path, what).exp()
             else:
                 raise FormatError(f"{w_path} lacks the tensor 'threshold' needed by a {what}")
             # SAELens: f = ReLU(pre)·1[pre > θ]; saekit: f = pre·1[pre > θ]. They agree
             # for θ ≥ 0, and a negative θ behaves as θ = 0 under SAELens' ReLU.
             tensors["threshold"] = theta.clamp_min(0.0)
-            s_arch = "jumprelu"
-        elif arch == "topk":
-            if raw.get("rescale_acts_by_decoder_norm", False):
-                # SAELens ranks pre·‖W_dec[i]‖ and decodes f/‖W_dec[i]‖; scaling the
-                # encoder column and bias by the norm and the decoder row by its inverse
-                # gives the same f and x̂ with saekit's plain TopK.
-                n = W_dec.norm(dim=1)
-                tensors.update(W_enc=W_enc * n, b_enc=tensors["b_enc"] * n, W_dec=W_dec / n[:, None])
-            s_arch = "topk"
-        else:
-            s_arch = "relu"
-    cfg = _make_config(
-        cfg_path, arch=s_arch, d_in=d, d_sae=F, k=k,
-        hook=str(meta.get("hook_name", raw.get("hook_name", raw.get("hook_point", ""))) or ""),
-        model=str(meta.get("model_name", raw.get("model_name", "")) or ""),
-        context_length=meta.get("context_size", raw.get("context_size")),
-    )
-    dictionary = _build(cfg, tensors)
+        elif arch == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
+            # SAELens ranks pre·‖W_dec[i]‖ and decodes f/‖W_dec[i]‖; scaling the
+            # encoder column and bias by the norm and the decoder row by its inverse
+            # gives the same f and x̂ with saekit's plain TopK.
+            n = W_dec.norm(dim=1)
+            tensors.update(W_enc=W_enc * n, b_enc=tensors["b_enc"] * n, W_dec=W_dec / n[:, None])
+    dictionary = _build(cfg, tensors, w_path)
     if scale != 1.0:
         # The SAE saw x·s, i.e. x / (1/s): saekit's fold makes it act on raw x.
         dictionary.fold_activation_scale(1.0 / scale)
@@ -319,7 +291,7 @@ def load_sparsify(folder: str | os.PathLike) -> Dictionary:
     """Load an EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``, TopK)."""
     folder = _folder(folder)
     cfg_path, w_path = folder / SPARSIFY_CFG, folder / SPARSIFY_WEIGHTS
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path)
     d = _require(raw, "d_in", cfg_path)
     k = _require(raw, "k", cfg_path)
     F = raw.get("num_latents") or 0
@@ -331,18 +303,18 @@ def load_sparsify(folder: str | os.PathLike) -> Dictionary:
     for flag in ("transcode", "skip_connection"):
         if raw.get(flag):
             raise FormatError(f"{cfg_path} sets {flag}=true; saekit does not support sparsify's {flag} yet")
-    w = _read_safetensors(w_path)
+    cfg = make_config(cfg_path, arch="topk", d_in=d, d_sae=F, k=k)
+    w = read_safetensors(w_path)
     what = "sparsify TopK SAE"
-    enc = _tensor(w, "encoder.weight", (F, d), w_path, what)
+    enc = checked_tensor(w, "encoder.weight", (F, d), w_path, what)
     tensors = {
         "W_enc": enc.T.contiguous(),
-        "b_enc": _tensor(w, "encoder.bias", (F,), w_path, what),
-        "W_dec": _tensor(w, "W_dec", (F, d), w_path, what),
-        "b_dec": _tensor(w, "b_dec", (d,), w_path, what),
+        "b_enc": checked_tensor(w, "encoder.bias", (F,), w_path, what),
+        "W_dec": checked_tensor(w, "W_dec", (F, d), w_path, what),
+        "b_dec": checked_tensor(w, "b_dec", (d,), w_path, what),
     }
     # sparsify: top-k of ReLU(pre); saekit: ReLU of top-k(pre). The kept values agree.
-    cfg = _make_config(cfg_path, arch="topk", d_in=d, d_sae=F, k=k)
-    return _build(cfg, tensors)
+    return _build(cfg, tensors, w_path)
 
 
 def save_sparsify(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
@@ -374,6 +346,16 @@ DL_CLASSES = {
 }
 
 
+# torch.load(weights_only=True) runs the pickle in a restricted interpreter; damaged
+# bytecode fails with whatever error the bad opcode causes there (an empty stack, a
+# short read, wrong arguments to a tensor rebuilder). These are the ones
+# benchmarks/fuzz_loaders.py meets with torch 2.13; each means a corrupt file.
+_TORCH_LOAD_ERRORS = (
+    RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+    AssertionError, struct.error, zipfile.BadZipFile,
+)
+
+
 def _load_ae_pt(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FormatError(f"{path} is missing")
@@ -382,11 +364,12 @@ def _load_ae_pt(path: Path) -> dict[str, torch.Tensor]:
         # refuses anything that would run code.
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        first_line = str(e).partition("\n")[0]
+        raise FormatError(f"{path} cannot be loaded without executing code, or is corrupt ({first_line})") from None
+    except _TORCH_LOAD_ERRORS as e:
         raise FormatError(
-            f"{path} cannot be loaded without executing code, or is corrupt ({str(e).splitlines()[0]})"
+            f"{path} cannot be read ({type(e).__name__}: {e}); the file is truncated or corrupt"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, io.UnsupportedOperation) as e:
-        raise FormatError(f"{path} cannot be read ({e}); the file is truncated or corrupt") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise FormatError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return state
@@ -396,7 +379,7 @@ def load_dictionary_learning(folder: str | os.PathLike) -> Dictionary:
     """Load a dictionary_learning folder (``config.json`` + ``ae.pt``), without unpickling code."""
     folder = _folder(folder)
     cfg_path, w_path = folder / DL_CFG, folder / DL_WEIGHTS
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path)
     trainer = raw.get("trainer")
     if not isinstance(trainer, dict):
         raise FormatError(f"{cfg_path} is missing the 'trainer' section")
@@ -407,57 +390,58 @@ def load_dictionary_learning(folder: str | os.PathLike) -> Dictionary:
     d = _require(trainer, "activation_dim", cfg_path)
     F = _require(trainer, "dict_size", cfg_path)
     k = _require(trainer, "k", cfg_path) if arch in ("topk", "batchtopk") else None
-    w = _load_ae_pt(w_path)
-    what = f"dictionary_learning {dict_class}"
-    if arch in ("relu", "topk", "batchtopk"):
-        b_dec = _tensor(w, "bias" if arch == "relu" else "b_dec", (d,), w_path, what)
-        tensors = {
-            "W_enc": _tensor(w, "encoder.weight", (F, d), w_path, what).T.contiguous(),
-            "b_enc": _tensor(w, "encoder.bias", (F,), w_path, what),
-            "W_dec": _tensor(w, "decoder.weight", (d, F), w_path, what).T.contiguous(),
-            "b_dec": b_dec,
-        }
-        if arch != "relu" and "k" in w:
-            kw = w["k"]
-            if not isinstance(kw, torch.Tensor) or kw.numel() != 1 or int(kw) != k:
-                raise FormatError(f"{w_path}: tensor 'k' ({kw}) contradicts the config's k={k}")
-        if arch == "batchtopk":
-            # BatchTopKSAE: f = ReLU(pre)·1[ReLU(pre) > θ], equal to saekit's for θ ≥ 0; a
-            # negative θ is dictionary_learning's "not calibrated" marker, as in saekit.
-            tensors["threshold"] = _tensor(w, "threshold", (), w_path, what)
-    elif arch == "gated":
-        tensors = {
-            "W_enc": _tensor(w, "encoder.weight", (F, d), w_path, what).T.contiguous(),
-            "b_enc": _tensor(w, "gate_bias", (F,), w_path, what),
-            "r_mag": _tensor(w, "r_mag", (F,), w_path, what),
-            "b_mag": _tensor(w, "mag_bias", (F,), w_path, what),
-            "W_dec": _tensor(w, "decoder.weight", (d, F), w_path, what).T.contiguous(),
-            "b_dec": _tensor(w, "decoder_bias", (d,), w_path, what),
-        }
-    else:  # jumprelu
-        W_enc = _tensor(w, "W_enc", (d, F), w_path, what)
-        b_dec = _tensor(w, "b_dec", (d,), w_path, what)
-        # JumpReluAutoEncoder does not subtract b_dec from its input (apply_b_dec_to_input
-        # is False and not saved): pre = x W_enc + b_enc = (x − b_dec) W_enc + (b_enc + b_dec W_enc).
-        tensors = {
-            "W_enc": W_enc,
-            "b_enc": _tensor(w, "b_enc", (F,), w_path, what) + b_dec @ W_enc,
-            "W_dec": _tensor(w, "W_dec", (F, d), w_path, what),
-            "b_dec": b_dec,
-            # f = ReLU(pre·1[pre > θ]) equals saekit's pre·1[pre > θ] once θ ≥ 0.
-            "threshold": _tensor(w, "threshold", (F,), w_path, what).clamp_min(0.0),
-        }
     buffer = raw.get("buffer") if isinstance(raw.get("buffer"), dict) else {}
     norm_factor = trainer.get("norm_factor")
-    cfg = _make_config(
+    cfg = make_config(
         cfg_path, arch=arch, d_in=d, d_sae=F, k=k,
         hook=str(trainer.get("submodule_name") or ""), model=str(trainer.get("lm_name") or ""),
         # dictionary_learning folds its norm_factor into the saved biases (scale_biases)
         # before writing ae.pt, so the weights already act on raw activations.
-        act_scale=float(norm_factor) if isinstance(norm_factor, (int, float)) and norm_factor > 0 else 1.0,
-        context_length=buffer.get("ctx_len") if isinstance(buffer.get("ctx_len"), int) else None,
+        act_scale=1.0 if norm_factor is None else norm_factor,
+        context_length=buffer.get("ctx_len"),
     )
-    return _build(cfg, tensors)
+    w = _load_ae_pt(w_path)
+    what = f"dictionary_learning {dict_class}"
+    if arch in ("relu", "topk", "batchtopk"):
+        b_dec = checked_tensor(w, "bias" if arch == "relu" else "b_dec", (d,), w_path, what)
+        tensors = {
+            "W_enc": checked_tensor(w, "encoder.weight", (F, d), w_path, what).T.contiguous(),
+            "b_enc": checked_tensor(w, "encoder.bias", (F,), w_path, what),
+            "W_dec": checked_tensor(w, "decoder.weight", (d, F), w_path, what).T.contiguous(),
+            "b_dec": b_dec,
+        }
+        if arch != "relu" and "k" in w:
+            kw = w["k"]
+            # item() == k, not int(kw): a NaN or complex 'k' must compare unequal, not raise.
+            if not isinstance(kw, torch.Tensor) or kw.numel() != 1 or kw.item() != k:
+                raise FormatError(f"{w_path}: tensor 'k' ({kw}) contradicts the config's k={k}")
+        if arch == "batchtopk":
+            # BatchTopKSAE: f = ReLU(pre)·1[ReLU(pre) > θ], equal to saekit's for θ ≥ 0; a
+            # negative θ is dictionary_learning's "not calibrated" marker, as in saekit.
+            tensors["threshold"] = checked_tensor(w, "threshold", (), w_path, what)
+    elif arch == "gated":
+        tensors = {
+            "W_enc": checked_tensor(w, "encoder.weight", (F, d), w_path, what).T.contiguous(),
+            "b_enc": checked_tensor(w, "gate_bias", (F,), w_path, what),
+            "r_mag": checked_tensor(w, "r_mag", (F,), w_path, what),
+            "b_mag": checked_tensor(w, "mag_bias", (F,), w_path, what),
+            "W_dec": checked_tensor(w, "decoder.weight", (d, F), w_path, what).T.contiguous(),
+            "b_dec": checked_tensor(w, "decoder_bias", (d,), w_path, what),
+        }
+    else:  # jumprelu
+        W_enc = checked_tensor(w, "W_enc", (d, F), w_path, what)
+        b_dec = checked_tensor(w, "b_dec", (d,), w_path, what)
+        # JumpReluAutoEncoder does not subtract b_dec from its input (apply_b_dec_to_input
+        # is False and not saved): pre = x W_enc + b_enc = (x − b_dec) W_enc + (b_enc + b_dec W_enc).
+        tensors = {
+            "W_enc": W_enc,
+            "b_enc": checked_tensor(w, "b_enc", (F,), w_path, what) + b_dec @ W_enc,
+            "W_dec": checked_tensor(w, "W_dec", (F, d), w_path, what),
+            "b_dec": b_dec,
+            # f = ReLU(pre·1[pre > θ]) equals saekit's pre·1[pre > θ] once θ ≥ 0.
+            "threshold": checked_tensor(w, "threshold", (F,), w_path, what).clamp_min(0.0),
+        }
+    return _build(cfg, tensors, w_path)
 
 
 def save_dictionary_learning(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
@@ -526,33 +510,79 @@ def load_gemma_scope(path: str | os.PathLike, hook: str = "", model: str = "") -
     encoder bias becomes ``b_enc + b_dec W_enc``, and clamps a negative threshold to 0
     (exact, given the ReLU). The file records neither hook point nor model
     (they live in the release's folder names): pass them, or set ``cfg.hook`` later.
-    Loaded with ``allow_pickle=False``: nothing in the file can execute.
+    Read with ``allow_pickle=False``: nothing in the file can execute.
     """
-    import numpy as np
-
     p = Path(path)
     file = p if p.is_file() else _folder(p) / GEMMA_SCOPE_PARAMS
     if not file.exists():
         raise FormatError(f"{file} does not exist; a Gemma Scope dictionary is a {GEMMA_SCOPE_PARAMS} file")
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            arrays = {k: torch.from_numpy(np.array(npz[k], dtype=np.float32)) for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise FormatError(f"{file} cannot be read ({e}); the file is truncated or corrupt") from None
+    found = _read_npz(file)
+    arrays = {name: _float_tensor(found[name], name, file) for name in GEMMA_SCOPE_ARRAYS if name in found}
     if "W_enc" not in arrays or arrays["W_enc"].ndim != 2:
-        raise FormatError(f"{file} lacks a 2-D 'W_enc' (found: {sorted(arrays)})")
+        raise FormatError(f"{file} lacks a 2-D 'W_enc' (found: {sorted(found)})")
     d, F = arrays["W_enc"].shape
     what = "Gemma Scope JumpReLU dictionary"
-    W_enc = _tensor(arrays, "W_enc", (d, F), file, what)
-    W_dec = _tensor(arrays, "W_dec", (F, d), file, what)
-    b_enc = _tensor(arrays, "b_enc", (F,), file, what)
-    b_dec = _tensor(arrays, "b_dec", (d,), file, what)
-    threshold = _tensor(arrays, "threshold", (F,), file, what)
-    cfg = _make_config(file, arch="jumprelu", d_in=d, d_sae=F, hook=hook, model=model)
+    W_enc = checked_tensor(arrays, "W_enc", (d, F), file, what)
+    W_dec = checked_tensor(arrays, "W_dec", (F, d), file, what)
+    b_enc = checked_tensor(arrays, "b_enc", (F,), file, what)
+    b_dec = checked_tensor(arrays, "b_dec", (d,), file, what)
+    threshold = checked_tensor(arrays, "threshold", (F,), file, what)
+    cfg = make_config(file, arch="jumprelu", d_in=d, d_sae=F, hook=hook, model=model)
     return _build(cfg, {
         "W_enc": W_enc, "W_dec": W_dec, "b_dec": b_dec, "b_enc": b_enc + b_dec @ W_enc,
         "threshold": threshold.clamp_min(0.0),
-    })
+    }, file)
+
+
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    """The ``.npy`` arrays of an ``.npz`` archive, each checked against its header first.
+
+    ``np.load`` allocates the size an array's header declares before reading the data,
+    so a damaged header could ask for terabytes; here the declared size must equal the
+    bytes the archive holds. Object arrays (pickles) are refused, never unpickled.
+    """
+    arrays = {}
+    try:
+        with zipfile.ZipFile(file) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    # read() holds no more than the archive does, and checks the CRC.
+                    arrays[info.filename[:-4]] = _read_npy(archive.read(info), info.filename, file)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as e:
+        # NotImplementedError: a compression method zipfile lacks.
+        raise FormatError(f"{file} cannot be read ({e}); the file is truncated or corrupt") from None
+    return arrays
+
+
+def _read_npy(data: bytes, member: str, file: Path) -> np.ndarray:
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version not in ((1, 0), (2, 0)):
+            raise FormatError(f"{file}: {member} is a .npy version {version} file; saekit reads versions 1 and 2")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fp)
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError) as e:
+        # The header is a Python dict literal; numpy passes on the errors of the ast and
+        # tokenize modules it parses a damaged one with.
+        raise FormatError(f"{file}: {member} has a corrupt .npy header ({type(e).__name__}: {e})") from None
+    if dtype.hasobject:
+        raise FormatError(f"{file}: {member} holds Python objects, which only unpickling could read; refused")
+    declared, held = math.prod(shape) * dtype.itemsize, len(data) - fp.tell()
+    if declared != held:
+        raise FormatError(
+            f"{file}: {member} declares shape {shape} of {dtype} ({declared} bytes) but holds {held} bytes; "
+            "the file is truncated or corrupt"
+        )
+    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+
+def _float_tensor(a: np.ndarray, name: str, file: Path) -> torch.Tensor:
+    # Floating-point arrays only: a cast to float32 would parse numeric strings and drop
+    # imaginary parts instead of reporting a corrupt file.
+    if a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
+        raise FormatError(f"{file}: array {name!r} has dtype {a.dtype}, expected floating point")
+    return torch.from_numpy(a.astype(a.dtype.newbyteorder("="), copy=False))
 
 
 # ---------------------------------------------------------------- dispatch
@@ -570,7 +600,14 @@ SAVERS = {
 
 
 def load_any(path: str | os.PathLike, format: str | None = None, device: str | torch.device = "cpu") -> Dictionary:
-    """Load a dictionary folder in any supported format (detected unless ``format`` is given)."""
+    """Load a dictionary in any supported format (detected unless ``format`` is given).
+
+    ``path`` is a local folder or file, or a Hub name ``OWNER/REPO[@REVISION]/PATH``
+    (see ``saekit.hub``), downloaded into the Hub cache first.
+    """
+    from .hub import resolve  # hub imports this module
+
+    path = resolve(path)
     fmt = format or detect_format(path)
     if fmt not in LOADERS:
         raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

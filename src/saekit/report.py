@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from .errors import FormatError, SaekitError
 from .evaluate import DENSE_THRESHOLD
 from .formats import CONFIG_FILE, atomic_write_text
+from .hub import default_output, parse_hub_spec, resolve
 from .train import EVAL_FILE, LOG_FILE, TRAINING_FILE
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ __all__ = ["write_report", "compare", "load_evaluated", "Evaluated", "REPORT_FIL
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
+# The config files of SAELens / sparsify (cfg.json) and dictionary_learning (config.json).
+PEER_CONFIG_FILES = ("cfg.json", "config.json")
 COMPARE_FILE = "compare.html"
 REGIMES = ("fixed", "documents")
 REGIME_COLOURS = {"fixed": "C0", "documents": "C1"}
@@ -95,34 +98,39 @@ def _read_json(path: Path) -> Any:
 
 
 def load_evaluated(folder: str | os.PathLike[str], eval_path: str | os.PathLike[str] | None = None) -> Evaluated:
-    """Read a dictionary folder's config.json and its eval.json (or ``eval_path``).
+    """Read a dictionary folder's evaluation (eval.json, or ``eval_path``) and its description.
 
-    The dictionary's config falls back to the copy inside eval.json, so an eval JSON
-    beside a bare config-less folder still makes a page.
+    ``folder`` is a local folder in any format saekit reads, or a Hub name (fetched
+    with the eval.json beside it). The description comes from saekit's config.json, or
+    else from the copy inside eval.json, which `saekit eval` writes for every format.
     """
-    folder = Path(folder)
+    spec = folder
+    folder = resolve(folder)
+    shown = str(parse_hub_spec(spec) or folder)
     if not folder.is_dir():
         raise FormatError(f"{folder} is not a folder; pass the folder `saekit train --out` wrote")
     epath = Path(eval_path) if eval_path is not None else folder / EVAL_FILE
     if not epath.is_file():
         raise FormatError(
             f"{epath} not found: the report is drawn from the evaluation. "
-            f"Run `saekit eval {folder}` first (or pass the eval JSON it wrote)."
+            f"Run `saekit eval {spec}` first (or pass the eval JSON it wrote)."
         )
     evaluation = _read_json(epath)
     if not isinstance(evaluation, dict) or not any(isinstance(evaluation.get(r), dict) for r in REGIMES):
         raise FormatError(
             f"{epath} has neither a 'fixed' nor a 'documents' section; it was not written by "
-            f"`saekit eval` (or by an older saekit). Run `saekit eval {folder}` again."
+            f"`saekit eval` (or by an older saekit). Run `saekit eval {spec}` again."
         )
     cpath = folder / CONFIG_FILE
     header = _read_json(cpath) if cpath.is_file() else {}
+    # A dictionary_learning folder has a config.json too: only saekit's holds a "dictionary" section.
     dictionary = header.get("dictionary") if isinstance(header, dict) else None
     if not isinstance(dictionary, dict):
         dictionary = evaluation.get("dictionary")
     if not isinstance(dictionary, dict):
         raise FormatError(f"{cpath} is missing and {epath} has no 'dictionary' section: which dictionary is this?")
-    return Evaluated(folder, folder.resolve().name, dictionary, evaluation)
+    name = shown.rsplit("/", 1)[-1] if parse_hub_spec(spec) else folder.resolve().name
+    return Evaluated(folder, name, dictionary, evaluation)
 
 
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -514,10 +522,27 @@ def _training_section(folder: Path) -> str:
     return _section(title, img, *(_p(n, "note") for n in notes))
 
 
+def _flat(config: Mapping[str, Any], prefix: str = "") -> list[list[str]]:
+    rows = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            rows += _flat(value, f"{prefix}{key}.")
+        else:
+            rows.append([f"{prefix}{key}", _fmt(value)])
+    return rows
+
+
 def _config_section(folder: Path) -> str:
     title = "Training configuration"
     path = folder / TRAINING_FILE
     if not path.is_file():
+        # Another library's folder: its own config file is what is known of the training.
+        for name in PEER_CONFIG_FILES:
+            peer = folder / name
+            info = _read_json(peer) if peer.is_file() else None
+            if isinstance(info, dict) and info.get("format") != "saekit":
+                return _section(title, _p(f"From {peer.name}, written by the library that trained it.", "note"),
+                                _html_table([["option", "value"]], _flat(info)))
         return _section(title, _p(f"No {TRAINING_FILE} in {folder}: the training configuration is unknown.", "note"))
     info = _read_json(path)
     config = info.get("config", {}) if isinstance(info, dict) else {}
@@ -533,13 +558,14 @@ def write_report(
 ) -> Path:
     """Write the self-contained HTML report of one dictionary and return its path.
 
-    ``folder`` is a run folder (or a dictionary folder); the evaluation is read from
-    ``eval_path`` or ``folder/eval.json``, and a missing one is a ``FormatError`` that
-    says to run ``saekit eval`` first. The training log and configuration are optional:
-    their sections say when they are missing. Default output: ``folder/report.html``.
+    ``folder`` is a run folder, a dictionary folder in any format, or a Hub name; the
+    evaluation is read from ``eval_path`` or ``folder/eval.json``, and a missing one is a
+    ``FormatError`` that says to run ``saekit eval`` first. The training log and
+    configuration are optional: their sections say when they are missing. Default
+    output: ``folder/report.html`` (for a Hub name, ``report-NAME.html`` here).
     """
     run = load_evaluated(folder, eval_path)
-    out = Path(out) if out is not None else run.folder / REPORT_FILE
+    out = Path(out) if out is not None else default_output(folder, REPORT_FILE)
     d = run.dictionary
     title = f"saekit report: {run.name} ({d.get('arch')}, d_sae {_fmt(d.get('d_sae'))}, {run.hook})"
     sections = [

@@ -1,0 +1,251 @@
+"""Dictionaries on the Hub, against a local stand-in (tests/hub_server.py), never the network.
+
+huggingface_hub's own code runs unchanged: HF_ENDPOINT points it at the stand-in and
+HF_HUB_CACHE at a temporary cache, both read by saekit when each call is made.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import saekit
+from saekit.cli import main
+from saekit.dictionaries import DictionaryConfig, build_dictionary
+from saekit.errors import ConfigError, FormatError, HubError
+from saekit.formats import save_dictionary
+from saekit.hub import HubLocation, default_output, model_card, parse_hub_spec, push, resolve
+from saekit.peer_formats import save_saelens
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hub_server import REVISIONS, HubServer  # noqa: E402
+
+D, F = 8, 24
+
+
+def make(arch="topk", seed=0, hook="blocks.1.hook_resid_post", model="tiny"):
+    torch.manual_seed(seed)
+    cfg = DictionaryConfig(arch=arch, d_in=D, d_sae=F, k=4 if arch in ("topk", "batchtopk") else None, hook=hook, model=model)
+    sae = build_dictionary(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        if arch == "jumprelu":
+            sae.threshold.copy_(torch.rand(F) * 0.3)
+    return sae.eval()
+
+
+def same(a, b):
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(1))
+    return torch.allclose(a.encode(x), b.encode(x), atol=1e-6) and torch.allclose(a(x), b(x), atol=1e-6)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with HubServer(tmp_path / "hub") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        yield server
+
+
+def resolves(server):
+    return [path for method, path in server.requests if "/resolve/" in path and method == "GET"]
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_parse_hub_spec(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_hub_spec("google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71") == HubLocation(
+        "google/gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71")
+    assert parse_hub_spec("hf://alice/saes@v1.0/resid_post.9/") == HubLocation("alice/saes", "resid_post.9", "v1.0")
+    assert parse_hub_spec("alice/saes") == HubLocation("alice/saes")
+    # Local wins: existing paths, and anything that can only be a path.
+    (tmp_path / "runs" / "topk").mkdir(parents=True)
+    for local in ("runs/topk", "./x/y", "../x/y", "/abs/x/y", "~/x/y", tmp_path / "a" / "b", "single"):
+        assert parse_hub_spec(local) is None, local
+    with pytest.raises(ConfigError, match="hf://OWNER/REPO"):
+        parse_hub_spec("hf://just-one-part")
+    with pytest.raises(ConfigError, match=r"'\.\.'"):
+        parse_hub_spec("hf://alice/saes/../other")
+
+
+def test_default_output_never_writes_into_the_cache(tmp_path):
+    (tmp_path / "run").mkdir()
+    assert default_output(tmp_path / "run", "eval.json") == tmp_path / "run" / "eval.json"
+    assert default_output("hf://alice/saes@v1/resid_post.9", "eval.json") == Path("eval-alice-saes-resid_post.9.json")
+
+
+# ---------------------------------------------------------------- download
+
+
+def test_load_from_a_hub_laid_out_folder_fetches_only_that_dictionary(hub, tmp_path):
+    """A SAELens-style release: one repository, a folder per hook point."""
+    saes = {f"blocks.{i}.hook_resid_post": make(seed=i, hook=f"blocks.{i}.hook_resid_post") for i in range(3)}
+    for hook, sae in saes.items():
+        save_saelens(sae, hub.root / "org" / "release" / hook)
+    loaded = saekit.load("org/release/blocks.1.hook_resid_post")
+    assert same(loaded, saes["blocks.1.hook_resid_post"]) and loaded.cfg.hook == "blocks.1.hook_resid_post"
+    fetched = resolves(hub)
+    assert fetched and all("/blocks.1.hook_resid_post/" in p for p in fetched), fetched
+    # The explicit hf:// form and a path to a file inside the folder name the same dictionary.
+    assert same(saekit.load("hf://org/release/blocks.1.hook_resid_post"), loaded)
+    assert same(saekit.load("org/release/blocks.1.hook_resid_post/cfg.json"), loaded)
+
+
+def test_gemma_scope_params_npz_on_the_hub(hub):
+    rng = np.random.default_rng(0)
+    folder = hub.root / "google" / "gemma-scope-tiny" / "layer_1" / "width_24" / "average_l0_5"
+    folder.mkdir(parents=True)
+    arrays = {"W_enc": rng.normal(size=(D, F)), "W_dec": rng.normal(size=(F, D)), "b_enc": rng.normal(size=F),
+              "b_dec": rng.normal(size=D), "threshold": rng.uniform(0, 0.3, size=F)}
+    np.savez(folder / "params.npz", **{k: v.astype(np.float32) for k, v in arrays.items()})
+    by_folder = saekit.load("google/gemma-scope-tiny/layer_1/width_24/average_l0_5")
+    by_file = saekit.load("google/gemma-scope-tiny/layer_1/width_24/average_l0_5/params.npz")
+    assert by_folder.cfg.arch == "jumprelu" and by_folder.cfg.d_sae == F and same(by_folder, by_file)
+    assert same(by_folder, saekit.load(folder))
+
+
+def test_second_load_reads_the_cache_without_the_network(hub, monkeypatch):
+    save_dictionary(make(), hub.root / "alice" / "saes" / "layer1")
+    first = saekit.load("alice/saes/layer1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    assert same(saekit.load("alice/saes/layer1"), first)
+    with pytest.raises(HubError, match="cannot reach .* not in .*cache|cannot reach"):
+        saekit.load("alice/never-downloaded/layer1")
+
+
+def test_revisions_branch_tag_and_commit(hub):
+    repo = hub.root / "alice" / "saes"
+    save_dictionary(make(seed=0), repo / "layer1")
+    save_dictionary(make(seed=1), repo / REVISIONS / "v1" / "layer1")
+    main_sae, v1 = saekit.load("alice/saes/layer1"), saekit.load("alice/saes@v1/layer1")
+    assert not same(main_sae, v1) and same(v1, make(seed=1))
+    commit = hub.commit(repo / REVISIONS / "v1")
+    assert same(saekit.load(f"alice/saes@{commit}/layer1"), v1)
+    with pytest.raises(HubError, match="no revision 'v9'"):
+        saekit.load("alice/saes@v9/layer1")
+
+
+def test_hub_errors_say_what_is_wrong(hub, tmp_path):
+    save_dictionary(make(), hub.root / "alice" / "saes" / "layer1" / "topk")
+    with pytest.raises(HubError, match="no model repository alice/nope"):
+        saekit.load("alice/nope/x")
+    with pytest.raises(HubError, match=r"no dictionary there.*holds: topk/.*alice/saes/layer1/topk"):
+        saekit.load("alice/saes/layer1")
+    with pytest.raises(HubError, match=r"no folder 'layer2'.*top level holds: layer1/"):
+        saekit.load("alice/saes/layer2")
+    with pytest.raises(HubError, match="no file layer1/topk/params.npz"):
+        saekit.load("alice/saes/layer1/topk/params.npz")
+
+
+# ---------------------------------------------------------------- upload
+
+
+def run_folder(tmp_path, sae=None):
+    """A folder as `saekit train` leaves it: the dictionary plus its record and a checkpoint."""
+    folder = save_dictionary(sae or make(), tmp_path / "run")
+    (folder / "eval.json").write_text(json.dumps({
+        "dictionary": sae.cfg.to_dict() if sae else make().cfg.to_dict(), "model": "tiny", "hook": "blocks.1.hook_resid_post",
+        "fixed": {"fvu": 0.1912, "l0": 4.0, "loss_recovered": 0.955, "n_tokens": 1000},
+        "documents": {"fvu": 0.1987, "l0": 4.0, "loss_recovered": 0.958, "n_tokens": 990},
+    }))
+    (folder / "training.json").write_text(json.dumps({"config": {"tokens": 300000, "dataset": None}}))
+    (folder / "log.jsonl").write_text('{"step": 1, "tokens": 1024, "loss": 1.0}\n')
+    (folder / "checkpoint.safetensors").write_bytes(b"optimizer state")
+    return folder
+
+
+def test_push_then_load_round_trip(hub, tmp_path):
+    sae = make(seed=3)
+    folder = run_folder(tmp_path, sae)
+    name = push(folder, "alice/smol-saes", path_in_repo="resid_post.1")
+    assert name == "alice/smol-saes/resid_post.1"
+    uploaded = sorted(p.name for p in (hub.root / "alice" / "smol-saes" / "resid_post.1").iterdir())
+    assert uploaded == ["README.md", "config.json", "eval.json", "log.jsonl", "training.json", "weights.safetensors"]
+    assert same(saekit.load(name), sae)
+    card = (hub.root / "alice" / "smol-saes" / "resid_post.1" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: saekit\n") and "- topk" in card
+    assert "| fvu | 0.1912 | 0.1987 |" in card and 'saekit.load("alice/smol-saes/resid_post.1")' in card
+    # A second push to the same repository adds to it; the checkpoint goes only when asked.
+    push(folder, "alice/smol-saes", path_in_repo="resid_post.1-again", include_checkpoint=True)
+    assert (hub.root / "alice" / "smol-saes" / "resid_post.1-again" / "checkpoint.safetensors").exists()
+    assert (hub.root / "alice" / "smol-saes" / "resid_post.1" / "README.md").exists()
+
+
+def test_push_keeps_the_users_card_and_pushes_peer_formats(hub, tmp_path):
+    sae = make("jumprelu", seed=4)
+    folder = save_saelens(sae, tmp_path / "saelens")
+    (folder / "README.md").write_text("# my own card\n")
+    push(folder, "alice/jr")
+    assert (hub.root / "alice" / "jr" / "README.md").read_text() == "# my own card\n"
+    assert (hub.root / "alice" / "jr" / "sae_weights.safetensors").exists()
+    assert same(saekit.load("alice/jr"), sae)
+
+
+def test_model_card_base_model_for_the_embedded_model(tmp_path):
+    folder = save_dictionary(make(model="smollm2-135m", hook="resid_post.9"), tmp_path / "d")
+    card = model_card(folder, "alice/x")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "## Evaluation" not in card
+    local_model = save_dictionary(make(model=str(tmp_path)), tmp_path / "e")
+    assert "base_model:" not in model_card(local_model, "alice/x")
+
+
+def test_push_refuses_bad_input_before_any_request(hub, tmp_path):
+    folder = save_dictionary(make(), tmp_path / "d")
+    with pytest.raises(ConfigError, match="OWNER/NAME"):
+        push(folder, "not-a-repo-id")
+    with pytest.raises(ConfigError, match="without '..'"):
+        push(folder, "alice/x", path_in_repo="../up")
+    (folder / "weights.safetensors").write_bytes(b"truncated")
+    with pytest.raises(FormatError, match="truncated or corrupt"):
+        push(folder, "alice/x")
+    with pytest.raises(FormatError, match="no checkpoint.safetensors"):
+        push(save_dictionary(make(), tmp_path / "ok"), "alice/x", include_checkpoint=True)
+    assert hub.requests == []
+
+
+def test_push_unreachable_hub_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(HubError, match="cannot reach http://127.0.0.1:9"):
+        push(save_dictionary(make(), tmp_path / "d"), "alice/x")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_push_convert_report_compare_from_the_hub(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sae = make(seed=5)
+    folder = run_folder(tmp_path, sae)
+    assert main(["push", str(folder), "alice/cli", "--path", "topk", "--message", "first"]) == 0
+    assert "alice/cli/topk" in capsys.readouterr().out
+    assert main(["convert", "alice/cli/topk", str(tmp_path / "as-saelens"), "--to", "saelens"]) == 0
+    assert same(saekit.load(tmp_path / "as-saelens"), sae)
+    assert main(["report", "alice/cli/topk"]) == 0  # eval.json travels with the dictionary
+    assert (tmp_path / "report-alice-cli-topk.html").stat().st_size > 10_000
+    assert main(["compare", "alice/cli/topk", str(folder), "--out", "cmp.html"]) == 0
+    assert "topk" in capsys.readouterr().out
+    assert main(["push", str(folder), "bad id"]) == 2
+    assert "OWNER/NAME" in capsys.readouterr().err
+    assert main(["convert", "alice/missing/topk", str(tmp_path / "x"), "--to", "saekit"]) == 2
+    assert "no model repository alice/missing" in capsys.readouterr().err
+
+
+def test_cli_eval_a_hub_dictionary_writes_its_figures_here(hub, tmp_path, monkeypatch, model_dir, corpus, capsys):
+    from conftest import D_MODEL
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    sae = build_dictionary(DictionaryConfig(arch="topk", d_in=D_MODEL, d_sae=64, k=4, hook="resid_post.1", model=str(model_dir)))
+    save_dictionary(sae, hub.root / "alice" / "tiny-saes" / "resid_post.1")
+    assert main(["eval", "alice/tiny-saes/resid_post.1", "--dataset", str(corpus), "--tokens", "200",
+                 "--max-length", "64", "--regimes", "fixed"]) == 0
+    figures = json.loads((tmp_path / "eval-alice-tiny-saes-resid_post.1.json").read_text())
+    assert figures["fixed"]["n_tokens"] >= 200 and figures["hook"] == "resid_post.1"
+    assert not list((tmp_path / "cache").rglob("eval.json"))  # nothing written into the Hub cache

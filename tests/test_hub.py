@@ -21,21 +21,14 @@ from saekit.hub import HubLocation, default_output, model_card, parse_hub_spec, 
 from saekit.peer_formats import save_saelens
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import random_dictionary  # noqa: E402
 from hub_server import REVISIONS, HubServer  # noqa: E402
 
 D, F = 8, 24
 
 
 def make(arch="topk", seed=0, hook="blocks.1.hook_resid_post", model="tiny"):
-    torch.manual_seed(seed)
-    cfg = DictionaryConfig(arch=arch, d_in=D, d_sae=F, k=4 if arch in ("topk", "batchtopk") else None, hook=hook, model=model)
-    sae = build_dictionary(cfg)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        if arch == "jumprelu":
-            sae.threshold.copy_(torch.rand(F) * 0.3)
-    return sae.eval()
+    return random_dictionary(arch, D, F, seed, hook, model)
 
 
 def same(a, b):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from saekit.dictionaries import DictionaryConfig, build_dictionary
+from conftest import random_dictionary
 from saekit.errors import FormatError
 from saekit.formats import save_dictionary
 from saekit.peer_formats import (
@@ -24,18 +24,7 @@ D, F = 8, 24
 
 
 def make(arch, seed=0):
-    torch.manual_seed(seed)
-    cfg = DictionaryConfig(arch=arch, d_in=D, d_sae=F, k=4 if arch in ("topk", "batchtopk") else None,
-                           hook="blocks.1.hook_resid_post", model="tiny")
-    sae = build_dictionary(cfg)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        if arch == "jumprelu":
-            sae.threshold.copy_(torch.rand(F) * 0.3)
-        if arch == "batchtopk":
-            sae.threshold.fill_(0.2)
-    return sae.eval()
+    return random_dictionary(arch, D, F, seed)
 
 
 SAVERS = {

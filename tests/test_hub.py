@@ -127,8 +127,10 @@ def test_revisions_branch_tag_and_commit(hub):
 
 def test_hub_errors_say_what_is_wrong(hub, tmp_path):
     save_dictionary(make(), hub.root / "alice" / "saes" / "layer1" / "topk")
-    with pytest.raises(HubError, match="no model repository alice/nope"):
+    with pytest.raises(HubError, match="no local folder 'alice/nope/x', and as a Hub name: .*no model repository alice/nope"):
         saekit.load("alice/nope/x")
+    with pytest.raises(HubError, match="^cannot download hf://alice/nope/x: .*no model repository"):
+        saekit.load("hf://alice/nope/x")
     with pytest.raises(HubError, match=r"no dictionary there.*holds: topk/.*alice/saes/layer1/topk"):
         saekit.load("alice/saes/layer1")
     with pytest.raises(HubError, match=r"no folder 'layer2'.*top level holds: layer1/"):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .dictionaries import DictionaryConfig
 from .errors import ConfigError, FormatError, HubError
 from .peer_formats import FORMAT_FILES, detect_format, load_any
 
@@ -131,7 +132,7 @@ def _hub_error(error: Exception, what: str, repo_id: str, revision: str | None =
     if isinstance(error, RepositoryNotFoundError):
         return HubError(
             f"{what}: {endpoint} has no model repository {repo_id} (or it is private: log in with `hf auth login` "
-            "or set HF_TOKEN). If you meant a local folder, check the path: it does not exist."
+            "or set HF_TOKEN)"
         )
     if isinstance(error, LocalEntryNotFoundError) or _is_connection_error(error):
         cache = _cache_dir() or "the Hugging Face cache (HF_HUB_CACHE)"
@@ -223,7 +224,15 @@ def _describe_folder(location: HubLocation) -> str:
 def resolve(spec: str | os.PathLike) -> Path:
     """A local path for ``spec``: the path itself, or the Hub folder it names, downloaded."""
     location = parse_hub_spec(spec)
-    return Path(spec) if location is None else download(location)
+    if location is None:
+        return Path(spec)
+    try:
+        return download(location)
+    except HubError as e:
+        if os.fspath(spec).startswith(HUB_PREFIX):
+            raise
+        # Without hf:// the user may have meant a local folder and mistyped it.
+        raise HubError(f"there is no local folder {os.fspath(spec)!r}, and as a Hub name: {e}") from None
 
 
 # ---------------------------------------------------------------- upload
@@ -252,11 +261,14 @@ def _figure(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else "–" if value is None else str(value)
 
 
-def model_card(folder: str | os.PathLike, repo_id: str, path_in_repo: str = "") -> str:
-    """The README.md of a pushed dictionary: metadata, what it is, its figures, how to load it."""
+def model_card(folder: str | os.PathLike, repo_id: str, path_in_repo: str = "", cfg: DictionaryConfig | None = None) -> str:
+    """The README.md of a pushed dictionary: metadata, what it is, its figures, how to load it.
+
+    ``cfg`` saves loading the dictionary again when the caller has it.
+    """
     folder = Path(folder)
     fmt = detect_format(folder)
-    cfg = load_any(folder, fmt).cfg
+    cfg = cfg or load_any(folder, fmt).cfg
     evaluation = _read_json(folder / "eval.json")
     training = _read_json(folder / "training.json").get("config", {})
     name = f"{repo_id}/{path_in_repo}" if path_in_repo else repo_id
@@ -324,14 +336,14 @@ def push(
     if not folder.is_dir():
         raise FormatError(f"{folder} is not a folder; push the folder `saekit train --out` (or convert) wrote")
     fmt = detect_format(folder)
-    load_any(folder, fmt)  # refuse a corrupt dictionary before anything is uploaded
+    cfg = load_any(folder, fmt).cfg  # refuse a corrupt dictionary before anything is uploaded
     names = [*FORMAT_FILES[fmt], *SIDECAR_FILES, *UPLOAD_EXTRA_FILES] + ([CHECKPOINT_FILE] if include_checkpoint else [])
     if include_checkpoint and not (folder / CHECKPOINT_FILE).is_file():
         raise FormatError(f"{folder} has no {CHECKPOINT_FILE} to include; push without --include-checkpoint")
     prefix = f"{path_in_repo}/" if path_in_repo else ""
     ops = [CommitOperationAdd(prefix + name, str(folder / name)) for name in names if (folder / name).is_file()]
     card = folder / CARD_FILE
-    card_bytes = card.read_bytes() if card.is_file() else model_card(folder, repo_id, path_in_repo).encode()
+    card_bytes = card.read_bytes() if card.is_file() else model_card(folder, repo_id, path_in_repo, cfg).encode()
     ops.append(CommitOperationAdd(prefix + CARD_FILE, card_bytes))
 
     api = HfApi(endpoint=_endpoint())

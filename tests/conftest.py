@@ -15,10 +15,16 @@ import json
 import os
 from typing import Any
 
-import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+# No test may reach the real Hub: anything that asks it is sent to a port where nothing
+# listens (set before huggingface_hub is imported, which reads it then; saekit's Hub
+# code reads it per call, and the Hub tests point it at their local stand-in).
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast  # noqa: E402
 
 # Tiny models do many tiny matmuls. With several intra-op threads on a busy
 # machine, each one waits for a descheduled thread (measured: 0.37 s per tiny

@@ -8,6 +8,15 @@ and a commit, with the Hub's headers and error codes, so saekit's Hub code runs 
 
 Each revision's commit id is the SHA-1 of its files, so it changes when a commit does.
 Every request is recorded in ``HubServer.requests`` for the tests to inspect.
+
+As the Hub does: with ``token`` set, a request without it is anonymous, and an
+anonymous read of a missing repository gets 401 with ``RepoNotFound`` while an
+anonymous write gets 401; a repository holding a ``.gated`` file answers reads with
+``GatedRepo``; a README.md whose metadata block is not closed is refused (400).
+
+Not modelled (huggingface_hub's own code, not saekit's): LFS/Xet uploads (every file is
+sent inline, "regular"), pagination of long listings, redirects to a CDN, and the
+Hub's case-insensitive names. Each path is checked to stay inside ``root``.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ REVISIONS = ".revisions"
 
 
 class HubServer:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, token: str | None = None):
         self.root = root
+        self.token = token
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"hub": self})
@@ -44,6 +54,11 @@ class HubServer:
     # -- the repositories on disk
     def repo(self, repo_id: str) -> Path:
         return self.root / repo_id
+
+    def inside(self, folder: Path, rel: str) -> Path | None:
+        """``folder / rel`` if it stays inside ``folder`` (no ``..`` escapes), else None."""
+        target = (folder / rel).resolve()
+        return target if target.is_relative_to(folder.resolve()) else None
 
     def revision_folder(self, repo_id: str, revision: str) -> Path | None:
         repo = self.repo(repo_id)
@@ -95,13 +110,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
 
     def _error(self, status: int, code: str, message: str, head: bool = False) -> None:
-        body = json.dumps({"error": message}).encode()
-        self._send(status, body, {"X-Error-Code": code, "X-Error-Message": message,
-                                  "Content-Type": "application/json"}, head=head)
+        headers = {"X-Error-Message": message, "Content-Type": "application/json"}
+        if code:
+            headers["X-Error-Code"] = code
+        self._send(status, json.dumps({"error": message}).encode(), headers, head=head)
 
     def _resolve(self, repo_id: str, revision: str, head: bool = False) -> Path | None:
-        if not self.hub.repo(repo_id).is_dir():
+        if not self.hub.inside(self.hub.root, repo_id) or not self.hub.repo(repo_id).is_dir():
             self._error(404, "RepoNotFound", f"Repository not found: {repo_id}", head)
+            return None
+        if (self.hub.repo(repo_id) / ".gated").exists():
+            self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted", head)
             return None
         folder = self.hub.revision_folder(repo_id, revision)
         if folder is None:
@@ -118,6 +137,14 @@ class _Handler(BaseHTTPRequestHandler):
         with self.hub.lock:
             self.hub.requests.append((method, url.path))
         query = parse_qs(url.query)
+        if self.hub.token and self.headers.get("Authorization") != f"Bearer {self.hub.token}":
+            if method == "POST":
+                return self._error(401, "", "Invalid credentials in Authorization header")
+            repo_id = "/".join(parts[2:4] if parts[0] == "api" else parts[:2])
+            if not self.hub.inside(self.hub.root, repo_id) or not self.hub.repo(repo_id).is_dir():
+                return self._error(401, "RepoNotFound", "Repository not found", head=method == "HEAD")
+        if parts[:2] == ["api", "models"] and len(parts) == 4 and method == "GET":
+            return self._repo_info("/".join(parts[2:4]), "main", "", query)
         if parts[:2] == ["api", "models"] and len(parts) >= 6:
             repo_id, action, revision, rest = "/".join(parts[2:4]), parts[4], parts[5], "/".join(parts[6:])
             handler = {("GET", "revision"): self._repo_info, ("GET", "tree"): self._tree,
@@ -127,6 +154,9 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and url.path == "/api/repos/create":
             return self._create_repo()
         if method == "POST" and url.path == "/api/validate-yaml":
+            content = json.loads(self._body())["content"]
+            if content.startswith("---") and "\n---" not in content[3:]:
+                return self._error(400, "", "Invalid metadata in README.md: the YAML block is not closed")
             return self._json({})
         if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
             return self._file("/".join(parts[:2]), parts[3], "/".join(parts[4:]), head=method == "HEAD")
@@ -151,8 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
         folder = self._resolve(repo_id, revision)
         if folder is None:
             return
-        base = folder / rest if rest else folder
-        if not base.is_dir():
+        base = self.hub.inside(folder, rest)
+        if base is None or not base.is_dir():
             return self._error(404, "EntryNotFound", f"{rest} does not exist on {revision}")
         recursive = query.get("recursive", ["False"])[0].lower() == "true"
         entries = base.rglob("*") if recursive else base.iterdir()
@@ -171,8 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
         folder = self._resolve(repo_id, revision, head)
         if folder is None:
             return
-        target = folder / path
-        if not target.is_file() or path.split("/")[0].startswith("."):
+        target = self.hub.inside(folder, path)
+        if target is None or not target.is_file() or path.split("/")[0].startswith("."):
             return self._error(404, "EntryNotFound", f"{path} does not exist on {revision}", head)
         blob = self.hub.blob(target)
         self._send(200, target.read_bytes(), {"ETag": f'"{blob}"', "X-Repo-Commit": self.hub.commit(folder),
@@ -182,6 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.loads(self._body())
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
         repo = self.hub.repo(repo_id)
+        if self.hub.inside(self.hub.root, repo_id) is None:
+            return self._error(400, "", f"invalid repository name {repo_id}")
         if repo.is_dir():  # the Hub's 409 also carries the url, which exist_ok=True reads
             return self._send(409, json.dumps({"error": "You already created this model repo",
                                                "url": f"{self.hub.url}/{repo_id}"}).encode(),
@@ -201,13 +233,21 @@ class _Handler(BaseHTTPRequestHandler):
         if folder is None:
             return
         for item in lines:
+            if item["key"] == "header":
+                continue
+            target = self.hub.inside(folder, item["value"]["path"])
+            if target is None:
+                return self._error(400, "", f"path {item['value']['path']!r} leaves the repository")
             if item["key"] == "file":
                 value = item["value"]
                 content = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
-                target = folder / value["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
-            elif item["key"] != "header":
+            elif item["key"] == "deletedFile":
+                if not target.is_file():
+                    return self._error(404, "EntryNotFound", "A file with this name doesn't exist")
+                target.unlink()
+            else:
                 return self._error(400, "BadRequest", f"the stand-in does not handle {item['key']!r} entries")
         sha = self.hub.commit(folder)
         self._json({"commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None})

@@ -66,12 +66,28 @@ def test_parse_hub_spec(tmp_path, monkeypatch):
         parse_hub_spec("hf://just-one-part")
     with pytest.raises(ConfigError, match=r"'\.\.'"):
         parse_hub_spec("hf://alice/saes/../other")
+    # Names the Hub refuses are local paths, or an error when hf:// insists.
+    assert parse_hub_spec("alice/a--b/x") is None
+    with pytest.raises(ConfigError, match="valid repository id"):
+        parse_hub_spec("hf://alice/a--b/x")
+    with pytest.raises(ConfigError, match="model repositories, not datasets"):
+        parse_hub_spec("hf://datasets/alice/x")
+    # An absolute-looking path inside stays inside; a revision with slashes is written %2F.
+    assert parse_hub_spec("hf://alice/saes//tmp/x").path == "tmp/x"
+    assert parse_hub_spec("alice/saes@refs%2Fpr%2F1/x") == HubLocation("alice/saes", "x", "refs/pr/1")
+    # A missing path under a folder that exists here is a typo, not a Hub name.
+    assert parse_hub_spec("runs/topk2") is None
+    with pytest.raises(FormatError, match="runs/topk2 does not exist here; .* hf://runs/topk2"):
+        resolve("runs/topk2")
 
 
 def test_default_output_never_writes_into_the_cache(tmp_path):
     (tmp_path / "run").mkdir()
     assert default_output(tmp_path / "run", "eval.json") == tmp_path / "run" / "eval.json"
-    assert default_output("hf://alice/saes@v1/resid_post.9", "eval.json") == Path("eval-alice-saes-resid_post.9.json")
+    assert default_output("hf://alice/saes@v1/resid_post.9", "eval.json") == Path("eval-alice--saes@v1--resid_post.9.json")
+    # Names that differ only in where a '/' falls, or in the revision, get different files.
+    outputs = {default_output(f"hf://{n}", "eval.json") for n in ("alice/saes-x", "alice/saes/x", "alice/saes@v2/x")}
+    assert len(outputs) == 3
 
 
 # ---------------------------------------------------------------- download
@@ -109,7 +125,7 @@ def test_second_load_reads_the_cache_without_the_network(hub, monkeypatch):
     first = saekit.load("alice/saes/layer1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     assert same(saekit.load("alice/saes/layer1"), first)
-    with pytest.raises(HubError, match="cannot reach .* not in .*cache|cannot reach"):
+    with pytest.raises(HubError, match=r"cannot reach http://127.0.0.1:9, and this folder of alice/never-downloaded is not in"):
         saekit.load("alice/never-downloaded/layer1")
 
 
@@ -185,10 +201,13 @@ def test_push_keeps_the_users_card_and_pushes_peer_formats(hub, tmp_path):
 
 def test_model_card_base_model_for_the_embedded_model(tmp_path):
     folder = save_dictionary(make(model="smollm2-135m", hook="resid_post.9"), tmp_path / "d")
-    card = model_card(folder, "alice/x")
-    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "## Evaluation" not in card
-    local_model = save_dictionary(make(model=str(tmp_path)), tmp_path / "e")
-    assert "base_model:" not in model_card(local_model, "alice/x")
+    card = model_card(folder, "alice/x", base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\nbase_model_relation: adapter" in card
+    assert "## Evaluation" not in card and "HuggingFaceTB/SmolLM2-135M-Instruct (saekit's embedded" in card
+    # A local model is published by its last part only, and never as base_model.
+    local_model = save_dictionary(make(model=str(tmp_path / "private" / "my-model")), tmp_path / "e")
+    card = model_card(local_model, "alice/x")
+    assert "base_model:" not in card and "my-model (a local copy)" in card and str(tmp_path) not in card
 
 
 def test_push_refuses_bad_input_before_any_request(hub, tmp_path):
@@ -223,7 +242,7 @@ def test_cli_push_convert_report_compare_from_the_hub(hub, tmp_path, monkeypatch
     assert main(["convert", "alice/cli/topk", str(tmp_path / "as-saelens"), "--to", "saelens"]) == 0
     assert same(saekit.load(tmp_path / "as-saelens"), sae)
     assert main(["report", "alice/cli/topk"]) == 0  # eval.json travels with the dictionary
-    assert (tmp_path / "report-alice-cli-topk.html").stat().st_size > 10_000
+    assert (tmp_path / "report-alice--cli--topk.html").stat().st_size > 10_000
     assert main(["compare", "alice/cli/topk", str(folder), "--out", "cmp.html"]) == 0
     assert "topk" in capsys.readouterr().out
     assert main(["push", str(folder), "bad id"]) == 2
@@ -241,6 +260,80 @@ def test_cli_eval_a_hub_dictionary_writes_its_figures_here(hub, tmp_path, monkey
     save_dictionary(sae, hub.root / "alice" / "tiny-saes" / "resid_post.1")
     assert main(["eval", "alice/tiny-saes/resid_post.1", "--dataset", str(corpus), "--tokens", "200",
                  "--max-length", "64", "--regimes", "fixed"]) == 0
-    figures = json.loads((tmp_path / "eval-alice-tiny-saes-resid_post.1.json").read_text())
+    figures = json.loads((tmp_path / "eval-alice--tiny-saes--resid_post.1.json").read_text())
     assert figures["fixed"]["n_tokens"] >= 200 and figures["hook"] == "resid_post.1"
     assert not list((tmp_path / "cache").rglob("eval.json"))  # nothing written into the Hub cache
+    # The report finds the figures eval wrote here (the Hub folder has none).
+    assert main(["report", "alice/tiny-saes/resid_post.1"]) == 0
+    assert (tmp_path / "report-alice--tiny-saes--resid_post.1.html").exists()
+
+
+# ---------------------------------------------------------------- what the real Hub also does
+
+
+def test_gated_private_and_refused_are_told_apart(tmp_path, monkeypatch):
+    with HubServer(tmp_path / "hub", token="secret") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no token file from the machine
+        save_dictionary(make(), server.root / "google" / "gated" / "layer1")
+        (server.root / "google" / "gated" / ".gated").touch()
+        folder = save_dictionary(make(), tmp_path / "d")
+        # The Hub answers an anonymous read of a missing repository with 401 + RepoNotFound.
+        with pytest.raises(HubError, match="has no model repository alice/missing .*or it is private"):
+            saekit.load("hf://alice/missing/x")
+        with pytest.raises(HubError, match="google/gated is gated: accept its terms"):
+            saekit.load("hf://google/gated/layer1")
+        with pytest.raises(HubError, match=r"refused access to alice/new \(401\).*write access.*Nothing was uploaded"):
+            push(folder, "alice/new")
+        monkeypatch.setenv("HF_TOKEN", "secret")
+        assert push(folder, "alice/new") == "alice/new" and same(saekit.load("hf://alice/new"), make())
+
+
+def test_offline_mode_is_named(hub, monkeypatch):
+    from huggingface_hub import constants
+
+    save_dictionary(make(), hub.root / "alice" / "saes" / "layer1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
+        saekit.load("alice/saes/layer1")
+    assert not resolves(hub)
+
+
+def test_push_errors_from_the_hub(hub, tmp_path):
+    folder = save_dictionary(make(), tmp_path / "d")
+    push(folder, "alice/x")
+    with pytest.raises(HubError, match="no revision 'dev'; push to an existing branch, or create this one first"):
+        push(folder, "alice/x", revision="dev")
+    (folder / "README.md").write_text("---\nlicense: [\n")  # metadata the Hub refuses
+    with pytest.raises(HubError, match="the Hub answered 400: .*README.md.*Nothing was uploaded"):
+        push(folder, "alice/x")
+
+
+def test_push_replaces_the_dictionary_at_a_path(hub, tmp_path):
+    """Pushing a SAELens folder where a saekit one was must not leave the old weights to be found first."""
+    old = run_folder(tmp_path, make(seed=1))
+    push(old, "alice/p", path_in_repo="d")
+    new = save_saelens(make(seed=2), tmp_path / "new-saelens")
+    push(new, "alice/p", path_in_repo="d")
+    assert sorted(p.name for p in (hub.root / "alice" / "p" / "d").iterdir()) == ["README.md", "cfg.json", "sae_weights.safetensors"]
+    assert same(saekit.load("hf://alice/p/d"), make(seed=2))
+
+
+def test_push_with_a_path_gives_a_repository_its_top_level_card(hub, tmp_path):
+    push(save_dictionary(make(), tmp_path / "a"), "alice/many", path_in_repo="layer1")
+    root_card = (hub.root / "alice" / "many" / "README.md").read_text()
+    assert root_card.startswith("---\nlibrary_name: saekit") and "alice/many/layer1" in root_card
+    (hub.root / "alice" / "many" / "README.md").write_text("# curated by hand\n")
+    push(save_dictionary(make(seed=1), tmp_path / "b"), "alice/many", path_in_repo="layer2")
+    assert (hub.root / "alice" / "many" / "README.md").read_text() == "# curated by hand\n"
+
+
+def test_push_names_base_model_only_when_the_hub_knows_it(hub, tmp_path):
+    (hub.root / "org" / "real-model").mkdir(parents=True)
+    (hub.root / "org" / "real-model" / "config.json").write_text("{}")
+    push(save_dictionary(make(model="org/real-model"), tmp_path / "a"), "alice/a")
+    assert "base_model: org/real-model\n" in (hub.root / "alice" / "a" / "README.md").read_text()
+    push(save_dictionary(make(model="models/tiny"), tmp_path / "b"), "alice/b")  # a relative local path
+    assert "base_model" not in (hub.root / "alice" / "b" / "README.md").read_text()

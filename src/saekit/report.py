@@ -104,12 +104,14 @@ def load_evaluated(folder: str | os.PathLike[str], eval_path: str | os.PathLike[
     with the eval.json beside it). The description comes from saekit's config.json, or
     else from the copy inside eval.json, which `saekit eval` writes for every format.
     """
-    spec = folder
+    spec, location = folder, parse_hub_spec(folder)
     folder = resolve(folder)
-    shown = str(parse_hub_spec(spec) or folder)
     if not folder.is_dir():
         raise FormatError(f"{folder} is not a folder; pass the folder `saekit train --out` wrote")
     epath = Path(eval_path) if eval_path is not None else folder / EVAL_FILE
+    if eval_path is None and not epath.is_file() and location is not None:
+        # `saekit eval HUB-NAME` writes its figures here, not into the Hub cache.
+        epath = default_output(spec, EVAL_FILE)
     if not epath.is_file():
         raise FormatError(
             f"{epath} not found: the report is drawn from the evaluation. "
@@ -129,7 +131,7 @@ def load_evaluated(folder: str | os.PathLike[str], eval_path: str | os.PathLike[
         dictionary = evaluation.get("dictionary")
     if not isinstance(dictionary, dict):
         raise FormatError(f"{cpath} is missing and {epath} has no 'dictionary' section: which dictionary is this?")
-    name = shown.rsplit("/", 1)[-1] if parse_hub_spec(spec) else folder.resolve().name
+    name = str(location).rsplit("/", 1)[-1] if location is not None else folder.resolve().name
     return Evaluated(folder, name, dictionary, evaluation)
 
 

@@ -176,7 +176,7 @@ def main():
                 fn(tmp)
             except Exception as e:  # report and go on with the other peers
                 failures.append(f"{fn.__name__}: {type(e).__name__}: {e}")
-    print(f"| format | architecture | direction | max abs diff (encode, decode) |")
+    print("| format | architecture | direction | max abs diff (encode, decode) |")
     print("|---|---|---|---|")
     for fmt, arch, direction, m in rows:
         flag = "" if m < 1e-5 else "  FAIL"

@@ -1,7 +1,6 @@
 """Evaluation figures checked against dictionaries whose answers are known exactly."""
 
 import json
-import math
 
 import pytest
 import torch

@@ -65,8 +65,10 @@ FORMAT_FILES = {
     "dictionary_learning": (DL_CFG, DL_WEIGHTS),
     "gemma_scope": (GEMMA_SCOPE_PARAMS,),
 }
-# SAELens architecture → saekit architecture (BatchTopK is saved as a jumprelu).
+# SAELens architecture → saekit architecture, and back; saekit's BatchTopK is written as
+# SAELens writes its own for inference: a jumprelu with the global threshold per feature.
 SAELENS_ARCHS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+SAELENS_ARCH_WRITTEN = {**{ours: theirs for theirs, ours in SAELENS_ARCHS.items()}, "batchtopk": "jumprelu"}
 # The SAELens version written into saved configs: >= 6 so that SAELens reads the
 # config as its 6.x layout (hook/model names under "metadata").
 SAELENS_VERSION_WRITTEN = "6.0.0"
@@ -250,9 +252,9 @@ def save_saelens(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
     """Write a SAELens 6.x folder that ``SAE.load_from_disk`` opens."""
     c = dictionary.cfg
     w = _weights(dictionary)
-    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "jumprelu"}.get(c.arch)
+    arch = SAELENS_ARCH_WRITTEN.get(c.arch)
     if arch is None:
-        raise _unsupported("SAELens", c.arch, ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+        raise _unsupported("SAELens", c.arch, list(SAELENS_ARCH_WRITTEN))
     out = {"W_enc": w["W_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
     if c.arch == "gated":
         out.update(b_gate=w["b_enc"], r_mag=w["r_mag"], b_mag=w["b_mag"])

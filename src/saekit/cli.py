@@ -90,6 +90,7 @@ class _TokenBar:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
+    from .formats import REPORT_FILE
     from .train import train
 
     cfg = _config_from_args(TrainConfig, ns)
@@ -106,8 +107,8 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     elif result.heldout is not None:
         m = result.heldout
         print(f"held-out activations ({m.n_tokens:,} tokens): fvu {m.fvu:.4g}  l0 {m.l0:.4g}  dead {m.n_dead}")
-    if (result.out / "report.html").exists():
-        print(f"report: {result.out / 'report.html'}")
+    if (result.out / REPORT_FILE).exists():
+        print(f"report: {result.out / REPORT_FILE}")
     return 0
 
 
@@ -141,7 +142,7 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
 
     from .data import validate_source
     from .evaluate import check_hook, check_model, evaluate
-    from .formats import atomic_write_text
+    from .formats import EVAL_FILE, atomic_write_text
     from .hub import default_output
     from .models import load_model, parse_dtype, resolve_device
     from .peer_formats import load_any
@@ -152,7 +153,7 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     if ns.max_length < 2:
         raise ConfigError(f"--max-length must be at least 2, got {ns.max_length}")
     folder = ns.folder
-    out = Path(ns.json) if ns.json else default_output(folder, "eval.json")
+    out = Path(ns.json) if ns.json else default_output(folder, EVAL_FILE)
     if not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another --json")
     sae = load_any(folder, ns.format, device=resolve_device(ns.device))

@@ -29,6 +29,13 @@ FORMAT_NAME = "saekit"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+# What a training run's folder holds beside the dictionary (the checkpoint's name is in
+# checkpoint.py): named once here for the trainer that writes them and for the report
+# and the Hub upload that read them.
+TRAINING_FILE = "training.json"
+LOG_FILE = "log.jsonl"
+EVAL_FILE = "eval.json"
+REPORT_FILE = "report.html"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

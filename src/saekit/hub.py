@@ -23,7 +23,6 @@ running program is honoured.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -33,16 +32,17 @@ from typing import Any
 
 from .dictionaries import DictionaryConfig
 from .errors import ConfigError, FormatError, HubError, SaekitError
+from .checkpoint import CHECKPOINT_FILE
+from .formats import EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, read_json
 from .peer_formats import FORMAT_FILES, detect_format, load_any
 
 HUB_PREFIX = "hf://"
 CARD_FILE = "README.md"
 # Files beside a dictionary that travel with it: its evaluation and how it was trained
 # (small; a report or `saekit compare` reads them). Written by saekit train / eval.
-SIDECAR_FILES = ("eval.json", "training.json")
+SIDECAR_FILES = (EVAL_FILE, TRAINING_FILE)
 # Uploaded when present, never downloaded by `resolve` (a loader does not need them).
-UPLOAD_EXTRA_FILES = ("log.jsonl", "report.html")
-CHECKPOINT_FILE = "checkpoint.safetensors"
+UPLOAD_EXTRA_FILES = (LOG_FILE, REPORT_FILE)
 DICTIONARY_FILES = tuple(dict.fromkeys(name for files in FORMAT_FILES.values() for name in files))
 # The embedded default model's Hub repository, for the model card's base_model.
 EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -312,14 +312,6 @@ def _base_model(model: str | None, api: Any) -> str | None:
     return model
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _figure(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else "–" if value is None else str(value)
 
@@ -336,8 +328,10 @@ def model_card(
     folder = Path(folder)
     fmt = detect_format(folder)
     cfg = cfg or load_any(folder, fmt).cfg
-    evaluation = _read_json(folder / "eval.json")
-    training = _read_json(folder / "training.json").get("config", {})
+    def sidecar(name: str) -> dict[str, Any]:
+        return read_json(folder / name) if (folder / name).is_file() else {}
+
+    evaluation, training = sidecar(EVAL_FILE), sidecar(TRAINING_FILE).get("config", {})
     name = f"{repo_id}/{path_in_repo}" if path_in_repo else repo_id
     model = _published_name(cfg.model)
     meta = ["---", "library_name: saekit", "tags:", "- saekit", "- sparse-autoencoder", "- interpretability",

@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .errors import FormatError, SaekitError
 from .evaluate import DENSE_THRESHOLD
-from .formats import CONFIG_FILE, atomic_write_text
+from .formats import CONFIG_FILE, EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, atomic_write_text, read_json
 from .hub import default_output, parse_hub_spec, resolve
-from .train import EVAL_FILE, LOG_FILE, TRAINING_FILE
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -43,7 +42,6 @@ __all__ = ["write_report", "compare", "load_evaluated", "Evaluated", "REPORT_FIL
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.html"
 # The config files of SAELens / sparsify (cfg.json) and dictionary_learning (config.json).
 PEER_CONFIG_FILES = ("cfg.json", "config.json")
 COMPARE_FILE = "compare.html"
@@ -90,13 +88,6 @@ class Evaluated:
         return str(self.dictionary.get("model") or self.evaluation.get("model") or "?")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{path} is not valid JSON ({e}); the file is corrupt") from None
-
-
 def load_evaluated(folder: str | os.PathLike[str], eval_path: str | os.PathLike[str] | None = None) -> Evaluated:
     """Read a dictionary folder's evaluation (eval.json, or ``eval_path``) and its description.
 
@@ -117,16 +108,16 @@ def load_evaluated(folder: str | os.PathLike[str], eval_path: str | os.PathLike[
             f"{epath} not found: the report is drawn from the evaluation. "
             f"Run `saekit eval {spec}` first (or pass the eval JSON it wrote)."
         )
-    evaluation = _read_json(epath)
-    if not isinstance(evaluation, dict) or not any(isinstance(evaluation.get(r), dict) for r in REGIMES):
+    evaluation = read_json(epath)
+    if not any(isinstance(evaluation.get(r), dict) for r in REGIMES):
         raise FormatError(
             f"{epath} has neither a 'fixed' nor a 'documents' section; it was not written by "
             f"`saekit eval` (or by an older saekit). Run `saekit eval {spec}` again."
         )
     cpath = folder / CONFIG_FILE
-    header = _read_json(cpath) if cpath.is_file() else {}
+    header = read_json(cpath) if cpath.is_file() else {}
     # A dictionary_learning folder has a config.json too: only saekit's holds a "dictionary" section.
-    dictionary = header.get("dictionary") if isinstance(header, dict) else None
+    dictionary = header.get("dictionary")
     if not isinstance(dictionary, dict):
         dictionary = evaluation.get("dictionary")
     if not isinstance(dictionary, dict):
@@ -541,15 +532,14 @@ def _config_section(folder: Path) -> str:
         # Another library's folder: its own config file is what is known of the training.
         for name in PEER_CONFIG_FILES:
             peer = folder / name
-            info = _read_json(peer) if peer.is_file() else None
-            if isinstance(info, dict) and info.get("format") != "saekit":
+            info = read_json(peer) if peer.is_file() else None
+            if info is not None and info.get("format") != "saekit":
                 return _section(title, _p(f"From {peer.name}, written by the library that trained it.", "note"),
                                 _html_table([["option", "value"]], _flat(info)))
         return _section(title, _p(f"No {TRAINING_FILE} in {folder}: the training configuration is unknown.", "note"))
-    info = _read_json(path)
-    config = info.get("config", {}) if isinstance(info, dict) else {}
-    rows = [[k, _fmt(v)] for k, v in config.items()]
-    rows += [[k, _fmt(v)] for k, v in (info.items() if isinstance(info, dict) else ()) if k != "config"]
+    info = read_json(path)
+    rows = [[k, _fmt(v)] for k, v in info.get("config", {}).items()]
+    rows += [[k, _fmt(v)] for k, v in info.items() if k != "config"]
     return _section(title, _html_table([["option", "value"]], rows))
 
 

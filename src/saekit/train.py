@@ -39,14 +39,11 @@ from .config import RESAMPLE_STOP_FRACTION, TrainConfig
 from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, LossOutput, LossParams, build_dictionary
 from .errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from .evaluate import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
-from .formats import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text, save_dictionary
+from .formats import CONFIG_FILE, EVAL_FILE, LOG_FILE, TRAINING_FILE, WEIGHTS_FILE, atomic_write_text, save_dictionary
 from .models import resolve_device
 
 log = logging.getLogger(__name__)
 
-TRAINING_FILE = "training.json"
-LOG_FILE = "log.jsonl"
-EVAL_FILE = "eval.json"
 RUN_FILES = (CHECKPOINT_FILE, TRAINING_FILE, LOG_FILE, EVAL_FILE, CONFIG_FILE, WEIGHTS_FILE)
 # Options that change where or how a run executes but not what it computes; they may
 # differ between a run and its resumption.

@@ -208,6 +208,7 @@ def test_model_card_base_model_for_the_embedded_model(tmp_path):
     local_model = save_dictionary(make(model=str(tmp_path / "private" / "my-model")), tmp_path / "e")
     card = model_card(local_model, "alice/x")
     assert "base_model:" not in card and "my-model (a local copy)" in card and str(tmp_path) not in card
+    assert "| model | gpt2 |" in model_card(save_dictionary(make(model="gpt2"), tmp_path / "g"), "alice/x")
 
 
 def test_push_refuses_bad_input_before_any_request(hub, tmp_path):

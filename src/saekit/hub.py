@@ -290,7 +290,7 @@ def _published_name(name: str | None) -> str | None:
     if name == EMBEDDED_MODEL:
         return f"{EMBEDDED_BASE_MODEL} (saekit's embedded GGUF copy, `{EMBEDDED_MODEL}`)"
     path = Path(name)
-    if path.is_absolute() or path.exists() or not _REPO_ID.match(name) or path.suffix == ".gguf":
+    if path.is_absolute() or path.exists() or path.suffix == ".gguf":  # "gpt2" is a Hub id too
         return f"{path.name} (a local copy)"
     return name
 

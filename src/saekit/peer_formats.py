@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dictionaries import Dictionary, DictionaryConfig, build_dictionary
+from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, build_dictionary
 from .errors import FormatError
 from .formats import CONFIG_FILE as SAEKIT_CONFIG
 from .formats import WEIGHTS_FILE as SAEKIT_WEIGHTS
@@ -391,7 +391,7 @@ def load_dictionary_learning(folder: str | os.PathLike) -> Dictionary:
     arch = DL_CLASSES[dict_class]
     d = _require(trainer, "activation_dim", cfg_path)
     F = _require(trainer, "dict_size", cfg_path)
-    k = _require(trainer, "k", cfg_path) if arch in ("topk", "batchtopk") else None
+    k = _require(trainer, "k", cfg_path) if ARCHITECTURES[arch].uses_k else None
     buffer = raw.get("buffer") if isinstance(raw.get("buffer"), dict) else {}
     norm_factor = trainer.get("norm_factor")
     cfg = make_config(

@@ -17,7 +17,7 @@ import torch
 
 import saekit
 from saekit.data import ContextStream
-from saekit.evaluate import evaluate
+from saekit.evaluation import evaluate
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ and which definition explains a difference.
 
 What is run, exactly:
 
-* saekit: ``saekit.evaluate.evaluate(..., regimes=["fixed"])`` (held-out split, contexts
+* saekit: ``saekit.evaluation.evaluate(..., regimes=["fixed"])`` (held-out split, contexts
   of the dictionary's length with BOS first; BOS excluded from the figures and not
   spliced).
 * SAELens: ``get_sparsity_and_variance_metrics`` and
@@ -53,7 +53,7 @@ import torch
 
 import saekit
 from saekit.data import ContextStream
-from saekit.evaluate import _take_tokens, evaluate
+from saekit.evaluation import _take_tokens, evaluate
 from saekit.hooks import HookPoint, read_activations
 
 DEFAULT_DICT = "/tmp/fresh/runs/smollm2-135m-resid_post.9-topk"

@@ -9,7 +9,7 @@ import saekit
 from saekit.data import ContextStream
 from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import DimensionError, HookPointError
-from saekit.evaluate import evaluate
+from saekit.evaluation import evaluate
 from saekit.hooks import edit_activations, read_activations
 
 HOOK = "resid_post.1"
@@ -175,7 +175,7 @@ def test_model_paths_compare_resolved(lm, corpus, model_dir, monkeypatch):
 def test_prefix_cache_does_not_change_the_figures(lm, corpus, monkeypatch):
     import importlib
 
-    ev = importlib.import_module("saekit.evaluate")  # the module (saekit.evaluate is the function)
+    ev = importlib.import_module("saekit.evaluation")
 
     torch.manual_seed(0)
     sae = build_dictionary(DictionaryConfig(arch="topk", d_in=lm.d_model, d_sae=64, k=4, hook=HOOK, model=lm.name, context_length=32))

@@ -12,12 +12,12 @@ The Python API mirrors the CLI::
 from .config import TrainConfig
 from .dictionaries import Dictionary, DictionaryConfig
 from .errors import SaekitError
-from .evaluate import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
+from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
 from .peer_formats import load_any as load
 from .formats import save_dictionary as save
 from .hooks import edit_activations, hook_point_names, read_activations
 from .models import load_model
-from .train import TrainResult, train
+from .training import TrainResult, train
 
 __version__ = "0.1.0"
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from .config import CacheConfig, SourceConfig, TrainConfig
 from .data import ContextStream, validate_source
 from .errors import ConfigError, DataError
-from .formats import atomic_write_text
+from .outputs import atomic_write_text
 from .hooks import HookPoint, read_activations, resolve_hook_point
 from .models import LoadedModel, load_model, parse_dtype, resolve_device
 

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .errors import CheckpointError
-from .formats import atomic_save_tensors
+from .outputs import atomic_save_tensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _META_KEY = "saekit_state"

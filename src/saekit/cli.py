@@ -91,7 +91,7 @@ class _TokenBar:
 
 def _cmd_train(ns: argparse.Namespace) -> int:
     from .formats import REPORT_FILE
-    from .train import train
+    from .training import train
 
     cfg = _config_from_args(TrainConfig, ns)
     bar = _TokenBar(cfg.tokens, f"train {cfg.arch}")
@@ -141,7 +141,7 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import validate_source
-    from .evaluate import check_hook, check_model, evaluate
+    from .evaluation import check_hook, check_model, evaluate
     from .formats import EVAL_FILE, atomic_write_text
     from .hub import default_output
     from .models import load_model, parse_dtype, resolve_device

@@ -43,5 +43,13 @@ class DimensionError(SaekitError, ValueError):
     """Activations whose width does not match the dictionary (another hook point or model)."""
 
 
+class OutputError(SaekitError):
+    """An output that cannot be written (read-only folder, a file where a folder should be, a full disk)."""
+
+
+class FolderBusyError(SaekitError):
+    """Another saekit process is writing into the same folder."""
+
+
 class HubError(SaekitError):
     """The Hugging Face Hub could not give or take a dictionary (not found, no access, offline)."""

@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .dictionaries import Dictionary, DictionaryConfig, build_dictionary
 from .errors import ConfigError, FormatError
+from .outputs import atomic_save_tensors, atomic_write_text, make_folder
 
 FORMAT_NAME = "saekit"
 FORMAT_VERSION = 1
@@ -38,32 +39,8 @@ EVAL_FILE = "eval.json"
 REPORT_FILE = "report.html"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    # safetensors creates the file private (0600); give it the permissions any other
-    # file the user writes would get, so a shared run folder stays readable.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def save_dictionary(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(folder)
     atomic_save_tensors(dict(dictionary.state_dict()), folder / WEIGHTS_FILE)
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dictionary": dictionary.cfg.to_dict()}
     atomic_write_text(folder / CONFIG_FILE, json.dumps(header, indent=2) + "\n")
@@ -142,6 +119,7 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     # abs() bound: a JSON integer of 400 digits is an int that float() cannot take.
     "act_scale": (lambda v: isinstance(v, float) or _is_int(v) and abs(v) < 1e300, "a number"),
     "context_length": (lambda v: v is None or _is_int(v) and v > 0, "a positive integer or null"),
+    "keep_bos": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .errors import FormatError, SaekitError
-from .evaluate import DENSE_THRESHOLD
+from .evaluation import DENSE_THRESHOLD
 from .formats import CONFIG_FILE, EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, atomic_write_text, read_json
 from .hub import default_output, parse_hub_spec, resolve
 

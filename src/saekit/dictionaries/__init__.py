@@ -8,6 +8,7 @@ from .base import (
     LossParams,
     build_dictionary,
     geometric_median,
+    same_weights,
 )
 from .gated import GatedDictionary
 from .jumprelu import JumpReLUDictionary
@@ -22,6 +23,7 @@ __all__ = [
     "LossParams",
     "build_dictionary",
     "geometric_median",
+    "same_weights",
     "ReLUDictionary",
     "GatedDictionary",
     "TopKDictionary",

@@ -48,6 +48,7 @@ class DictionaryConfig:
     model: str = ""
     act_scale: float = 1.0
     context_length: int | None = None
+    keep_bos: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -283,10 +284,37 @@ class Dictionary(nn.Module):
             getattr(self, name).mul_(scale)
         self.cfg.act_scale = float(scale)
 
+    @torch.no_grad()
+    def fingerprint(self) -> list[float]:
+        """A dozen numbers that tell these weights apart from any other dictionary's.
+
+        Fixed ±1 projections of ``W_dec`` and ``b_dec`` (the same vectors for every
+        dictionary of this shape): unchanged by saving, loading or converting between
+        formats (which move weights by < 1e-5), different for any two dictionaries
+        trained separately. Written into eval.json, so a report can check that the
+        figures belong to the weights beside them (see ``same_weights``).
+        """
+        gen = torch.Generator().manual_seed(20240611)
+        rows = torch.randint(0, 2, (4, self.cfg.d_sae), generator=gen).double() * 2 - 1
+        cols = torch.randint(0, 2, (self.cfg.d_in, 2), generator=gen).double() * 2 - 1
+        W = self.W_dec.detach().double().cpu()
+        b = self.b_dec.detach().double().cpu()
+        dec = (rows @ W @ cols).flatten() / math.sqrt(self.cfg.d_sae * self.cfg.d_in)
+        bias = (b @ cols) / math.sqrt(self.cfg.d_in)
+        return [float(v) for v in torch.cat([dec, bias, b.norm().reshape(1), W.abs().mean().reshape(1)])]
+
     def extra_repr(self) -> str:
         c = self.cfg
         k = f", k={c.k}" if c.k is not None else ""
         return f"arch={c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{k}, hook={c.hook!r}, model={c.model!r}"
+
+
+def same_weights(a: list[float], b: list[float], tol: float = 1e-3) -> bool:
+    """Whether two ``Dictionary.fingerprint()`` lists describe the same weights."""
+    if len(a) != len(b):
+        return False
+    scale = max(1e-6, max(abs(v) for v in a + b))
+    return all(abs(x - y) <= tol * scale for x, y in zip(a, b))
 
 
 def build_dictionary(cfg: DictionaryConfig) -> Dictionary:

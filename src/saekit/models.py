@@ -13,12 +13,17 @@ do about it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import logging
 import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -42,6 +47,7 @@ anything, so the usable maximum is capped here.
 """
 
 _DEFAULT_MAX_LENGTH = 2048
+_WIDTH_NAMES = ("hidden_size", "n_embd", "d_model", "dim")  # how configs spell the residual width
 _GGUF_MAGIC = b"GGUF"
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -100,9 +106,10 @@ def text_config(model: Any) -> Any:
 class LoadedModel:
     """A causal LM in eval mode with frozen weights, its tokenizer, and the name to store in configs.
 
-    `name` is what a config should record to load the same model again:
-    `EMBEDDED_MODEL` for the embedded default (its path differs between machines),
-    otherwise the string the user passed.
+    `name` is what a config should record to load the same model again, from any
+    folder: `EMBEDDED_MODEL` for the embedded default (its path differs between
+    machines), the absolute path of a local folder or GGUF file (a relative path
+    means nothing from elsewhere), or the Hub id as passed.
     """
 
     model: Any  # transformers.PreTrainedModel; typed loosely so importing stays cheap
@@ -116,7 +123,7 @@ class LoadedModel:
     @property
     def d_model(self) -> int:
         """Width of the residual stream."""
-        value = _get_config_value(self.config, ("hidden_size", "n_embd", "d_model", "dim"))
+        value = _get_config_value(self.config, _WIDTH_NAMES)
         if value is None:
             raise ModelLoadError(f"{self.name}: cannot tell the model width from its config")
         return int(value)
@@ -191,23 +198,31 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     target_device = _check_device(device)
     if name is None or str(name) == EMBEDDED_MODEL:
-        path = embedded_model_path()
-        model, tokenizer = _load_gguf(path, torch_dtype, shown_name=EMBEDDED_MODEL)
-        canonical = EMBEDDED_MODEL
+        canonical, kind, path = EMBEDDED_MODEL, "gguf", embedded_model_path()
     else:
-        canonical = str(name)
-        path = Path(canonical).expanduser()
+        typed = os.fspath(name)
+        path = Path(typed).expanduser()
         if path.is_dir():
-            model, tokenizer = _load_folder(path, torch_dtype)
+            path = path.resolve()  # errors and the recorded name then say where it is from anywhere
+            canonical, kind = str(path), "folder"
         elif path.is_file():
             if path.suffix.lower() != ".gguf":
                 raise ModelLoadError(
                     f"{path} is a file but not a GGUF model (a model file must end in .gguf); "
                     "pass a GGUF file, a folder saved with save_pretrained, or a Hub id"
                 )
-            model, tokenizer = _load_gguf(path, torch_dtype, shown_name=str(path))
-        elif _looks_like_local_path(canonical):
-            raise ModelLoadError(f"no such file or folder: {path}")
+            path = path.resolve()
+            canonical, kind = str(path), "gguf"
+        elif _looks_like_local_path(typed):
+            raise ModelLoadError(_missing_path_message(typed))
+        else:
+            canonical, kind = typed, "hub"
+    logger.debug("loading %s (%s)", canonical, kind)
+    with _progress_bars_off(gguf=kind == "gguf"):
+        if kind == "gguf":
+            model, tokenizer = _load_gguf(path, torch_dtype)
+        elif kind == "folder":
+            model, tokenizer = _load_folder(path, torch_dtype)
         else:
             model, tokenizer = _load_hub(canonical, torch_dtype)
 
@@ -231,6 +246,99 @@ def load_model(
     return loaded
 
 
+def peek_d_model(name: str | os.PathLike[str] | None) -> int | None:
+    """The model's hidden size, read without loading weights; None when it cannot tell cheaply.
+
+    A local folder's config.json is read through transformers' AutoConfig; a GGUF file
+    (and the embedded model) answers from its header, which comes before the weights.
+    A Hub id is None: finding out would touch the network. So is anything unreadable:
+    `load_model` will report the problem properly, and this is only an early check.
+    """
+    try:
+        if name is None or str(name) == EMBEDDED_MODEL:
+            return _gguf_embedding_length(embedded_model_path())
+        path = Path(os.fspath(name)).expanduser()
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return _gguf_embedding_length(path)
+        if path.is_dir() and (path / "config.json").is_file():
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path)
+            getter = getattr(config, "get_text_config", None)
+            value = _get_config_value(getter() if callable(getter) else config, _WIDTH_NAMES)
+            return int(value) if value is not None else None
+    except Exception:  # noqa: BLE001 - any failure means "cannot tell cheaply"
+        logger.debug("cannot tell the width of %s without loading it", name, exc_info=True)
+    return None
+
+
+# GGUF metadata value types (the GGUF spec's gguf_type), as struct formats; 8 is a
+# string, 9 an array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _gguf_embedding_length(path: Path) -> int | None:
+    """``{architecture}.embedding_length`` from a GGUF header, or None.
+
+    Only the metadata up to that key is read (gguf.GGUFReader parses the whole
+    vocabulary first: 2.5 s for the embedded model, against milliseconds here).
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != _GGUF_MAGIC:
+            return None
+        raw = f.read(4)
+        # Versions 2 and 3 share this layout (1 had 32-bit counts); a file is little-
+        # or big-endian, and its version number tells which.
+        order = next((o for o in "<>" if len(raw) == 4 and struct.unpack(o + "I", raw)[0] in (2, 3)), None)
+        if order is None:
+            return None
+        _unpack(f, order, "Q")  # tensor count
+        n_keys = _unpack(f, order, "Q")
+        wanted = None
+        for _ in range(n_keys):
+            key = _gguf_string(f, order)
+            kind = _unpack(f, order, "I")
+            if key == "general.architecture" and kind == _GGUF_STRING:
+                wanted = f"{_gguf_string(f, order)}.embedding_length"
+            elif key == wanted and kind in _GGUF_SCALARS:
+                return int(_unpack(f, order, _GGUF_SCALARS[kind]))
+            else:
+                _skip_gguf_value(f, order, kind)
+    return None
+
+
+def _unpack(f: BinaryIO, order: str, fmt: str) -> Any:
+    size = struct.calcsize(fmt)
+    data = f.read(size)
+    if len(data) != size:
+        raise EOFError("GGUF header ends early")
+    return struct.unpack(order + fmt, data)[0]
+
+
+def _gguf_string(f: BinaryIO, order: str) -> str:
+    length = _unpack(f, order, "Q")
+    if length > 65_535:  # the longest key the spec allows; a larger length is a corrupt header
+        raise ValueError(f"implausible GGUF string length {length}")
+    return f.read(length).decode("utf-8", errors="replace")
+
+
+def _skip_gguf_value(f: BinaryIO, order: str, kind: int) -> None:
+    if kind in _GGUF_SCALARS:
+        f.seek(struct.calcsize(_GGUF_SCALARS[kind]), os.SEEK_CUR)
+    elif kind == _GGUF_STRING:
+        f.seek(_unpack(f, order, "Q"), os.SEEK_CUR)
+    elif kind == _GGUF_ARRAY:
+        item, count = _unpack(f, order, "I"), _unpack(f, order, "Q")
+        if item in _GGUF_SCALARS:
+            f.seek(count * struct.calcsize(_GGUF_SCALARS[item]), os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                _skip_gguf_value(f, order, item)
+    else:
+        raise ValueError(f"unknown GGUF value type {kind}")
+
+
 def _check_device(device: str | torch.device) -> torch.device:
     """Parse the device and check it exists, before a load that may take minutes."""
     try:
@@ -238,48 +346,162 @@ def _check_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ModelLoadError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:0'") from exc
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
+        raise ModelLoadError(
+            f"device {device!r} was asked for but CUDA is not available here; use --device cpu / device='cpu'"
+        )
     if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelLoadError(f"device {device!r} was asked for but MPS is not available here; use device='cpu'")
+        raise ModelLoadError(
+            f"device {device!r} was asked for but MPS is not available here; use --device cpu / device='cpu'"
+        )
     return parsed
 
 
 def _looks_like_local_path(name: str) -> bool:
-    """True where `name` cannot be a Hub id, so a missing path is reported as missing.
+    """True where `name` is meant as a local path, so a missing path is reported as missing.
 
     Hub ids are "repo" or "owner/repo"; anything absolute, relative (./, ../, ~),
-    with more than one slash, or naming a .gguf file is meant as a local path, and
-    asking the Hub about it would only add a slow, confusing network error.
+    with more than one slash, or naming a .gguf file is meant as a local path, and so
+    is a missing path whose first folder exists here (`models/nope` when `models/`
+    exists is a typo, not a Hub id: the rule saekit applies to dictionary names).
+    Asking the Hub about any of these would only add a slow, confusing network error.
     """
+    return _shaped_like_a_path(name) or _first_folder_exists(name)
+
+
+def _shaped_like_a_path(name: str) -> bool:
     if name.startswith(("/", ".", "~")) or "\\" in name or name.lower().endswith(".gguf"):
         return True
     return name.count("/") > 1
 
 
+def _first_folder_exists(name: str) -> bool:
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
+
+
+def _missing_path_message(name: str) -> str:
+    where = Path(name).expanduser().resolve()
+    why = (
+        ""
+        if _shaped_like_a_path(name)
+        else f" ({name!r} is read as a local path because the folder {name.split('/', 1)[0]!r} exists here)"
+    )
+    return (
+        f"no such file or folder: {where}{why}; check the path (a relative path is read from "
+        f"{Path.cwd()}), or pass a Hub id such as 'HuggingFaceTB/SmolLM2-135M'"
+    )
+
+
 def _load_folder(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    if not (path / "config.json").is_file():
+    config = _folder_config(path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Failures inside transformers are caught broadly: whatever the exception type,
+    # it means "this folder cannot be loaded", and the message keeps the cause.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)
+    except Exception as exc:  # noqa: BLE001
+        broken = next(((f, e) for f in _TOKENIZER_FILES if (e := _json_error(path / f))), None)
+        if broken:  # transformers' own message names no file
+            raise ModelLoadError(
+                f"{path / broken[0]} is {broken[1]}; repair it, or save the tokenizer again with save_pretrained"
+            ) from exc
+        raise ModelLoadError(f"{path} holds a model config but no usable tokenizer: {_reason(exc)}") from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load a causal language model from {path}: {_reason(exc)}") from exc
+    return model, tokenizer
+
+
+def _folder_config(path: Path) -> Any:
+    """The transformers config of a saved model folder, or a `ModelLoadError` naming config.json.
+
+    Read before anything else: the tokenizer also reads config.json, and would report
+    a broken one as a missing tokenizer.
+    """
+    file = path / "config.json"
+    if not file.is_file():
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         hint = f"; it holds GGUF files, pass one of them instead: {', '.join(ggufs)}" if ggufs else ""
         raise ModelLoadError(
             f"{path} is a folder but has no config.json, so it is not a saved transformers model "
             f"(expected the output of save_pretrained){hint}"
         )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    error = _json_error(file)
+    if error:
+        raise ModelLoadError(f"{file} is {error}; repair it, or save the model again with save_pretrained")
+    from transformers import AutoConfig
 
-    # Failures inside transformers are caught broadly: whatever the exception type,
-    # it means "this folder cannot be loaded", and the message keeps the cause.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"{path} holds a model config but no usable tokenizer: {_reason(exc)}") from exc
+        return AutoConfig.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - unknown model_type, bad values: all mean "this config is unusable"
+        raise ModelLoadError(f"{file} does not describe a model transformers can build: {_reason(exc)}") from exc
+
+
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def _json_error(file: Path) -> str | None:
+    """What is wrong with a JSON object file, as a phrase ("not valid JSON (...)"), or None.
+
+    A missing file is None: whether it is needed is transformers' business.
+    """
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load a causal language model from {path}: {_reason(exc)}") from exc
-    return model, tokenizer
+        parsed = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"unreadable ({_reason(exc)})"
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})"
+    return None if isinstance(parsed, dict) else f"a JSON {type(parsed).__name__}, not an object"
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, *, shown_name: str) -> tuple[Any, Any]:
+@contextmanager
+def _progress_bars_off(*, gguf: bool = False) -> Iterator[None]:
+    """Silence transformers' own progress bars while a model loads, then restore them.
+
+    A GGUF load otherwise draws a bar of one step per tensor (272 for the embedded
+    model; ``gguf=True`` hides it) and every load another; the library never prints,
+    and `load_model` logs one INFO line instead. Download bars belong to
+    huggingface_hub and stay as they were: a long download is the one wait a bar is
+    worth showing.
+    """
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    hub_bars_were_off = hub_utils.are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()  # also turns off huggingface_hub's bars ...
+    if not hub_bars_were_off:
+        hub_utils.enable_progress_bars()  # ... which downloads keep
+    # The GGUF converter draws its bar with tqdm directly, past transformers' switch,
+    # so its module-level `tqdm` is swapped for a disabled one for the duration.
+    gguf_module, gguf_tqdm = _gguf_converter_tqdm() if gguf else (None, None)
+    if gguf_module is not None:
+        gguf_module.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if gguf_module is not None:
+            gguf_module.tqdm = gguf_tqdm
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
+        if hub_bars_were_off:
+            hub_utils.disable_progress_bars()
+
+
+def _gguf_converter_tqdm() -> tuple[Any, Any]:
+    """transformers' GGUF conversion module and its `tqdm`, or (None, None) where it has none."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as module
+    except Exception:  # noqa: BLE001 - an optional part of transformers; without it there is no bar to hide
+        return None, None
+    original = getattr(module, "tqdm", None)
+    return (module, original) if callable(original) else (None, None)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """Load a GGUF file; transformers dequantizes it into ordinary weights of `dtype`."""
     try:
         with open(path, "rb") as handle:
@@ -294,7 +516,6 @@ def _load_gguf(path: Path, dtype: torch.dtype, *, shown_name: str) -> tuple[Any,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, filename = str(path.parent), path.name
-    logger.info("loading %s from GGUF (dequantizing; this takes a while on CPU)", shown_name)
     # The tokenizer is read first: it fails a few seconds into a truncated file,
     # before the much slower weight conversion starts.
     try:

@@ -4,7 +4,7 @@
 
 Each input starts from a valid folder written by saekit's own savers (every format ×
 architecture it supports), mutates one file with one strategy, loads the folder with
-``saekit.load_any`` (``load_checkpoint`` for checkpoints) and sorts the outcome:
+``saekit.peer_formats.load_any`` (``load_checkpoint`` for checkpoints) and sorts the outcome:
 
 * accepted: a ``Dictionary`` consistent with its config (types, shapes, float32, finite);
 * rejected: a ``SaekitError`` whose message names the folder;

@@ -4,7 +4,7 @@ One dictionary, the same model, the same token batches: saekit's ``evaluate`` an
 evaluation functions of SAELens (``sae_lens.evals``) and dictionary_learning
 (``dictionary_learning.evaluation``), each run on the peer's own SAE object built from
 the same weights. Prints every figure side by side with the peer's name for it, the
-peer value mapped to saekit's definition where a mapping exists (shared/docs/METRICS.md),
+peer value mapped to saekit's definition where a mapping exists (docs/metrics.md),
 and which definition explains a difference.
 
 What is run, exactly:

@@ -9,7 +9,7 @@ import saekit
 from saekit.data import ContextStream
 from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import DimensionError, HookPointError
-from saekit.evaluation import evaluate
+from saekit.evaluation import evaluate, evaluate_reconstruction
 from saekit.hooks import edit_activations, read_activations
 
 HOOK = "resid_post.1"
@@ -83,7 +83,7 @@ def test_zero_dictionary_is_the_zero_ablation(lm, corpus):
 
 
 def test_splicing_reconstruction_plus_error_gives_clean_loss(lm, corpus):
-    """METRICS.md's sanity check: x̂ + (x − x̂) spliced in gives ce_clean to fp precision."""
+    """docs/metrics.md's sanity check: x̂ + (x − x̂) spliced in gives ce_clean to fp precision."""
     torch.manual_seed(0)
     sae = build_dictionary(DictionaryConfig(arch="topk", d_in=lm.d_model, d_sae=64, k=4, hook=HOOK, model=lm.name))
     batch = next(iter(ContextStream(str(corpus), lm.tokenizer, context_length=32, batch_size=4, split="heldout")))
@@ -185,3 +185,63 @@ def test_prefix_cache_does_not_change_the_figures(lm, corpus, monkeypatch):
     for regime in ("fixed", "documents"):
         for key in ("fvu", "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl"):
             assert cached[regime][key] == pytest.approx(recomputed[regime][key], rel=1e-6), (regime, key)
+
+
+# ---------------------------------------------------------------- progress, BOS policy, fingerprint
+
+
+def test_progress_reports_every_phase_as_it_advances(lm, corpus):
+    """`saekit eval` printed nothing for minutes, and the training bar froze at 100% while
+    the end-of-run evaluation ran: evaluate reported no progress at all."""
+    records = []
+    res = run(linear_dictionary(lm), lm, corpus, tokens=600, batch_tokens=128, progress=records.append)
+    assert all(set(r) == {"phase", "done", "total", "unit"} and r["unit"] == "tok" for r in records)
+    phases = list(dict.fromkeys(r["phase"] for r in records))
+    assert phases == [f"evaluating {label}: {step}" for label in ("fixed contexts", "whole documents")
+                      for step in ("reading text", "mean activation", "clean, spliced, zero and mean passes")]
+    for phase in phases:
+        mine = [r for r in records if r["phase"] == phase]
+        assert mine[0]["done"] == 0 and len(mine) >= 3  # started, then once per batch (128 tokens, 600 asked)
+        assert [r["done"] for r in mine] == sorted(r["done"] for r in mine)
+        regime = res.fixed if "fixed" in phase else res.documents
+        if "reading" in phase:
+            assert mine[-1]["total"] == 600
+        else:
+            assert mine[-1]["done"] == mine[-1]["total"] == regime.n_tokens
+
+
+def test_evaluate_reconstruction_reports_progress():
+    sae = build_dictionary(DictionaryConfig(arch="topk", d_in=8, d_sae=16, k=2))
+    records = []
+    evaluate_reconstruction(sae, torch.randn(100, 8), batch_size=30, progress=records.append)
+    assert [r["done"] for r in records] == [0, 30, 60, 90, 100] and {r["total"] for r in records} == {100}
+
+
+def test_bos_policy_follows_the_dictionary_and_an_override_is_recorded(lm, corpus):
+    """A --keep-bos run's dictionary was evaluated without BOS by `saekit eval`, and its
+    eval.json overwritten with figures of another policy, saying nothing."""
+    sae = linear_dictionary(lm, 0.5)
+    sae.cfg.keep_bos = True
+    as_trained = run(sae, lm, corpus, regimes="fixed", tokens=300)
+    explicit = run(sae, lm, corpus, regimes="fixed", tokens=300, splice_bos=True)
+    overridden = run(sae, lm, corpus, regimes="fixed", tokens=300, splice_bos=False)
+    assert as_trained.fixed.n_tokens == explicit.fixed.n_tokens
+    assert as_trained.fixed.fvu == explicit.fixed.fvu != overridden.fixed.fvu
+    d = as_trained.to_dict()
+    assert (d["keep_bos"], d["keep_bos_source"]) == (True, "dictionary")
+    assert (explicit.to_dict()["keep_bos_source"]) == "dictionary"  # the same as trained
+    d = overridden.to_dict()
+    assert (d["keep_bos"], d["keep_bos_source"]) == (False, "override")
+    assert "excluded (overridden" in overridden.table()
+    # Kept, the 32-token contexts contribute 32 tokens each instead of 31.
+    assert as_trained.fixed.n_tokens % 32 == 0 and overridden.fixed.n_tokens % 31 == 0
+    from saekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="splice_bos"):
+        run(sae, lm, corpus, splice_bos="yes")
+
+
+def test_eval_json_carries_the_fingerprint_of_the_weights(lm, corpus):
+    sae = linear_dictionary(lm, 0.9)
+    d = json.loads(json.dumps(run(sae, lm, corpus, regimes="fixed", tokens=100).to_dict()))
+    assert d["fingerprint"] == sae.fingerprint() and len(d["fingerprint"]) > 4

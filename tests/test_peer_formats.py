@@ -200,3 +200,191 @@ def test_gemma_scope_params_npz(tmp_path):
     (folder / "params.npz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(FormatError, match="truncated or corrupt"):
         load_any(folder)
+
+
+# ---------------------------------------------------------------- loaded for use, not training
+def test_every_loader_returns_a_dictionary_without_gradients(tmp_path):
+    """A loaded dictionary's parameters required gradients, so every encode downstream
+    built an autograd graph (and torch warned about it)."""
+    import numpy as np
+
+    from saekit.formats import load_dictionary
+    from saekit.peer_formats import load_gemma_scope
+
+    folders = {}
+    save_dictionary(make("topk"), tmp_path / "saekit")
+    folders["saekit"] = (tmp_path / "saekit", load_dictionary)
+    for fmt, (save, load, _) in SAVERS.items():
+        save(make("topk"), tmp_path / fmt)
+        folders[fmt] = (tmp_path / fmt, load)
+    sae = make("jumprelu")
+    (tmp_path / "gemma").mkdir()
+    np.savez(tmp_path / "gemma" / "params.npz", **{k: v.detach().numpy() for k, v in sae.state_dict().items()})
+    folders["gemma_scope"] = (tmp_path / "gemma", load_gemma_scope)
+    for fmt, (folder, load) in folders.items():
+        for loaded in (load(folder), load_any(folder)):
+            grads = {name for name, p in loaded.named_parameters() if p.requires_grad}
+            assert not grads, (fmt, grads)
+            assert not loaded.encode(torch.randn(3, D)).requires_grad, fmt
+
+
+# ---------------------------------------------------------------- writing into folders
+def test_writer_refuses_a_folder_holding_another_format(tmp_path):
+    """Writing sparsify over SAELens replaced cfg.json and kept sae_weights.safetensors: the
+    folder then read as a SAELens SAE with sparsify's config."""
+    from saekit.errors import OutputError
+
+    save_saelens(make("topk", seed=1), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(OutputError, match=r"already holds another dictionary \(sae_weights.safetensors\).*--overwrite"):
+        save_sparsify(make("topk", seed=2), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    save_dictionary(make("topk"), tmp_path / "s")
+    with pytest.raises(OutputError, match="weights.safetensors"):
+        save_dictionary_learning(make("topk"), tmp_path / "s")  # would replace saekit's config.json
+    import saekit
+
+    with pytest.raises(OutputError, match="sae_weights.safetensors"):
+        saekit.save(make("topk"), tmp_path)  # load would then return it, beside SAELens' files
+    save_saelens(make("topk", seed=3), tmp_path)  # its own format: replaced in place
+    assert_same(load_any(tmp_path), make("topk", seed=3))
+
+
+def test_writers_refuse_a_file_as_the_folder(tmp_path):
+    from saekit.errors import OutputError
+
+    (tmp_path / "f").write_text("x")
+    for save, _, _ in SAVERS.values():
+        with pytest.raises(OutputError, match="is a file, not a folder"):
+            save(make("topk"), tmp_path / "f")
+
+
+def run_folder(folder, sae):
+    """A folder as `saekit train` leaves it, plus a file of the user's."""
+    save_dictionary(sae, folder)
+    for name in ("training.json", "log.jsonl", "eval.json", "report.html", "checkpoint.safetensors"):
+        (folder / name).write_text("{}")
+    (folder / "notes.txt").write_text("mine")
+    return folder
+
+
+def test_convert_refuses_a_non_empty_destination(tmp_path):
+    """convert replaced a run's weights and left its eval.json, log and checkpoint
+    describing the old dictionary; into another format's folder it left two dictionaries."""
+    from saekit.errors import OutputError
+    from saekit.peer_formats import convert
+
+    new = save_dictionary(make("topk", seed=7), tmp_path / "new")
+    run = run_folder(tmp_path / "run", make("topk", seed=1))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(OutputError, match=r"is not empty \(it holds checkpoint.safetensors, .*--overwrite"):
+        convert(new, run, "saelens")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert convert(new, tmp_path / "fresh", "saelens") == tmp_path / "fresh"
+    # The lock file a finished convert leaves does not make a folder "not empty".
+    (tmp_path / "fresh" / "cfg.json").unlink()
+    (tmp_path / "fresh" / "sae_weights.safetensors").unlink()
+    convert(new, tmp_path / "fresh", "sparsify")
+
+
+def test_convert_overwrite_removes_everything_that_describes_the_old_dictionary(tmp_path):
+    from saekit.peer_formats import convert
+
+    new = make("topk", seed=7)
+    source = save_dictionary(new, tmp_path / "new")
+    run = run_folder(tmp_path / "run", make("topk", seed=1))
+    convert(source, run, "saelens", overwrite=True)
+    names = {p.name for p in run.iterdir() if not p.name.startswith(".")}
+    assert names == {"cfg.json", "sae_weights.safetensors", "notes.txt"}
+    assert_same(load_any(run), new)
+    # A SAELens folder converted to saekit in place of it: only saekit's files remain.
+    convert(source, run, "saekit", overwrite=True)
+    assert {p.name for p in run.iterdir() if not p.name.startswith(".")} == {"config.json", "weights.safetensors", "notes.txt"}
+    assert detect_format(run) == "saekit"
+
+
+def test_convert_onto_itself_or_a_file_is_refused(tmp_path):
+    from saekit.errors import OutputError
+    from saekit.peer_formats import convert
+
+    folder = save_dictionary(make("topk"), tmp_path / "d")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for src in (folder, folder / "config.json"):
+        with pytest.raises(OutputError, match="is the source folder itself"):
+            convert(src, folder, "saelens", overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        convert(folder, tmp_path / "file", "saelens")
+    with pytest.raises(OutputError, match="no folder can be made under it"):
+        convert(folder, tmp_path / "file" / "sub", "saelens")
+
+
+def test_convert_checks_a_read_only_destination_before_reading(tmp_path, monkeypatch):
+    import os
+
+    from saekit import peer_formats
+    from saekit.errors import OutputError
+
+    folder = save_dictionary(make("topk"), tmp_path / "d")
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    # Tests may run as root, for whom chmod does not make a folder read-only.
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(tmp_path / "ro") else real(p, mode, **kw))
+    monkeypatch.setattr(peer_formats, "load_any", lambda *a, **kw: pytest.fail("read before the destination was checked"))
+    with pytest.raises(OutputError, match="read-only"):
+        peer_formats.convert(folder, tmp_path / "ro" / "out", "saelens")
+
+
+def test_convert_is_refused_while_another_process_writes_the_destination(tmp_path):
+    from saekit.errors import FolderBusyError
+    from saekit.outputs import FolderLock
+    from saekit.peer_formats import convert
+
+    source = save_dictionary(make("topk"), tmp_path / "d")
+    (tmp_path / "out").mkdir()
+    with FolderLock(tmp_path / "out", "train"):
+        # flock locks are per open file, so a second open in this process is refused too.
+        with pytest.raises(FolderBusyError, match="in use by another saekit process"):
+            convert(source, tmp_path / "out", "saelens")
+    assert not (tmp_path / "out" / "cfg.json").exists()
+
+
+# ---------------------------------------------------------------- BOS policy
+@pytest.mark.parametrize("fmt", ["saelens", "dictionary_learning"])
+def test_keep_bos_survives_the_formats_that_can_record_it(tmp_path, fmt):
+    save, load, _ = SAVERS[fmt]
+    sae = make("topk")
+    sae.cfg.keep_bos = True
+    save(sae, tmp_path)
+    assert load(tmp_path).cfg.keep_bos is True
+    sae.cfg.keep_bos = False
+    save(sae, tmp_path)
+    assert load(tmp_path).cfg.keep_bos is False
+
+
+def test_sparsify_records_no_bos_policy(tmp_path):
+    sae = make("topk")
+    sae.cfg.keep_bos = True
+    save_sparsify(sae, tmp_path)
+    assert "keep_bos" not in (tmp_path / "cfg.json").read_text()  # sparsify's own keys only
+    assert load_sparsify(tmp_path).cfg.keep_bos is False
+
+
+@pytest.mark.parametrize("meta,kept", [
+    ({"prepend_bos": True, "exclude_special_tokens": False}, True),
+    ({"prepend_bos": True, "exclude_special_tokens": False, "seqpos_slice": [None]}, True),
+    ({"prepend_bos": True, "exclude_special_tokens": False, "seqpos_slice": [1, None]}, False),
+    ({"prepend_bos": True, "exclude_special_tokens": True}, False),
+    ({"prepend_bos": True, "exclude_special_tokens": [1]}, False),  # which ids: unknown here, so not claimed
+    ({"prepend_bos": False, "exclude_special_tokens": False}, False),
+    ({"prepend_bos": True}, False),  # an older SAELens that did not record it
+    ({}, False),
+])
+def test_saelens_bos_policy_from_its_own_metadata(tmp_path, meta, kept):
+    save_saelens(make("topk"), tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    del cfg["metadata"]["saekit_keep_bos"]
+    cfg["metadata"].update(meta)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert load_saelens(tmp_path).cfg.keep_bos is kept

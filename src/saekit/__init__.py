@@ -6,17 +6,17 @@ The Python API mirrors the CLI::
     result = saekit.train(saekit.TrainConfig(arch="topk", k=32, tokens=300_000))
     sae = saekit.load(result.out)            # encode / decode / forward on raw activations
     lm = saekit.load_model()                 # the embedded SmolLM2-135M (or a Hub id / folder / .gguf)
-    print(saekit.evaluate(sae, lm).table())  # every METRICS.md figure, both context regimes
+    print(saekit.evaluate(sae, lm).table())  # every docs/metrics.md figure, both context regimes
 """
 
 from .config import TrainConfig
 from .dictionaries import Dictionary, DictionaryConfig
 from .errors import SaekitError
 from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
-from .peer_formats import load_any as load
-from .formats import save_dictionary as save
 from .hooks import edit_activations, hook_point_names, read_activations
+from .loading import load
 from .models import load_model
+from .peer_formats import save_saekit as save
 from .training import TrainResult, train
 
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ import typing
 from typing import Any, Sequence
 
 from .config import CacheConfig, TrainConfig
-from .errors import ConfigError, SaekitError
+from .errors import ConfigError, OutputError, RunInterrupted, SaekitError
 
 # The formats `saekit.peer_formats` reads and writes (kept here so --help needs no torch import).
 FORMAT_CHOICES = ("saekit", "saelens", "sparsify", "dictionary_learning", "gemma_scope")
@@ -25,6 +25,29 @@ DICTIONARY_ARG_HELP = (
     "a dictionary: a local folder in any format saekit reads (saekit, SAELens, sparsify, dictionary_learning, "
     "Gemma Scope params.npz; detected), or a Hub name OWNER/REPO[@REVISION]/PATH/INSIDE (downloaded and cached)"
 )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with short usage errors: the one line that says what is wrong, and where
+    to read more, instead of the whole usage text (thirty lines for ``saekit train``)."""
+
+    _verbs: Any = None  # the sub-parsers action, once added
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help`\n")
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self._verbs = super().add_subparsers(**kwargs)
+        return self._verbs
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        # argparse reports a verb's unknown flags from the top-level parser ("saekit: error");
+        # the verb's own parser names the verb and its --help.
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            where = self if self._verbs is None else self._verbs.choices.get(getattr(ns, self._verbs.dest, None), self)
+            where.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -59,34 +82,131 @@ def _config_from_args(cls: type, ns: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
 
 
-class _TokenBar:
-    """A tqdm bar over tokens, fed by the trainer's log records.
+def _amount(value: Any, spec: str) -> str:
+    """A figure of a progress record; None (not known yet) as "n/a"."""
+    return "n/a" if value is None else format(value, spec)
 
-    Created on the first record, so nothing is drawn before validation and model
-    loading have succeeded.
+
+class _ProgressBars:
+    """tqdm bars on stderr drawn from the library's progress records.
+
+    Three kinds of record arrive:
+
+    * a training log record (``step``, ``tokens``, figures, ``tokens_per_s``): advances
+      the training bar. Its rate and time left come from the record's current rate, not
+      tqdm's average, which would count the first buffer fill as training time.
+      ``fvu`` and ``dead_frac`` may be None (not known yet) and read "n/a";
+    * ``{"status": text}``, a slow step without counts: shown on the training bar
+      while training runs, on a line of its own once it is over;
+    * ``{"phase", "done", "total", "unit"}``: a bar per phase, closed when it is done
+      or the next phase starts. During training (a buffer refill) it is drawn below
+      the training bar and goes when done; afterwards (evaluation) each one stays.
+
+    Training is over once its bar is full, or at a status after the first step (the
+    trainer reports statuses for the slow steps around its loop, such as the final
+    evaluation; its last step may stop short of the total, at a whole batch). Then the
+    training bar is closed, so it does not sit there while evaluation runs. Without a
+    total (``saekit eval``) there is no training bar. Nothing is drawn before the first
+    record, so nothing appears before validation has succeeded.
     """
 
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.bar, self.done = total, desc, None, 0
+    TRAIN_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tok [{elapsed}{postfix}]"
+
+    def __init__(self, desc: str, total: int | None = None, file: Any = None):
+        self.desc, self.total, self.file = desc, total, file
+        self.train_bar: Any = None
+        self.training_over = total is None
+        self.stepped = False
+        self.side_bar: Any = None  # the current phase's bar, or a status line
+        self.side_name: str | None = None
 
     def __call__(self, record: dict[str, Any]) -> None:
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.total, desc=self.desc, unit="tok", unit_scale=True, dynamic_ncols=True)
-        if "status" in record:
-            self.bar.set_description(f"{self.desc}: {record['status']}")
+        if "step" in record and "tokens" in record:
+            self._step(record)
             return
-        self.bar.update(record["tokens"] - self.done)
-        self.done = record["tokens"]
-        self.bar.set_postfix(
-            loss=f"{record['loss']:.3g}", l0=f"{record['l0']:.1f}", fvu=f"{record['fvu']:.3f}",
-            dead=f"{record['dead_frac']:.1%}", refresh=False,
-        )
+        full = self.train_bar is not None and self.train_bar.n >= self.total
+        if full or self.stepped and "status" in record:
+            self._end_training()
+        if "phase" in record:
+            self._phase(record)
+        elif "status" in record:
+            self._status(str(record["status"]))
+
+    def _tqdm(self, **kwargs: Any) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(file=self.file, dynamic_ncols=True, **kwargs)
+
+    def _training_bar(self) -> Any:
+        if self.train_bar is None:
+            self.train_bar = self._tqdm(total=self.total, desc=self.desc, unit="tok", unit_scale=True,
+                                        bar_format=self.TRAIN_FORMAT)
+        return self.train_bar
+
+    def _end_training(self) -> None:
+        self.training_over = True
+        if self.train_bar is not None:
+            self.train_bar.close()
+            self.train_bar = None
+
+    def _step(self, record: dict[str, Any]) -> None:
+        self.stepped, self.training_over = True, False
+        bar = self._training_bar()
+        bar.set_description_str(self.desc, refresh=False)  # a status shown before is over
+        rate = record.get("tokens_per_s")
+        tokens = int(record["tokens"])
+        parts = []
+        if rate:
+            parts.append(f"{_si(rate)} tok/s")
+            if self.total and tokens < self.total:
+                parts.append(f"{_duration((self.total - tokens) / rate)} left")
+        parts += [f"loss {_amount(record.get('loss'), '.3g')}", f"l0 {_amount(record.get('l0'), '.1f')}",
+                  f"fvu {_amount(record.get('fvu'), '.3f')}", f"dead {_amount(record.get('dead_frac'), '.1%')}"]
+        bar.set_postfix_str(", ".join(parts), refresh=False)
+        bar.update(tokens - bar.n)
+
+    def _status(self, text: str) -> None:
+        if not self.training_over:
+            self._training_bar().set_description_str(f"{self.desc}: {text}")
+            return
+        self._close_side()
+        self.side_bar = self._tqdm(total=None, desc=text, bar_format="{desc} [{elapsed}]", leave=False)
+
+    def _phase(self, record: dict[str, Any]) -> None:
+        if not self.training_over:
+            self._training_bar()  # first, so that it keeps the top line
+        phase = str(record["phase"])
+        if phase != self.side_name:
+            self._close_side()
+            # leave=None: a bar below the training bar goes when done, one on the top line stays.
+            self.side_bar = self._tqdm(total=record.get("total"), desc=phase, unit=record.get("unit", "tok"),
+                                       unit_scale=True, leave=None)
+            self.side_name = phase
+        self.side_bar.update(int(record["done"]) - self.side_bar.n)
+        if record.get("total") and self.side_bar.n >= record["total"]:
+            self._close_side()  # now, so its time and rate are the phase's own
+
+    def _close_side(self) -> None:
+        if self.side_bar is not None:
+            self.side_bar.close()
+            self.side_bar, self.side_name = None, None
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self._close_side()
+        self._end_training()
+
+
+def _si(value: float) -> str:
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
@@ -94,11 +214,11 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from .training import train
 
     cfg = _config_from_args(TrainConfig, ns)
-    bar = _TokenBar(cfg.tokens, f"train {cfg.arch}")
+    bars = _ProgressBars(f"train {cfg.arch}", cfg.tokens)
     try:
-        result = train(cfg, progress=bar)
+        result = train(cfg, progress=bars)
     finally:
-        bar.close()
+        bars.close()
     print(f"\nsaved {result.dictionary.cfg.arch} dictionary ({result.dictionary.cfg.d_sae} features, "
           f"{result.dictionary.cfg.hook} of {result.dictionary.cfg.model}) to {result.out}")
     print(f"trained on {result.tokens:,} tokens in {result.steps:,} steps")
@@ -142,10 +262,11 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
 
     from .data import validate_source
     from .evaluation import check_hook, check_model, evaluate
-    from .formats import EVAL_FILE, atomic_write_text
+    from .formats import EVAL_FILE
     from .hub import default_output
+    from .loading import load
     from .models import load_model, parse_dtype, resolve_device
-    from .peer_formats import load_any
+    from .outputs import atomic_write_text, check_writable_file
 
     # Everything that can be checked before the slow model load and the passes is checked here.
     if ns.tokens <= 0:
@@ -153,10 +274,8 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     if ns.max_length < 2:
         raise ConfigError(f"--max-length must be at least 2, got {ns.max_length}")
     folder = ns.folder
-    out = Path(ns.json) if ns.json else default_output(folder, EVAL_FILE)
-    if not out.parent.is_dir():
-        raise ConfigError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another --json")
-    sae = load_any(folder, ns.format, device=resolve_device(ns.device))
+    out = check_writable_file(Path(ns.json) if ns.json else default_output(folder, EVAL_FILE), "--json")
+    sae = load(folder, ns.format, device=resolve_device(ns.device))
     # Some formats (sparsify) record neither the hook point nor the model: take them from the flags.
     if not sae.cfg.hook:
         if ns.hook is None:
@@ -168,20 +287,29 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
     check_model(sae, None if ns.allow_other_model else ns.model)  # both before the slow model load
     validate_source(ns.dataset, ns.text_field)
     lm = load_model(ns.model or sae.cfg.model or None, device=sae.W_dec.device, dtype=parse_dtype(ns.dtype))
-    result = evaluate(
-        sae, lm, dataset=ns.dataset, tokens=ns.tokens, max_length=ns.max_length, text_field=ns.text_field,
-        regimes=ns.regimes, allow_other_model=True,  # checked above, against the name the user gave
-    )
+    bars = _ProgressBars("eval")
+    try:
+        result = evaluate(
+            sae, lm, dataset=ns.dataset, tokens=ns.tokens, max_length=ns.max_length, text_field=ns.text_field,
+            regimes=ns.regimes, allow_other_model=True,  # checked above, against the name the user gave
+            splice_bos=ns.keep_bos, progress=bars,
+        )
+    finally:
+        bars.close()
     print(result.table())
-    atomic_write_text(out, json.dumps(result.to_dict(), indent=2) + "\n")
+    try:
+        atomic_write_text(out, json.dumps(result.to_dict(), indent=2) + "\n")
+    except OutputError as e:
+        raise OutputError(f"{e}. The figures are printed above but were not saved; rerun with --json naming a "
+                          "writable file") from None
     print(f"wrote {out}")
     return 0
 
 
 def _cmd_convert(ns: argparse.Namespace) -> int:
-    from .peer_formats import convert
+    from .loading import convert
 
-    print(f"wrote {ns.to} dictionary to {convert(ns.src, ns.dst, ns.to, ns.format)}")
+    print(f"wrote {ns.to} dictionary to {convert(ns.src, ns.dst, ns.to, ns.format, overwrite=ns.overwrite)}")
     return 0
 
 
@@ -211,7 +339,7 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saekit", description="Sparse dictionary learning on language-model activations.")
+    parser = _Parser(prog="saekit", description="Sparse dictionary learning on language-model activations.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -236,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="every figure of METRICS.md for a dictionary, in both context regimes",
+        help="every figure of docs/metrics.md for a dictionary, in both context regimes",
         description="Evaluate a dictionary on held-out text: reconstruction, sparsity and downstream figures "
         "(the model with the dictionary spliced in), for fixed contexts as in training and for whole documents, "
         "with FVU and CE diff by position. Prints a table and writes JSON (default FOLDER/eval.json).",
@@ -251,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regimes", nargs="+", default=["fixed", "documents"], choices=["fixed", "documents"])
     p.add_argument("--max-length", type=int, default=1024, help="document length cap in the documents regime")
     p.add_argument("--allow-other-model", action="store_true", help="evaluate on a model other than the recorded one")
+    p.add_argument("--keep-bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate and splice the BOS position (default: as the dictionary was trained, which it "
+                   "records; an override is recorded in the JSON)")
     p.add_argument("--json", default=None, help="where to write the figures (default FOLDER/eval.json; for a Hub name, eval-NAME.json here)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", help="model dtype")
@@ -268,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="the folder to write")
     p.add_argument("--to", required=True, choices=WRITE_FORMATS, help="the format to write")
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the source's format, if detection is wrong")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty DST: first remove every dictionary file there (any format) and the "
+                   "files of a training run (training.json, log.jsonl, eval.json, report.html, checkpoint)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
@@ -304,16 +438,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error (2) or --help (0), already printed
+        return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return ns.func(ns)
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():  # a warning printed through tqdm does not tear a bar apart
+            return ns.func(ns)
     except SaekitError as e:
         print(f"saekit {ns.verb}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nsaekit {ns.verb}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"\nsaekit {ns.verb}: {_interrupted(e)}", file=sys.stderr)
         return 130
+
+
+def _interrupted(e: KeyboardInterrupt) -> str:
+    """What to say on Ctrl-C: the run's own account (what was kept, how to continue) when it gives one."""
+    said = str(e) if isinstance(e, RunInterrupted) else ""
+    if not said:
+        return "interrupted"
+    return said if said.lower().startswith("interrupted") else f"interrupted; {said}"
 
 
 if __name__ == "__main__":

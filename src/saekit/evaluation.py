@@ -1,4 +1,4 @@
-"""Figures that say how good a dictionary is, exactly as shared/docs/METRICS.md defines them.
+"""Figures that say how good a dictionary is, exactly as docs/metrics.md defines them.
 
 Every sum is accumulated in float64 over all evaluated tokens (never averaged per
 batch and then averaged again), so the figures do not depend on how the tokens were
@@ -13,6 +13,10 @@ Two layers:
   splices the reconstruction, zero and the mean activation into the forward pass for
   the downstream figures (ce_*, loss_recovered, kl), and FVU and CE diff by position.
   The four passes share the work up to the hook point (``hooks.skip_to_block``).
+
+Both take an optional ``progress`` callback, called as the work advances (at least once
+per model batch) with ``{"phase": str, "done": int, "total": int, "unit": "tok"}``, so
+that a caller can draw a bar per phase; the library itself prints nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import torch
 from torch import Tensor
@@ -31,7 +35,7 @@ from .errors import ConfigError, DataError, DimensionError, HookPointError
 log = logging.getLogger(__name__)
 
 DENSE_THRESHOLD = 0.1  # a feature firing on more than 10% of tokens counts as dense
-# Width of the position buckets (METRICS.md: 0-127, 128-255, ...), the same for every
+# Width of the position buckets (docs/metrics.md: 0-127, 128-255, ...), the same for every
 # dictionary so that drift is visible whatever context length it was trained on.
 POSITION_BUCKET = 128
 # Activations up to the hook kept between the mean pass and the main pass (beyond it,
@@ -39,6 +43,29 @@ POSITION_BUCKET = 128
 PREFIX_CACHE_BYTES = 1 << 30
 Regime = Literal["fixed", "documents"]
 REGIMES: tuple[Regime, ...] = ("fixed", "documents")
+REGIME_LABELS: dict[str, str] = {"fixed": "fixed contexts", "documents": "whole documents"}
+Progress = Callable[[dict[str, Any]], None]
+# eval.json's "keep_bos_source": whether the BOS policy was the dictionary's own (as it
+# was trained) or one the caller chose against it, which makes the figures not
+# comparable with the training run's.
+BOS_AS_TRAINED, BOS_OVERRIDDEN = "dictionary", "override"
+
+
+class _Phase:
+    """One phase's advance, reported to a ``progress`` callback (a no-op without one)."""
+
+    def __init__(self, progress: Progress | None, phase: str, total: int | None):
+        self.progress, self.phase, self.total, self.done = progress, phase, total, 0
+        self._report()
+
+    def advance(self, n: int) -> None:
+        # Capped: reading whole sequences overshoots the tokens asked for by up to one.
+        self.done = self.done + n if self.total is None else min(self.done + n, self.total)
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress({"phase": self.phase, "done": self.done, "total": self.total, "unit": "tok"})
 
 
 def _finite_or_text(v: Any) -> Any:
@@ -47,7 +74,7 @@ def _finite_or_text(v: Any) -> Any:
 
 @dataclass
 class ReconstructionMetrics:
-    """Reconstruction and sparsity figures over ``n_tokens`` activations (METRICS.md)."""
+    """Reconstruction and sparsity figures over ``n_tokens`` activations (docs/metrics.md)."""
 
     n_tokens: int
     mse: float
@@ -154,17 +181,29 @@ class _ReconstructionSums:
 
 @torch.no_grad()
 def evaluate_reconstruction(
-    dictionary: Dictionary, activations: Tensor | Iterable[Tensor], batch_size: int = 4096
+    dictionary: Dictionary,
+    activations: Tensor | Iterable[Tensor],
+    batch_size: int = 4096,
+    progress: Progress | None = None,
 ) -> ReconstructionMetrics:
-    """Reconstruction figures for raw activations ``(N, d)`` (or an iterable of such)."""
+    """Reconstruction figures for raw activations ``(N, d)`` (or an iterable of such).
+
+    ``progress`` gets a record per batch (``total`` is None for an iterable, whose
+    length is not known in advance).
+    """
+    total = None
     if isinstance(activations, Tensor):
-        activations = activations.reshape(-1, activations.shape[-1]).split(batch_size)
+        activations = activations.reshape(-1, activations.shape[-1])
+        total = activations.shape[0]
+        activations = activations.split(batch_size)
+    phase = _Phase(progress, "evaluating: held-out activations", total)
     sums = _ReconstructionSums(dictionary)
     device = dictionary.W_dec.device
     for x in activations:
         x = x.to(device, torch.float32)
         f = dictionary.encode(x)
         sums.add(x, f, dictionary.decode(f))
+        phase.advance(x.shape[0])
     return sums.result()
 
 
@@ -173,7 +212,7 @@ def evaluate_reconstruction(
 
 @dataclass
 class RegimeResult:
-    """Every METRICS.md figure for one context regime, with the counts behind them."""
+    """Every docs/metrics.md figure for one context regime, with the counts behind them."""
 
     regime: Regime
     context_length: int
@@ -233,6 +272,11 @@ class EvalResult:
     dataset: str | None
     fixed: RegimeResult | None
     documents: RegimeResult | None
+    # ``Dictionary.fingerprint()`` of the weights evaluated, so that eval.json can be
+    # checked against the weights beside it (``dictionaries.same_weights``).
+    fingerprint: list[float] = field(default_factory=list)
+    keep_bos: bool = False  # whether the BOS position was evaluated and spliced
+    keep_bos_source: str = BOS_AS_TRAINED  # BOS_AS_TRAINED or BOS_OVERRIDDEN
 
     def regimes(self) -> dict[str, RegimeResult]:
         return {r: getattr(self, r) for r in REGIMES if getattr(self, r) is not None}
@@ -250,6 +294,7 @@ class EvalResult:
         rows.append(f"{'context length':<30}" + "".join(f"{r.context_length:>14}" for r in regimes.values()))
         rows.append(f"{'tokens (reconstruction)':<30}" + "".join(f"{r.n_tokens:>14,}" for r in regimes.values()))
         rows.append(f"{'tokens (cross-entropy)':<30}" + "".join(f"{r.n_ce_tokens:>14,}" for r in regimes.values()))
+        rows.append(f"{'BOS position':<30}{self.bos_policy()}")
         for name in self.TABLE_FIGURES:
             cells = []
             for r in regimes.values():
@@ -261,8 +306,18 @@ class EvalResult:
                 rows.append(f"note: {r.regime}: the data held {r.n_tokens:,} of the {r.requested_tokens:,} tokens asked for")
         return "\n".join(rows)
 
+    def bos_policy(self) -> str:
+        """The BOS policy in words, e.g. "excluded (as the dictionary records for its training)"."""
+        kept = "kept" if self.keep_bos else "excluded"
+        if self.keep_bos_source == BOS_OVERRIDDEN:
+            return f"{kept} (overridden: the dictionary records it {'excluded' if self.keep_bos else 'kept'} in training)"
+        return f"{kept} (as the dictionary records for its training)"
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"dictionary": self.dictionary, "model": self.model, "hook": self.hook, "dataset": self.dataset}
+        out: dict[str, Any] = {
+            "dictionary": self.dictionary, "fingerprint": self.fingerprint, "model": self.model, "hook": self.hook,
+            "dataset": self.dataset, "keep_bos": self.keep_bos, "keep_bos_source": self.keep_bos_source,
+        }
         for name, res in self.regimes().items():
             out[name] = res.to_dict()
         return out
@@ -333,6 +388,8 @@ def _evaluate_regime(
     requested: int,
     bucket: int,
     splice_bos: bool,
+    n_evaluated: int,
+    progress: Progress | None = None,
 ) -> RegimeResult:
     from .hooks import HookPoint, edit_activations, read_activations, skip_to_block
 
@@ -354,6 +411,8 @@ def _evaluate_regime(
     # Pass 1 (prefix only): the mean activation over the evaluated tokens, for ce_mean.
     # The prefix outputs are kept for pass 2 while they fit in PREFIX_CACHE_BYTES, so
     # that for most evaluations the prefix runs once.
+    label = f"evaluating {REGIME_LABELS[regime]}"
+    phase = _Phase(progress, f"{label}: mean activation", n_evaluated)
     total, count, room = None, 0, PREFIX_CACHE_BYTES
     kept: list[tuple[Tensor, Tensor] | None] = []
     for batch in batches:
@@ -364,7 +423,10 @@ def _evaluate_regime(
         size = (resid_pre.numel() + x.numel()) * x.element_size()
         kept.append((resid_pre, x) if size <= room else None)
         room -= size if size <= room else 0
+        phase.advance(int(evaluated.sum()))
     mean_act = (total / max(count, 1)).float()
+
+    phase = _Phase(progress, f"{label}: clean, spliced, zero and mean passes", n_evaluated)
 
     rec = _ReconstructionSums(dictionary, bucket)
     ce = _CEAccumulator(bucket)
@@ -414,6 +476,7 @@ def _evaluate_regime(
             del z
         ce.add(ces, kl, positions[:, :-1][pred_mask])
         n_seq += ids.shape[0]
+        phase.advance(int(evaluated.sum()))
 
     metrics = rec.result()
     rec_buckets = rec.bucket_fvu()
@@ -441,7 +504,7 @@ def _evaluate_regime(
     )
 
 
-def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool) -> tuple[list[Any], int]:
+def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool, phase: _Phase | None = None) -> tuple[list[Any], int]:
     """Whole sequences until they hold ``tokens`` evaluated tokens (or the data runs out).
 
     The last batch is cut after the sequence that reaches the budget, so the overshoot
@@ -457,9 +520,13 @@ def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool) -> tuple[l
             batch = TokenBatch(batch.input_ids[:rows], batch.attention_mask[:rows], batch.bos_mask[:rows])
             taken.append(batch)
             n += int(per_row[rows - 1])
+            if phase is not None:
+                phase.advance(int(per_row[rows - 1]))
             break
         taken.append(batch)
         n += int(per_row[-1])
+        if phase is not None:
+            phase.advance(int(per_row[-1]))
     return taken, n
 
 
@@ -520,12 +587,13 @@ def evaluate(
     max_length: int = 1024,
     batch_tokens: int = 2048,
     split: Literal["train", "heldout"] = "heldout",
-    splice_bos: bool = False,
+    splice_bos: bool | None = None,
     text_field: str = "text",
     allow_other_model: bool = False,
     bucket_tokens: int = POSITION_BUCKET,
+    progress: Progress | None = None,
 ) -> EvalResult:
-    """Every METRICS.md figure for ``dictionary`` on held-out text, in both regimes.
+    """Every docs/metrics.md figure for ``dictionary`` on held-out text, in both regimes.
 
     ``model`` is a ``LoadedModel`` or a name for ``load_model`` (default: the model the
     dictionary records). ``tokens`` evaluated tokens per regime (padding and BOS never
@@ -535,8 +603,14 @@ def evaluate(
     ``max_length`` tokens (capped by the model's own maximum), padded per batch, as many
     per batch as fit in ``batch_tokens`` padded tokens (which bounds the logits' memory).
     Position buckets are ``bucket_tokens`` wide (default 128).
+
+    The BOS position is evaluated (and spliced) as the dictionary was trained
+    (``dictionary.cfg.keep_bos``) unless ``splice_bos`` says otherwise; the result
+    records which (``keep_bos``, ``keep_bos_source``). ``progress`` gets a record per
+    model batch of each phase (reading the text, the mean-activation pass, the four
+    spliced passes), per regime.
     """
-    from .data import ContextStream, document_batches, validate_source
+    from .data import ContextStream, describe_source, document_batches, validate_source
     from .models import LoadedModel, load_model
 
     regimes = (regimes,) if isinstance(regimes, str) else tuple(regimes)
@@ -545,6 +619,10 @@ def evaluate(
         raise ConfigError(f"unknown regime(s) {unknown or regimes}; choose from {', '.join(REGIMES)}")
     if tokens <= 0:
         raise ConfigError(f"tokens must be positive, got {tokens}")
+    if splice_bos is not None and not isinstance(splice_bos, bool):
+        raise ConfigError(f"splice_bos must be True, False or None (as the dictionary was trained), got {splice_bos!r}")
+    trained_keep_bos = dictionary.cfg.keep_bos
+    keep_bos = trained_keep_bos if splice_bos is None else splice_bos
     ctx = context_length or dictionary.cfg.context_length or 128
     if bucket_tokens <= 0:
         raise ConfigError(f"bucket_tokens must be positive, got {bucket_tokens}")
@@ -578,15 +656,21 @@ def evaluate(
                 split=split, text_field=text_field, max_batch_tokens=batch_tokens,
             )
             length = max_len
-        batches, n = _take_tokens(stream, tokens, splice_bos)
+        reading = _Phase(progress, f"evaluating {REGIME_LABELS[regime]}: reading text", tokens)
+        batches, n = _take_tokens(stream, tokens, keep_bos, reading)
         if n < tokens:
             log.warning("%s regime: the data holds only %d of the %d tokens asked for; evaluating those", regime, n, tokens)
-        results[regime] = _evaluate_regime(dictionary, lm, batches, regime, length, tokens, bucket_tokens, splice_bos)
+        results[regime] = _evaluate_regime(
+            dictionary, lm, batches, regime, length, tokens, bucket_tokens, keep_bos, n, progress,
+        )
     return EvalResult(
         dictionary=dictionary.cfg.to_dict(),
         model=lm.name,
         hook=dictionary.cfg.hook,
-        dataset=dataset,
+        dataset=describe_source(dataset),  # resolved: a relative path means nothing elsewhere
         fixed=results.get("fixed"),
         documents=results.get("documents"),
+        fingerprint=dictionary.fingerprint(),
+        keep_bos=keep_bos,
+        keep_bos_source=BOS_AS_TRAINED if keep_bos == trained_keep_bos else BOS_OVERRIDDEN,
     )

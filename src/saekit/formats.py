@@ -178,4 +178,5 @@ def load_dictionary(path: str | os.PathLike, device: str | torch.device = "cpu")
     state = {name: checked_tensor(weights, name, t.shape, weights_path, what)
              for name, t in dictionary.state_dict().items()}
     dictionary.load_state_dict(state)
-    return dictionary.to(device).eval()
+    # For use, not training: torch would otherwise track gradients through every encode.
+    return dictionary.to(device).requires_grad_(False).eval()

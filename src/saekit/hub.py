@@ -31,10 +31,10 @@ from urllib.parse import quote, unquote
 from typing import Any
 
 from .dictionaries import DictionaryConfig
-from .errors import ConfigError, FormatError, HubError, SaekitError
+from .errors import ConfigError, FormatError, HubError, OutputError, SaekitError
 from .checkpoint import CHECKPOINT_FILE
 from .formats import EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, read_json
-from .peer_formats import FORMAT_FILES, detect_format, load_any
+from .peer_formats import DICTIONARY_FILES, FORMAT_FILES, detect_format, load_any
 
 HUB_PREFIX = "hf://"
 CARD_FILE = "README.md"
@@ -43,7 +43,6 @@ CARD_FILE = "README.md"
 SIDECAR_FILES = (EVAL_FILE, TRAINING_FILE)
 # Uploaded when present, never downloaded by `resolve` (a loader does not need them).
 UPLOAD_EXTRA_FILES = (LOG_FILE, REPORT_FILE)
-DICTIONARY_FILES = tuple(dict.fromkeys(name for files in FORMAT_FILES.values() for name in files))
 # The embedded default model's Hub repository, for the model card's base_model.
 EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -179,6 +178,14 @@ def _hub_error(error: Exception, what: str, repo_id: str, revision: str | None =
         return HubError(
             f"{what}: {why}, and this folder of {repo_id} is not in {cache}. Download it once with the network "
             "on (later runs read the cache), or set HF_ENDPOINT to a reachable mirror."
+        )
+    if not upload and isinstance(error, OSError) and error.errno is not None:
+        # The download's own writes into the cache (a read-only cache, a full disk, a file
+        # where the cache folder should be); the Hub answered.
+        cache = _cache_dir() or "the Hugging Face cache (HF_HUB_CACHE)"
+        where = f" ({error.filename})" if error.filename else ""
+        return OutputError(
+            f"{what}: cannot write into {cache}{where}: {error.strerror or error}; set HF_HUB_CACHE to a writable folder"
         )
     raise error
 
@@ -357,7 +364,7 @@ def model_card(
     if regimes:
         figures = ("fvu", "l0", "frac_alive", "loss_recovered", "ce_diff", "kl", "n_tokens")
         lines += ["## Evaluation", "",
-                  "Held-out text; figures as defined by saekit's METRICS.md. `fixed`: contexts as long as in "
+                  "Held-out text; figures as defined by saekit's docs/metrics.md. `fixed`: contexts as long as in "
                   "training; `documents`: whole documents. FVU is the fraction of variance unexplained, "
                   "loss recovered compares the model with the dictionary spliced in to zero ablation.", "",
                   "| figure | " + " | ".join(regimes) + " |", "|---|" + "---|" * len(regimes)]

@@ -16,6 +16,11 @@ Formats (the files that identify them):
 * sparsify (EleutherAI): ``cfg.json`` + ``sae.safetensors`` (TopK);
 * dictionary_learning: ``config.json`` + ``ae.pt`` (``AutoEncoder``, ``GatedAutoEncoder``,
   ``JumpReluAutoEncoder``, ``AutoEncoderTopK``, ``BatchTopKSAE``).
+
+Local files only: a Hub name is resolved by ``saekit.loading.load`` (what ``saekit.load``
+is), which sits above this module and ``saekit.hub``. A loaded dictionary is for use,
+not training: its parameters do not require gradients (``requires_grad_(True)`` turns
+them back on for fine-tuning).
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import CHECKPOINT_FILE
 from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, build_dictionary
-from .errors import FormatError
+from .errors import FormatError, OutputError
 from .formats import CONFIG_FILE as SAEKIT_CONFIG
+from .formats import EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE
 from .formats import WEIGHTS_FILE as SAEKIT_WEIGHTS
 from .formats import (
-    atomic_save_tensors,
-    atomic_write_text,
     check_finite,
     checked_tensor,
     load_dictionary,
@@ -49,6 +54,15 @@ from .formats import (
     read_json,
     read_safetensors,
     save_dictionary,
+)
+from .outputs import (
+    LOCK_FILE,
+    FolderLock,
+    atomic_save_tensors,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable_folder,
+    make_folder,
 )
 
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -65,6 +79,12 @@ FORMAT_FILES = {
     "dictionary_learning": (DL_CFG, DL_WEIGHTS),
     "gemma_scope": (GEMMA_SCOPE_PARAMS,),
 }
+DICTIONARY_FILES = tuple(dict.fromkeys(name for files in FORMAT_FILES.values() for name in files))
+# What a training run writes beside its dictionary: each describes that dictionary, so
+# none may stay beside another one written over it.
+RUN_RECORD_FILES = (TRAINING_FILE, LOG_FILE, EVAL_FILE, REPORT_FILE, CHECKPOINT_FILE)
+# How the writers' messages name the folder they write into.
+DESTINATION = "the destination"
 # SAELens architecture → saekit architecture, and back; saekit's BatchTopK is written as
 # SAELens writes its own for inference: a jumprelu with the global threshold per feature.
 SAELENS_ARCHS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
@@ -126,7 +146,7 @@ def _build(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor], path: Path) 
     state = dictionary.state_dict()
     assert set(state) == set(tensors), (sorted(state), sorted(tensors))
     dictionary.load_state_dict({k: v.reshape(state[k].shape).to(state[k].dtype) for k, v in tensors.items()})
-    return dictionary.eval()
+    return dictionary.requires_grad_(False).eval()
 
 
 def _weights(dictionary: Dictionary) -> dict[str, torch.Tensor]:
@@ -135,6 +155,32 @@ def _weights(dictionary: Dictionary) -> dict[str, torch.Tensor]:
 
 def _unsupported(fmt: str, arch: str, supported: list[str]) -> FormatError:
     return FormatError(f"a {arch} dictionary cannot be written as {fmt}; {fmt} supports {supported}")
+
+
+def _writable_folder_for(fmt: str, folder: str | os.PathLike) -> Path:
+    """``folder``, created, after refusing one that holds another format's dictionary.
+
+    Two formats share file names (``cfg.json``; ``config.json``), so writing one over
+    another leaves a folder whose files the detector pairs wrongly, or two dictionaries
+    of which ``saekit.load`` returns the old one.
+    """
+    folder = check_writable_folder(folder, DESTINATION)
+    if folder.is_dir():
+        foreign = [name for name in DICTIONARY_FILES if name not in FORMAT_FILES[fmt] and (folder / name).exists()]
+        if foreign:
+            raise OutputError(
+                f"{folder} already holds another dictionary ({', '.join(foreign)}); writing a {fmt} one beside it "
+                "would leave two in one folder. Choose an empty folder, or replace it with "
+                "`saekit convert SRC DST --overwrite`"
+            )
+    return make_folder(folder, DESTINATION)
+
+
+# ---------------------------------------------------------------- saekit
+def save_saekit(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
+    """``formats.save_dictionary`` after refusing a folder that holds another format's
+    dictionary, as every writer here does; this is ``saekit.save``."""
+    return save_dictionary(dictionary, _writable_folder_for("saekit", folder))
 
 
 # ---------------------------------------------------------------- SAELens
@@ -200,6 +246,7 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
         hook=str(meta.get("hook_name", raw.get("hook_name", raw.get("hook_point", ""))) or ""),
         model=str(meta.get("model_name", raw.get("model_name", "")) or ""),
         context_length=meta.get("context_size", raw.get("context_size")),
+        keep_bos=_saelens_keep_bos(raw, meta),
     )
     w = read_safetensors(w_path)
     what = f"SAELens {arch} SAE"
@@ -248,6 +295,27 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
     return dictionary
 
 
+def _saelens_keep_bos(raw: dict, meta: dict) -> bool:
+    """Whether the SAE was trained on the BOS position, where its config says so.
+
+    saekit records it as ``saekit_keep_bos``. For SAELens' own runs: its activation
+    store keeps every position of ``seqpos_slice``, the prepended BOS among them, unless
+    ``exclude_special_tokens`` drops special tokens; so BOS was trained on exactly when
+    ``prepend_bos`` is true, ``exclude_special_tokens`` is false and the slice starts at
+    0. A config that does not say all three (older SAELens, hand-made) counts as
+    False, saekit's default.
+    """
+    def setting(key: str) -> Any:
+        return meta[key] if key in meta else raw.get(key)
+
+    recorded = setting("saekit_keep_bos")
+    if isinstance(recorded, bool):
+        return recorded
+    seqpos = setting("seqpos_slice")
+    from_start = seqpos is None or isinstance(seqpos, list) and (not seqpos or seqpos[0] in (None, 0))
+    return setting("prepend_bos") is True and setting("exclude_special_tokens") is False and from_start
+
+
 def save_saelens(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
     """Write a SAELens 6.x folder that ``SAE.load_from_disk`` opens."""
     c = dictionary.cfg
@@ -275,14 +343,13 @@ def save_saelens(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
         "metadata": {
             "sae_lens_version": SAELENS_VERSION_WRITTEN, "sae_lens_training_version": SAELENS_VERSION_WRITTEN,
             "model_name": c.model or None, "hook_name": c.hook or None, "context_size": c.context_length,
-            "saekit_arch": c.arch, "saekit_act_scale": c.act_scale,
+            "saekit_arch": c.arch, "saekit_act_scale": c.act_scale, "saekit_keep_bos": c.keep_bos,
         },
         "architecture": arch,
     }
     if arch == "topk":
         cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _writable_folder_for("saelens", folder)
     atomic_save_tensors(out, folder / SAELENS_WEIGHTS)
     atomic_write_text(folder / SAELENS_CFG, json.dumps(cfg, indent=2) + "\n")
     return folder
@@ -334,8 +401,7 @@ def save_sparsify(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
         "num_latents": c.d_sae, "k": c.k, "multi_topk": False, "skip_connection": False,
         "transcode": False, "d_in": c.d_in,
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _writable_folder_for("sparsify", folder)
     atomic_save_tensors(out, folder / SPARSIFY_WEIGHTS)
     atomic_write_text(folder / SPARSIFY_CFG, json.dumps(cfg, indent=2) + "\n")
     return folder
@@ -401,6 +467,8 @@ def load_dictionary_learning(folder: str | os.PathLike) -> Dictionary:
         # before writing ae.pt, so the weights already act on raw activations.
         act_scale=1.0 if norm_factor is None else norm_factor,
         context_length=buffer.get("ctx_len"),
+        # dictionary_learning itself does not record it; saekit writes its own key.
+        keep_bos=trainer.get("saekit_keep_bos") is True,
     )
     w = _load_ae_pt(w_path)
     what = f"dictionary_learning {dict_class}"
@@ -485,7 +553,7 @@ def save_dictionary_learning(dictionary: Dictionary, folder: str | os.PathLike) 
     trainer = {
         "dict_class": cls, "activation_dim": c.d_in, "dict_size": c.d_sae,
         "lm_name": c.model or None, "submodule_name": c.hook or None, "layer": None,
-        "saekit_arch": c.arch,
+        "saekit_arch": c.arch, "saekit_keep_bos": c.keep_bos,
     }
     if c.k is not None:
         trainer["k"] = c.k
@@ -494,11 +562,10 @@ def save_dictionary_learning(dictionary: Dictionary, folder: str | os.PathLike) 
     config = {"trainer": trainer}
     if c.context_length is not None:
         config["buffer"] = {"ctx_len": c.context_length}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{DL_WEIGHTS}.tmp"
-    torch.save({k: v.contiguous() for k, v in out.items()}, str(tmp))
-    os.replace(tmp, folder / DL_WEIGHTS)
+    folder = _writable_folder_for("dictionary_learning", folder)
+    buffer = io.BytesIO()
+    torch.save({k: v.contiguous() for k, v in out.items()}, buffer)
+    atomic_write_bytes(folder / DL_WEIGHTS, buffer.getvalue())
     atomic_write_text(folder / DL_CFG, json.dumps(config, indent=4) + "\n")
     return folder
 
@@ -596,28 +663,94 @@ LOADERS = {
 
 
 SAVERS = {
-    "saekit": save_dictionary, "saelens": save_saelens,
+    "saekit": save_saekit, "saelens": save_saelens,
     "sparsify": save_sparsify, "dictionary_learning": save_dictionary_learning,
 }
 
 
 def load_any(path: str | os.PathLike, format: str | None = None, device: str | torch.device = "cpu") -> Dictionary:
-    """Load a dictionary in any supported format (detected unless ``format`` is given).
-
-    ``path`` is a local folder or file, or a Hub name ``OWNER/REPO[@REVISION]/PATH``
-    (see ``saekit.hub``), downloaded into the Hub cache first.
-    """
-    from .hub import resolve  # hub imports this module
-
-    path = resolve(path)
+    """Load a local dictionary folder (or a file in it) in any supported format, detected
+    unless ``format`` is given. For a Hub name too, use ``saekit.load``."""
     fmt = format or detect_format(path)
     if fmt not in LOADERS:
         raise FormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return LOADERS[fmt](path).to(device).eval()
+    return LOADERS[fmt](path).to(device).requires_grad_(False).eval()
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, format: str | None = None) -> Path:
-    """Read ``src`` (any format) and write it to the folder ``dst`` in format ``to``."""
+def convert(
+    src: str | os.PathLike, dst: str | os.PathLike, to: str, format: str | None = None, overwrite: bool = False
+) -> Path:
+    """Read the local dictionary ``src`` (any format) and write it into the folder ``dst`` as ``to``.
+
+    ``dst`` must be new or empty (see ``check_destination``); with ``overwrite``, every
+    dictionary file of any format and every file of a training run (training.json,
+    log.jsonl, eval.json, report.html, the checkpoint) is removed from it first, since
+    they describe the dictionary written over; other files are left. ``dst`` is locked
+    against other saekit processes while it is written. For a Hub name as ``src``, use
+    ``saekit.loading.convert``.
+    """
+    check_written_format(to)
+    source = _folder(src)
+    dst = check_destination(dst, overwrite, source)  # before the source is read
+    dictionary = load_any(src, format)
+    make_folder(dst, DESTINATION)
+    with FolderLock(dst, "convert"):
+        check_destination(dst, overwrite, source)  # again, now that no other saekit process can write there
+        removed = _remove_dictionary_and_run_files(dst) if overwrite else []
+        try:
+            SAVERS[to](dictionary, dst)
+        except OutputError as e:
+            if removed:
+                raise OutputError(
+                    f"{e}. --overwrite had removed the old dictionary and its run files ({', '.join(removed)}) from "
+                    f"{dst} first; the source {source} is unchanged"
+                ) from None
+            raise
+    return dst
+
+
+def check_written_format(to: str) -> None:
     if to not in SAVERS:
         raise FormatError(f"saekit cannot write {to!r}; it writes {', '.join(SAVERS)}")
-    return SAVERS[to](load_any(src, format), dst)
+
+
+def check_destination(dst: str | os.PathLike, overwrite: bool = False, source: Path | None = None) -> Path:
+    """Refuse a destination for ``convert`` that cannot or may not be written; changes nothing.
+
+    It must be a writable folder (or creatable), not the source folder itself, and
+    empty unless ``overwrite``: a folder holding a training run or another dictionary
+    would be left with files that describe a dictionary no longer there.
+    """
+    dst = check_writable_folder(dst, DESTINATION)
+    if source is not None and dst.exists() and dst.resolve() == source.resolve():
+        raise OutputError(
+            f"{DESTINATION} {dst} is the source folder itself; convert writes the dictionary into another folder: "
+            "choose a new destination"
+        )
+    if overwrite or not dst.is_dir():
+        return dst
+    present = sorted(p.name for p in dst.iterdir() if p.name != LOCK_FILE)
+    if present:
+        shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "")
+        raise OutputError(
+            f"{DESTINATION} {dst} is not empty (it holds {shown}); choose a new folder, or pass --overwrite to "
+            "replace the dictionary there (its training and evaluation files are removed with it)"
+        )
+    return dst
+
+
+def _remove_dictionary_and_run_files(folder: Path) -> list[str]:
+    """Remove what describes the dictionary in ``folder`` (and a crash's temporary copies); return the names."""
+    removed = []
+    for name in (*DICTIONARY_FILES, *RUN_RECORD_FILES):
+        for path in (folder / name, folder / f".{name}.tmp"):
+            if path.is_file() or path.is_symlink():
+                try:
+                    path.unlink()
+                except OSError as e:
+                    done = f"{', '.join(removed)} were removed before it; " if removed else ""
+                    raise OutputError(
+                        f"cannot remove {path} (--overwrite): {e.strerror or e}; {done}no new dictionary was written"
+                    ) from None
+                removed.append(path.name)
+    return removed

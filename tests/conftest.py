@@ -1,6 +1,6 @@
 """Shared test fixtures: tiny random-weight models and an offline tokenizer.
 
-Nothing here downloads anything (LESSONS.md: tests that fetch models fail offline
+Nothing here downloads anything (tests that fetch models fail offline
 and make CI fragile). Each tiny model is built from a transformers config with a
 fixed seed, so two calls give identical weights and a failing test reproduces.
 

@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from .config import CacheConfig, SourceConfig, TrainConfig
-from .data import ContextStream, validate_source
+from .data import ContextStream, describe_source, validate_source
 from .errors import ConfigError, DataError
-from .outputs import atomic_write_text
+from .outputs import LOCK_FILE, FolderLock, atomic_write_text, atomic_write_with, check_writable_folder, make_folder
 from .hooks import HookPoint, read_activations, resolve_hook_point
 from .models import LoadedModel, load_model, parse_dtype, resolve_device
 
@@ -47,6 +47,8 @@ class ActivationSource(Protocol):
     hook: str
     d: int
     context_length: int | None  # of the contexts the activations were read on, if known
+    dataset_name: str  # the text they were read on, as a user would name it
+    keep_bos: bool  # whether BOS positions are among the activations
 
     def start_position(self) -> dict[str, int]: ...
 
@@ -85,6 +87,10 @@ class ModelActivations:
         self.dataset, self.text_field = dataset, text_field
         self.context_length, self.model_batch_size = context_length, model_batch_size
         self.seed, self.keep_bos = seed, keep_bos
+        self.dataset_name = describe_source(dataset)
+        # Called with {"phase", "done", "total", "unit"} while a chunk is read (the
+        # trainer forwards these to its progress callback).
+        self.progress: Callable[[dict[str, Any]], None] | None = None
         if context_length > lm.max_length:
             raise ConfigError(
                 f"--context-length {context_length} exceeds the model's maximum of {lm.max_length} tokens; lower it"
@@ -121,14 +127,17 @@ class ModelActivations:
         # resume), since rebuilding re-tokenises everything before that position.
         if self._stream is None or self._stream.contexts_done != position["contexts"]:
             self._stream = self._contexts("train", position["contexts"], repeat=True)
-        return self._collect(self._stream, min_tokens), {"contexts": self._stream.contexts_done}
+        rows = self._collect(self._stream, min_tokens, "reading activations from the model")
+        return rows, {"contexts": self._stream.contexts_done}
 
-    def _collect(self, stream: ContextStream, min_tokens: int) -> Tensor:
+    def _collect(self, stream: ContextStream, min_tokens: int, phase: str | None = None) -> Tensor:
         parts, n = [], 0
         for batch in stream:
             acts = self.activations(batch)
             parts.append(acts)
             n += acts.shape[0]
+            if phase and self.progress:
+                self.progress({"phase": phase, "done": min(n, min_tokens), "total": min_tokens, "unit": "tok"})
             if n >= min_tokens:
                 break
         return torch.cat(parts) if parts else torch.empty(0, self.d, device=self.lm.device)
@@ -160,12 +169,16 @@ class ArrayActivations:
         heldout: np.ndarray | Tensor | None = None,
         name: str = "activations",
         context_length: int | None = None,
+        shard_names: list[str] | None = None,
+        keep_bos: bool = False,
     ):
         if not shards or any(s.ndim != 2 for s in shards):
             raise DataError(f"{name}: expected one or more 2-D arrays of activations (tokens × d)")
         self.shards, self._heldout, self.name = shards, heldout, name
         self.model_name, self.hook, self.d = model_name, hook, int(shards[0].shape[1])
-        self.context_length = context_length
+        self.context_length, self.keep_bos, self.dataset_name = context_length, keep_bos, name
+        self.shard_names = shard_names or [f"array {i}" for i in range(len(shards))]
+        self.rewrite_hint = "replace them with finite values"
         if any(s.shape[1] != self.d for s in shards):
             raise DataError(f"{name}: the arrays disagree on the activation width")
         self.offsets = np.cumsum([0] + [s.shape[0] for s in shards])
@@ -182,7 +195,9 @@ class ArrayActivations:
             i = int(np.searchsorted(self.offsets, start, side="right") - 1)
             lo = start - int(self.offsets[i])
             hi = min(self.shards[i].shape[0], lo + stop - start)
-            parts.append(torch.from_numpy(np.array(self.shards[i][lo:hi], dtype=np.float32)))
+            part = torch.from_numpy(np.array(self.shards[i][lo:hi], dtype=np.float32))
+            _check_finite(part, f"{self.name}: {self.shard_names[i]}", lo, self.rewrite_hint)
+            parts.append(part)
             start += hi - lo
         return torch.cat(parts)
 
@@ -199,7 +214,17 @@ class ArrayActivations:
             raise DataError(f"{self.name} has no held-out activations; pass --eval-tokens 0 to skip the evaluation")
         if self._heldout.shape[0] < n_tokens:
             log.warning("%s: only %d of the %d held-out tokens asked for", self.name, self._heldout.shape[0], n_tokens)
-        return torch.from_numpy(np.array(self._heldout[:n_tokens], dtype=np.float32))
+        held = torch.from_numpy(np.array(self._heldout[:n_tokens], dtype=np.float32))
+        _check_finite(held, f"{self.name}: the held-out activations", 0, self.rewrite_hint)
+        return held
+
+
+def _check_finite(rows: Tensor, where: str, first_row: int, fix: str) -> None:
+    """Stored activations must be finite; name the array and row, since the model is not to blame."""
+    bad = ~torch.isfinite(rows).all(-1)
+    if bool(bad.any()):
+        row = first_row + int(bad.nonzero()[0, 0])
+        raise DataError(f"{where} holds NaN or Inf activations (the first in row {row}); {fix}")
 
 
 class CachedActivations(ArrayActivations):
@@ -230,7 +255,11 @@ class CachedActivations(ArrayActivations):
             heldout=np.load(held, mmap_mode="r") if held.exists() else None,
             name=f"activation cache {self.folder}",
             context_length=manifest.get("context_length"),
+            shard_names=[s["file"] for s in manifest["shards"]],
+            keep_bos=bool(manifest.get("keep_bos", False)),
         )
+        self.dataset_name = str(manifest.get("dataset") or f"the text behind {self.folder}")
+        self.rewrite_hint = "the stored data is corrupt: write the cache again with `saekit cache`"
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -253,7 +282,15 @@ def open_activation_source(cfg: SourceConfig, device: torch.device, activation_c
     """Build the source a config asks for, validating it before heavy work."""
     if activation_cache:
         source = CachedActivations(activation_cache)
-        for flag, wanted, have in (("--hook", cfg.hook, source.hook), ("--model", cfg.model, source.model_name)):
+        if cfg.keep_bos and not source.keep_bos:
+            raise ConfigError(
+                f"--keep-bos contradicts the activation cache {activation_cache}, which was written without BOS "
+                "positions; drop --keep-bos or write a cache with `saekit cache --keep-bos`"
+            )
+        model = cfg.model
+        if model is not None and Path(model).expanduser().exists():
+            model = str(Path(model).expanduser().resolve())  # caches record local models resolved
+        for flag, wanted, have in (("--hook", cfg.hook, source.hook), ("--model", model, source.model_name)):
             if wanted is not None and wanted != have:
                 raise ConfigError(
                     f"{flag} {wanted} contradicts the activation cache, which holds {have}; drop {flag} or "
@@ -277,27 +314,40 @@ def open_activation_source(cfg: SourceConfig, device: torch.device, activation_c
 
 
 class ActivationBuffer:
-    """Chunk-shuffled batches from a source, resumable exactly from ``state()``.
+    """Chunk-shuffled, full batches from a source, resumable exactly from ``state()``.
 
-    It serves at most ``cfg.tokens`` activations: the last chunk is cut to what the
-    budget still needs, so no forward pass is spent on activations never trained on.
-    With a ``norm_cap``, tokens whose norm exceeds it are dropped as each chunk loads,
-    before anything is counted, so the budget and the schedules count trained tokens.
+    Every batch holds exactly ``batch_size`` activations. A chunk rarely divides into
+    whole batches (a buffer size that is not a multiple of the batch size, tokens
+    dropped by the norm cap), so the rows a chunk cannot fill a batch with are carried
+    into the next chunk and shuffled with it. A short batch would be worse than a
+    wasted one: its statistics (the aux-k loss's normaliser, a batch-top-k cut-off, a
+    figure like FVU) can be arbitrarily far from a full batch's, and Adam remembers a
+    gradient spike for thousands of steps.
+
+    It serves ``cfg.tokens`` rounded down to whole batches (``trainable_tokens``) and
+    reads no more from the source, so no forward pass is spent on activations never
+    trained on. With a ``norm_cap``, tokens whose norm exceeds it are dropped as each
+    chunk loads, before anything is counted, so the budget and the schedules count
+    trained tokens. The state is a few numbers plus the carried rows (< one batch).
     """
 
     def __init__(self, source: ActivationSource, cfg: TrainConfig, state: dict[str, Any] | None = None):
         self.source = source
-        self.buffer_tokens, self.batch_size, self.seed, self.budget = cfg.buffer_tokens, cfg.batch_size, cfg.seed, cfg.tokens
+        self.buffer_tokens, self.batch_size, self.seed = cfg.buffer_tokens, cfg.batch_size, cfg.seed
+        self.budget = trainable_tokens(cfg)
         state = state or {
             "chunk_start": source.start_position(), "chunk_index": 0, "batches_done": 0,
-            "served_before_chunk": 0, "norm_cap": None,
+            "served_before_chunk": 0, "norm_cap": None, "carry": torch.empty(0, source.d),
         }
         self.chunk_start: dict[str, int] = dict(state["chunk_start"])
         self.chunk_index: int = int(state["chunk_index"])
         self.batches_done: int = int(state["batches_done"])
+        # Tokens read into the buffer (after the norm cap) before the current chunk.
         self.served_before_chunk: int = int(state["served_before_chunk"])
         self.norm_cap: float | None = state["norm_cap"]
-        self._chunk: tuple[Tensor, dict[str, int]] | None = None
+        # Rows of earlier chunks that did not fill a batch; they open the current chunk.
+        self.carry: Tensor = state["carry"]
+        self._chunk: tuple[Tensor, int, dict[str, int]] | None = None  # (rows, new rows, next position)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -306,16 +356,21 @@ class ActivationBuffer:
             "batches_done": self.batches_done,
             "served_before_chunk": self.served_before_chunk,
             "norm_cap": self.norm_cap,
+            "carry": self.carry.cpu(),
         }
 
-    def _load(self) -> tuple[Tensor, dict[str, int]]:
+    def _read_new(self) -> tuple[Tensor, dict[str, int]]:
+        want = min(self.buffer_tokens, self.budget - self.served_before_chunk)
+        if want <= 0:
+            return torch.empty(0, self.source.d), self.chunk_start
+        chunk, nxt = self.source.read_chunk(self.chunk_start, want)
+        return self._filter(chunk[:want]), nxt
+
+    def _load(self) -> tuple[Tensor, int, dict[str, int]]:
         if self._chunk is None:
-            want = min(self.buffer_tokens, self.budget - self.served_before_chunk)
-            if want <= 0:
-                self._chunk = (torch.empty(0, self.source.d), self.chunk_start)
-            else:
-                chunk, nxt = self.source.read_chunk(self.chunk_start, want)
-                self._chunk = (self._filter(chunk[:want]), nxt)
+            new, nxt = self._read_new()
+            rows = torch.cat([self.carry.to(new.device), new]) if self.carry.shape[0] else new
+            self._chunk = (rows, new.shape[0], nxt)
         return self._chunk
 
     def _filter(self, chunk: Tensor) -> Tensor:
@@ -323,33 +378,42 @@ class ActivationBuffer:
 
     def peek_sample(self) -> Tensor:
         """The current chunk, unshuffled: the sample the activation scale is estimated on."""
-        chunk, _ = self._load()
-        if chunk.shape[0] == 0:
+        rows, _, _ = self._load()
+        if rows.shape[0] == 0:
             raise DataError("the data source yielded no activations; check --dataset (it may be empty)")
-        return chunk
+        return rows
 
     def set_norm_cap(self, cap: float | None) -> None:
         """Drop tokens with a norm above ``cap`` from now on (the chunk in hand included)."""
         self.norm_cap = cap
         if self._chunk is not None:
-            self._chunk = (self._filter(self._chunk[0]), self._chunk[1])
+            assert self.carry.shape[0] == 0, "the norm cap is set before training starts"
+            rows = self._filter(self._chunk[0])
+            self._chunk = (rows, rows.shape[0], self._chunk[2])
 
     def __iter__(self) -> Iterator[Tensor]:
+        B = self.batch_size
         while True:
-            chunk, next_start = self._load()
-            n = chunk.shape[0]
-            if n == 0:
-                return
+            rows, n_new, next_start = self._load()
+            if n_new == 0:
+                return  # budget spent or data exhausted; the carry (< B rows) is never trained on
+            n = rows.shape[0]
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.chunk_index)
-            perm = torch.randperm(n, generator=gen).to(chunk.device)
-            n_batches = -(-n // self.batch_size)
+            perm = torch.randperm(n, generator=gen).to(rows.device)
+            n_batches = n // B
             while self.batches_done < n_batches:
                 b = self.batches_done
                 self.batches_done += 1
-                yield chunk[perm[b * self.batch_size : (b + 1) * self.batch_size]]
+                yield rows[perm[b * B : (b + 1) * B]]
+            self.carry = rows[perm[n_batches * B :]]
             self.chunk_start, self.chunk_index, self.batches_done = next_start, self.chunk_index + 1, 0
-            self.served_before_chunk += n
+            self.served_before_chunk += n_new
             self._chunk = None
+
+
+def trainable_tokens(cfg: TrainConfig) -> int:
+    """``--tokens`` rounded down to whole batches: what a run trains on when data suffices."""
+    return cfg.tokens // cfg.batch_size * cfg.batch_size
 
 
 @dataclass
@@ -360,9 +424,31 @@ class CacheResult:
     shards: int
 
 
+# What a cache folder holds (temporary files included), for --overwrite to remove.
+CACHE_FILE_PATTERNS = ("shard-*.npy", HELDOUT_FILE, MANIFEST_FILE, ".*.tmp", ".*.tmp.npy")
+
+
+def _cache_files(folder: Path) -> list[Path]:
+    return sorted({p for pattern in CACHE_FILE_PATTERNS for p in folder.glob(pattern)})
+
+
 def _check_cache_folder(folder: Path, overwrite: bool) -> None:
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise ConfigError(f"{folder} is not empty; choose another folder or pass --overwrite")
+    """Refuse a folder we must not write into; changes nothing."""
+    check_writable_folder(folder)
+    if not folder.exists():
+        return
+    present = [p for p in folder.iterdir() if p.name != LOCK_FILE]
+    if not present:
+        return
+    if not overwrite:
+        raise ConfigError(f"{folder} is not empty; choose another folder or pass --overwrite to replace the cache in it")
+    ours = set(_cache_files(folder))
+    foreign = sorted(p.name for p in present if p not in ours)
+    if foreign:
+        raise ConfigError(
+            f"{folder} holds files saekit cache did not write ({', '.join(foreign[:5])}); --overwrite only "
+            "replaces an activation cache: choose another folder"
+        )
 
 
 def cache_activations(cfg: CacheConfig, progress: Callable[[int], None] | None = None) -> CacheResult:
@@ -389,34 +475,72 @@ def write_activation_cache(
 ) -> CacheResult:
     """Write ``tokens`` training activations (and a held-out set) as ``.npy`` shards.
 
-    Shards are written under temporary names and renamed; the manifest is written
-    last, so a folder with a manifest always holds a complete cache.
+    Every shard but the last holds exactly ``shard_tokens`` activations. Shards are
+    written under temporary names and renamed; the manifest is written last, so a
+    folder with a manifest always holds a complete cache. With ``overwrite`` the old
+    cache's files are removed first (only those: anything else stops the write), so no
+    stale shard survives beside the new ones. The folder is locked while writing.
     """
     if tokens <= 0:
         raise ConfigError(f"--tokens must be positive, got {tokens}")
+    if shard_tokens <= 0:
+        raise ConfigError(f"--shard-tokens must be positive, got {shard_tokens}")
     np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
     if np_dtype is None:
         raise ConfigError(f"cache dtype must be float32 or float16, got {dtype!r}")
     folder = Path(folder)
     _check_cache_folder(folder, overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    make_folder(folder)
+    with FolderLock(folder, "cache"):
+        return _write_cache(source, folder, tokens, shard_tokens, heldout_tokens, dtype, np_dtype, progress)
+
+
+def _write_cache(
+    source: ModelActivations, folder: Path, tokens: int, shard_tokens: int, heldout_tokens: int, dtype: str,
+    np_dtype: Any, progress: Callable[[int], None] | None,
+) -> CacheResult:
+    # The manifest goes first: from here until the new one is written the folder is
+    # visibly not a complete cache.
+    for old in _cache_files(folder):
+        old.unlink()
 
     def save(arr: np.ndarray, name: str) -> None:
-        tmp = folder / f".{name}.tmp.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, folder / name)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        atomic_write_with(folder / name, write)
 
     shards, done, position = [], 0, source.start_position()
-    while done < tokens:
-        chunk, position = source.read_chunk(position, min(shard_tokens, tokens - done))
-        chunk = chunk[: tokens - done]
+    pending: list[Tensor] = []  # read but not yet written (less than one shard)
+    n_pending = 0
+
+    def flush(n: int) -> None:
+        nonlocal pending, n_pending
+        rows = torch.cat(pending)
+        name = f"shard-{len(shards):05d}.npy"
+        save(rows[:n].cpu().numpy().astype(np_dtype), name)
+        shards.append({"file": name, "tokens": n})
+        pending, n_pending = [rows[n:]], rows.shape[0] - n
+
+    while done + n_pending < tokens:
+        chunk, position = source.read_chunk(position, min(shard_tokens, tokens - done - n_pending))
+        chunk = chunk[: tokens - done - n_pending]
         if chunk.shape[0] == 0:
             break
-        name = f"shard-{len(shards):05d}.npy"
-        save(chunk.cpu().numpy().astype(np_dtype), name)
-        shards.append({"file": name, "tokens": int(chunk.shape[0])})
-        done += chunk.shape[0]
+        pending.append(chunk)
+        n_pending += chunk.shape[0]
+        while n_pending >= shard_tokens:
+            flush(shard_tokens)
+            done += shard_tokens
+            if progress:
+                progress(done)
+    if n_pending:
+        n = n_pending
+        flush(n)
+        done += n
         if progress:
             progress(done)
     held = source.heldout(heldout_tokens) if heldout_tokens > 0 else torch.empty(0, source.d)
@@ -428,7 +552,7 @@ def write_activation_cache(
         "hook": source.hook,
         "d": source.d,
         "dtype": dtype,
-        "dataset": source.dataset,
+        "dataset": source.dataset_name,
         "context_length": source.context_length,
         "keep_bos": source.keep_bos,
         "seed": source.seed,
@@ -438,3 +562,4 @@ def write_activation_cache(
     }
     atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return CacheResult(folder, done, int(held.shape[0]), len(shards))
+

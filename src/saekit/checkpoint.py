@@ -76,6 +76,13 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
         raise _corrupt(path, f"{type(e).__name__}: {e}") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise _corrupt(path, f"it holds a {type(state).__name__}, not a training state keyed by name")
+    # saekit checks the weights before every checkpoint, so a non-finite value here was
+    # not written by training: the file was damaged afterwards. Say so now, rather than
+    # let the resumed run diverge and blame the learning rate.
+    for name, t in tensors.items():
+        # (isfinite has no kernel for some exotic dtypes, such as float8: widen those first)
+        if t.is_floating_point() and not bool(torch.isfinite(t if t.element_size() >= 2 else t.float()).all()):
+            raise _corrupt(path, f"the tensor {name.removeprefix('s.')} holds NaN or Inf")
     return state
 
 

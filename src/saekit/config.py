@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,38 @@ def _bad(msg: str) -> None:
     raise ConfigError(msg)
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_types(cfg: Any) -> None:
+    """Every field holds a value of its declared type, before any range check runs.
+
+    The CLI parses flags into the right types; this catches the Python API, where
+    ``TrainConfig(tokens="100")`` would otherwise fail later with a TypeError deep in
+    the loop, and ``k=2.5`` would be silently accepted.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        base = allowed[0]
+        if base is str and isinstance(value, os.PathLike):
+            value = os.fspath(value)  # paths are kept as strings (they go into JSON records)
+            setattr(cfg, f.name, value)
+        ok = (
+            isinstance(value, bool) if base is bool
+            else isinstance(value, (int, float)) and not isinstance(value, bool) if base is float
+            else isinstance(value, base) and not isinstance(value, bool) if base is int
+            else isinstance(value, base)
+        )
+        if not ok:
+            flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+            optional = " or None" if type(None) in typing.get_args(hint) else ""
+            _bad(f"{flag} ({f.name}=) must be {_TYPE_NAMES.get(base, base.__name__)}{optional}, got {value!r}")
+
+
 @dataclass
 class SourceConfig:
     """Which activations: model, hook point, text, and how the text is cut."""
@@ -57,7 +91,8 @@ class SourceConfig:
     )
     dataset: str | None = _opt(
         "embedded Wikipedia summaries by default; a local .txt/.jsonl/.json/.parquet "
-        "file or folder; or a Hugging Face dataset name (streamed), optionally name:config",
+        "file or folder; or a Hugging Face dataset name (streamed, shuffled through a 10,000-document buffer), "
+        "optionally name:config",
         default=None,
     )
     text_field: str = _opt("field/column holding the text in .jsonl/.parquet/HF data", default="text")
@@ -69,6 +104,7 @@ class SourceConfig:
     dtype: str = _opt("language-model dtype: float32, bfloat16, float16", default="float32")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         for name in ("context_length", "model_batch_size"):
             if getattr(self, name) <= 0:
                 _bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -157,7 +193,7 @@ class TrainConfig(SourceConfig):
         default=None,
     )
     auxk_coeff: float = _opt("weight of the auxiliary-k loss (topk family)", default=1 / 32)
-    resample: bool = _opt("resample dead features (relu, gated)", default=True)
+    resample: bool = _opt("resample dead features (relu, gated, jumprelu)", default=True)
     jumprelu_bandwidth: float = _opt("straight-through kernel bandwidth ε (jumprelu)", default=0.05)
     max_norm_ratio: float | None = _opt(
         "drop tokens whose norm exceeds this multiple of the median norm (e.g. 10); off by default",

@@ -53,3 +53,11 @@ class FolderBusyError(SaekitError):
 
 class HubError(SaekitError):
     """The Hugging Face Hub could not give or take a dictionary (not found, no access, offline)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was kept and how to continue.
+
+    A KeyboardInterrupt (not a SaekitError) so that code catching Ctrl-C keeps working;
+    the CLI prints its message.
+    """

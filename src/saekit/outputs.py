@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import FolderBusyError, OutputError
 
@@ -74,7 +74,8 @@ def check_writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
     return path
 
 
-def _replace_atomically(path: Path, write_tmp) -> None:
+def atomic_write_with(path: Path, write_tmp: Callable[[Path], None]) -> None:
+    """Call ``write_tmp(tmp)`` to write a temporary file, then rename it onto ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write_tmp(tmp)
@@ -88,26 +89,20 @@ def _replace_atomically(path: Path, write_tmp) -> None:
         raise OutputError(f"cannot write {path}: {_reason(e)}; {kept}") from None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a file."""
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    _replace_atomically(Path(path), write)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
 
-    _replace_atomically(Path(path), write)
+    atomic_write_with(Path(path), write)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_save_tensors(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
@@ -128,7 +123,7 @@ def atomic_save_tensors(tensors: dict[str, Any], path: str | os.PathLike, metada
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
 
-    _replace_atomically(Path(path), write)
+    atomic_write_with(Path(path), write)
 
 
 def make_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:

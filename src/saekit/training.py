@@ -1,10 +1,10 @@
 """One training loop for every dictionary architecture.
 
-The loop is deliberately plain (nanoGPT-style): fetch a batch of activations, scale
-it, ask the dictionary for its loss, step Adam, keep the decoder rows unit-norm,
+The loop is deliberately plain (nanoGPT-style): fetch a full batch of activations,
+scale it, ask the dictionary for its loss, step Adam, keep the decoder rows unit-norm,
 track dead features, log, checkpoint. Everything an architecture does differently
 lives in its ``training_loss`` and its class attributes; everything about the run
-lives in ``TrainConfig``.
+lives in ``TrainConfig``; the run folder's rules live in ``run_folder``.
 
 ``DictionaryTrainer`` holds one dictionary's optimisation state and steps it on a
 batch; ``train`` wires a source of activations, the shuffling buffer, logging and
@@ -12,10 +12,16 @@ checkpoints around it. (Several trainers can share one buffer of activations, wh
 is how training many dictionaries from one forward pass will plug in.)
 
 Exact resume: the learning-rate and sparsity schedules are pure functions of the
-tokens done, the activation buffer is a pure function of its recorded position
-(see ``activations.ActivationBuffer``), and the checkpoint holds the weights, Adam's
-moments, the RNG state and the dead-feature counters. An interrupted run resumed
-from its last checkpoint therefore ends with the weights of an uninterrupted one.
+tokens done, the activation buffer is a pure function of its recorded state (see
+``activations.ActivationBuffer``), and the checkpoint holds the weights, Adam's
+moments, the RNG state, the dead-feature counters and the threshold estimate. An
+interrupted run resumed from its last checkpoint therefore ends with the weights of
+an uninterrupted one.
+
+Units: the dictionary trains on activations divided by ``act_scale`` (so that
+E‖x‖² = d). The objective (``loss`` and its ``loss_*`` terms in the log) is in those
+scaled units; every figure named after a docs/metrics.md figure (``mse``, ``fvu``, ``l0``)
+is in raw activation units, as in eval.json.
 """
 
 from __future__ import annotations
@@ -33,21 +39,32 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .activations import ActivationBuffer, ActivationSource, ModelActivations, open_activation_source
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from .activations import ActivationBuffer, ActivationSource, ModelActivations, open_activation_source, trainable_tokens
+from .checkpoint import save_checkpoint
 from .config import RESAMPLE_STOP_FRACTION, TrainConfig
 from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, LossOutput, LossParams, build_dictionary
-from .errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from .errors import CheckpointError, ConfigError, DataError, OutputError, RunInterrupted, TrainingDivergedError
 from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
-from .formats import CONFIG_FILE, EVAL_FILE, LOG_FILE, TRAINING_FILE, WEIGHTS_FILE, atomic_write_text, save_dictionary
+from .formats import EVAL_FILE, LOG_FILE, save_dictionary
 from .models import resolve_device
+from .outputs import FolderLock, atomic_write_text, make_folder
+from .run_folder import (
+    RunLog,
+    check_resolved,
+    check_run_folder,
+    clear_run_files,
+    given_settings,
+    read_run_info,
+    write_run_info,
+)
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = (CHECKPOINT_FILE, TRAINING_FILE, LOG_FILE, EVAL_FILE, CONFIG_FILE, WEIGHTS_FILE)
-# Options that change where or how a run executes but not what it computes; they may
-# differ between a run and its resumption.
-_EXECUTION_ONLY = {"out", "resume", "overwrite", "device", "log_every", "wandb", "wandb_project", "eval_tokens"}
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+# Training inputs kept (the last ones, in whole batches) to set inference thresholds
+# on at the end of a run: 8,192 tokens hold ~260k kept activations at k = 32.
+CALIBRATION_TOKENS = 8192
 
 
 @dataclass
@@ -70,7 +87,12 @@ def lr_multiplier(progress: float, warmup: float, decay: float) -> float:
 
 
 class DeadFeatureTracker:
-    """Counts, per feature, the tokens since it last fired."""
+    """Counts, per feature, the tokens since it last fired.
+
+    Nothing is known about deadness until ``window`` tokens have been seen: before
+    that every feature is "not yet dead", and ``dead_fraction`` says None rather
+    than a misleading 0%.
+    """
 
     def __init__(self, d_sae: int, window: int, device: torch.device):
         self.window = window
@@ -85,12 +107,51 @@ class DeadFeatureTracker:
     def dead(self) -> Tensor:
         return self.tokens_since_fired >= self.window
 
+    def dead_fraction(self, tokens_seen: int) -> float | None:
+        return float(self.dead.float().mean()) if tokens_seen >= self.window else None
+
+
+class CalibrationSample:
+    """The last ``CALIBRATION_TOKENS`` training inputs (whole batches), for thresholds
+    that are set from data once training ends (BatchTopK's inference threshold).
+
+    Calibrating the final weights on many recent full batches gives a steady
+    threshold: one batch's minimum is noisy (one short batch at the end of a run once
+    halved the inference L0), and an average of each step's cut-off over the run mixes
+    in the cut-offs of weights that no longer exist (in short runs it gave L0 2.1 for
+    k = 4). A ring of whole batches, checkpointed, so a resumed run calibrates on
+    the same sample.
+    """
+
+    def __init__(self, batch_size: int, d: int, device: torch.device):
+        self.rows = max(1, -(-CALIBRATION_TOKENS // batch_size)) * batch_size
+        self.data = torch.zeros(self.rows, d, device=device)
+        self.filled = 0  # rows holding data
+        self.next = 0  # where the next batch goes
+
+    def add(self, x: Tensor) -> None:
+        n = x.shape[0]
+        self.data[self.next : self.next + n] = x.detach()
+        self.next = (self.next + n) % self.rows
+        self.filled = min(self.rows, self.filled + n)
+
+    def sample(self) -> Tensor:
+        return self.data[: self.filled]
+
+    def state(self) -> dict[str, Any]:
+        return {"data": self.data[: self.filled].cpu(), "next": self.next}
+
+    def load(self, state: dict[str, Any]) -> None:
+        data = state["data"]
+        self.filled, self.next = data.shape[0], int(state["next"])
+        self.data[: self.filled] = data.to(self.data.device)
+
 
 @torch.no_grad()
 def resample_dead(
     sae: Dictionary, opt: torch.optim.Adam, x: Tensor, x_hat: Tensor, dead: Tensor, gen: torch.Generator
-) -> int:
-    """Point dead features at badly reconstructed inputs (Bricken et al. 2023).
+) -> Tensor:
+    """Point dead features at badly reconstructed inputs (Bricken et al. 2023); return their indices.
 
     Inputs are drawn with probability proportional to their squared error; the
     new encoder rows get 0.2 × the mean alive encoder norm, and Adam's moments for
@@ -98,11 +159,12 @@ def resample_dead(
     them back. The generator stays on the CPU so checkpoints do not depend on the device.
     """
     idx = dead.nonzero().squeeze(1)
+    none = idx[:0]
     if idx.numel() == 0:
-        return 0
+        return none
     err = (x - x_hat).pow(2).sum(-1).double().cpu()
     if float(err.sum()) <= 0:
-        return 0
+        return none
     picks = torch.multinomial(err / err.sum(), idx.numel(), replacement=True, generator=gen).to(x.device)
     alive = ~dead
     enc_norm = 0.2 * (sae.W_enc[:, alive].norm(dim=0).mean().item() if bool(alive.any()) else 1.0)
@@ -112,13 +174,13 @@ def resample_dead(
         for key in ("exp_avg", "exp_avg_sq"):
             if state and key in state:
                 state[key].index_fill_(axis, idx, 0.0)
-    return idx.numel()
+    return idx
 
 
 class DictionaryTrainer:
     """One dictionary's optimisation: weights, Adam, schedules, dead features, scale."""
 
-    def __init__(self, cfg: TrainConfig, dict_cfg: DictionaryConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, dict_cfg: DictionaryConfig, device: torch.device, source_hint: str = ""):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.sae = build_dictionary(dict_cfg).to(device)
@@ -126,11 +188,14 @@ class DictionaryTrainer:
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=(0.9, 0.999))
         self.tracker = DeadFeatureTracker(dict_cfg.d_sae, cfg.dead_window(), device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.total_tokens = trainable_tokens(cfg)
+        self.calibration = CalibrationSample(cfg.batch_size, dict_cfg.d_in, device) if self.sae.calibrated else None
         self.scale = 1.0
         self.step = 0
         self.tokens = 0
         self.resamples = cfg.resample and type(self.sae).revive_dead == "resample"
-        self.last_x: Tensor | None = None
+        # What to say when an input batch holds NaN (where the activations come from).
+        self.source_hint = source_hint
 
     def init_from_sample(self, sample: Tensor) -> None:
         """Estimate the activation scale and start ``b_dec`` at the data's centre."""
@@ -138,17 +203,18 @@ class DictionaryTrainer:
         self.sae.init_from_data(sample.to(self.sae.W_dec.device, torch.float32) / self.scale)
 
     def train_step(self, x_raw: Tensor) -> tuple[LossOutput, Tensor, int]:
-        """One optimiser step on raw activations; returns the loss, the scaled batch and
-        the number of features resampled."""
+        """One optimiser step on a full batch of raw activations; returns the loss, the
+        scaled batch and the number of features resampled."""
         cfg, sae = self.cfg, self.sae
         x = x_raw.to(sae.W_dec.device, torch.float32)
         if not torch.isfinite(x).all():
             raise TrainingDivergedError(
-                f"the activations at {sae.cfg.hook} contain NaN or Inf (step {self.step}); the model overflows "
-                f"in --dtype {cfg.dtype}: use float32 or bfloat16."
+                f"the activations at {sae.cfg.hook} contain NaN or Inf (step {self.step}); {self.source_hint}"
             )
         x = x / self.scale
-        progress = self.tokens / cfg.tokens
+        # Schedules are read at the middle of the step's tokens: the first step then
+        # learns (a warm-up read at 0 would make it a step of size zero) and so does the last.
+        progress = (self.tokens + x.shape[0] / 2) / self.total_tokens
         for group in self.opt.param_groups:
             group["lr"] = self.base_lr * lr_multiplier(progress, cfg.lr_warmup, cfg.lr_decay)
         warm = min(1.0, progress / cfg.sparsity_warmup) if cfg.sparsity_warmup else 1.0
@@ -169,28 +235,38 @@ class DictionaryTrainer:
         sae.remove_parallel_decoder_grad()
         self.opt.step()
         sae.after_step()
-        self.tracker.update(out.f.detach())
+        f = out.f.detach()
+        self.tracker.update(f)
+        if self.calibration is not None:
+            self.calibration.add(x)
         self.step += 1
         self.tokens += x.shape[0]
-        self.last_x = x
 
         resampled = 0
         window = self.tracker.window
         if self.resamples and self.tokens // window > (self.tokens - x.shape[0]) // window:
-            if self.tokens < RESAMPLE_STOP_FRACTION * cfg.tokens:
-                resampled = resample_dead(sae, self.opt, x, out.x_hat.detach(), self.tracker.dead, self.gen)
-                self.tracker.tokens_since_fired[self.tracker.dead] = 0
+            if self.tokens < RESAMPLE_STOP_FRACTION * self.total_tokens:
+                idx = resample_dead(sae, self.opt, x, out.x_hat.detach(), self.tracker.dead, self.gen)
+                # Only the resampled features start a new window; a dead feature that
+                # was not resampled stays dead (and is counted as such).
+                self.tracker.tokens_since_fired[idx] = 0
+                resampled = idx.numel()
         return out, x, resampled
 
-    def weights_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.sae.parameters())
+    def state_finite(self) -> bool:
+        """Weights and Adam's moments all finite (checked before every checkpoint)."""
+        tensors = list(self.sae.parameters()) + [
+            t for st in self.opt.state.values() for t in st.values() if isinstance(t, Tensor)
+        ]
+        return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
     def finished_dictionary(self) -> Dictionary:
         """A copy that acts on raw activations: calibrated, then with the scale folded in."""
         final = copy.deepcopy(self.sae).eval()
-        if self.last_x is not None:
-            final.calibrate(self.last_x)
+        if self.calibration is not None and self.calibration.filled:
+            final.calibrate(self.calibration.sample())
         final.fold_activation_scale(self.scale)
+        final.requires_grad_(False)
         return final
 
     def state_dict(self) -> dict[str, Any]:
@@ -202,7 +278,7 @@ class DictionaryTrainer:
             "act_scale": self.scale,
             "step": self.step,
             "tokens_done": self.tokens,
-            "last_x": self.last_x,
+            "calibration": None if self.calibration is None else self.calibration.state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -211,13 +287,13 @@ class DictionaryTrainer:
         self.tracker.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.gen.set_state(state["generator"])
         self.scale, self.step, self.tokens = state["act_scale"], state["step"], state["tokens_done"]
-        last_x = state["last_x"]  # checkpoints hold CPU tensors
-        self.last_x = None if last_x is None else last_x.to(self.sae.W_dec.device)
+        if self.calibration is not None:
+            self.calibration.load(state["calibration"])
 
 
 @torch.no_grad()
 def estimate_scale(sample: Tensor) -> float:
-    """The constant that makes E‖x‖² = d on the sample (METRICS.md, "Training objectives").
+    """The constant that makes E‖x‖² = d on the sample (docs/metrics.md, "Training objectives").
 
     Dividing by one constant keeps a sparsity coefficient meaningful across layers and
     models: without it, larger activations silently weight the sparsity term more.
@@ -236,6 +312,56 @@ def norm_cap(sample: Tensor, ratio: float | None) -> float | None:
     return None if ratio is None else float(ratio * sample.float().norm(dim=-1).median())
 
 
+class LogInterval:
+    """Figures over every token trained since the last log record, not over one batch.
+
+    A figure of one batch means nothing for small batches (a one-token batch has no
+    variance, so its FVU was 2.5e13); summed over the interval, FVU is measured around
+    the interval's mean as docs/metrics.md defines it, and is None only while fewer than
+    two tokens have been seen.
+    """
+
+    def __init__(self) -> None:
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.start, self.steps, self.n, self.resampled = now, 0, 0, 0
+        self.err = self.sum_sq = self.l0 = 0.0
+        self.sum_x: Tensor | None = None
+        self.terms: dict[str, float] = {}
+
+    @torch.no_grad()
+    def add(self, x: Tensor, out: LossOutput, resampled: int) -> None:
+        """``x`` and the loss are in scaled units; sums are kept in float64."""
+        self.resampled += resampled
+        xd = x.double()
+        self.steps += 1
+        self.n += x.shape[0]
+        self.err += float((x - out.x_hat.detach()).double().pow(2).sum())
+        self.sum_sq += float(xd.pow(2).sum())
+        self.sum_x = xd.sum(0) if self.sum_x is None else self.sum_x + xd.sum(0)
+        self.l0 += float((out.f > 0).sum())
+        for name, value in {"loss": out.loss, **{f"loss_{k}": v for k, v in out.terms.items()}}.items():
+            self.terms[name] = self.terms.get(name, 0.0) + float(value.detach())
+
+    def record(self, trainer: DictionaryTrainer, now: float) -> dict[str, Any]:
+        assert self.sum_x is not None and self.steps > 0
+        variance = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
+        fvu = self.err / variance if self.n >= 2 and variance > 1e-12 * max(self.sum_sq, 1e-30) else None
+        return {
+            "step": trainer.step,
+            "tokens": trainer.tokens,
+            **{name: total / self.steps for name, total in self.terms.items()},
+            "mse": self.err / self.n * trainer.scale**2,  # raw units, as in eval.json
+            "fvu": fvu,
+            "l0": self.l0 / self.n,
+            "dead_frac": trainer.tracker.dead_fraction(trainer.tokens),
+            "lr": trainer.opt.param_groups[0]["lr"],
+            "tokens_per_s": self.n / max(now - self.start, 1e-9),  # this interval's rate
+            **({"resampled": self.resampled} if self.resampled else {}),
+        }
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -244,85 +370,91 @@ def default_out(cfg: TrainConfig, model_name: str, hook: str) -> Path:
     return Path("runs") / f"{stem}-{hook}-{cfg.arch}"
 
 
-def _identity(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg_dict.items() if k not in _EXECUTION_ONLY}
+def resolved_settings(cfg: TrainConfig, source: ActivationSource, d_sae: int) -> dict[str, Any]:
+    """The run's settings with every default filled in and local paths made absolute."""
+    return {
+        "model": source.model_name,
+        "hook": source.hook,
+        "dataset": source.dataset_name,
+        "context_length": source.context_length,
+        "keep_bos": source.keep_bos,
+        "d_in": source.d,
+        "d_sae": d_sae,
+        "lr": cfg.learning_rate(d_sae),
+        "sparsity_coeff": cfg.sparsity_coeff(),
+        "dead_after_tokens": cfg.dead_window(),
+        "checkpoint_every": cfg.checkpoint_interval(),
+        "tokens": trainable_tokens(cfg),
+    }
 
 
-def check_output(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
-    """Validate the output folder without changing it; on --resume, load the checkpoint.
+def _check_k_fits(cfg: TrainConfig) -> None:
+    """``--k`` against the dictionary size, before the model loads (its width read cheaply)."""
+    if not ARCHITECTURES[cfg.arch].uses_k or cfg.dict_size is not None or cfg.activation_cache:
+        return
+    from .models import peek_d_model
 
-    A folder "holds a run" when it has a checkpoint or a saved dictionary; a folder
-    with only the settings and log of a run that died before its first checkpoint
-    holds nothing worth keeping and is simply started again.
-    """
-    recorded = out / TRAINING_FILE
-    if cfg.resume:
-        if not (out / CHECKPOINT_FILE).exists():
-            raise CheckpointError(f"--resume: {out} holds no checkpoint to resume; start without --resume")
-        if recorded.exists():
-            try:
-                before = json.loads(recorded.read_text()).get("config", {})
-            except json.JSONDecodeError:
-                raise CheckpointError(f"{recorded} is corrupt; it records the run's settings and is needed to resume") from None
-            diff = {k: (before.get(k), v) for k, v in _identity(cfg.to_dict()).items() if before.get(k) != v}
-            if diff:
-                listed = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in sorted(diff.items()))
-                raise ConfigError(f"--resume with settings that differ from the run in {out} ({listed}); resume with the same settings")
-        return load_checkpoint(out)
-    if not out.exists() or cfg.overwrite:
-        return None
-    ours = [name for name in RUN_FILES if (out / name).exists()]
-    holds_run = (out / CHECKPOINT_FILE).exists() or (out / WEIGHTS_FILE).exists()
-    foreign = [p.name for p in out.iterdir() if p.name not in RUN_FILES]
-    if holds_run or (foreign and not ours):
-        what = "a run" if holds_run else f"other files ({', '.join(sorted(foreign)[:5])})"
+    d = peek_d_model(cfg.model)
+    if d is not None and cfg.k >= cfg.dictionary_size(d):
         raise ConfigError(
-            f"the output folder {out} already holds {what}; pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --out"
+            f"--k {cfg.k} must be smaller than the dictionary size {cfg.dictionary_size(d)} "
+            f"(--expansion {cfg.expansion or 8} × the model's width {d}); lower --k or raise --expansion"
         )
-    return None
 
 
-def train(
-    cfg: TrainConfig,
-    *,
-    source: ActivationSource | None = None,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainResult:
+def _source_hint(cfg: TrainConfig, source: ActivationSource) -> str:
+    if not isinstance(source, ModelActivations):
+        return "the activations handed to train() are not finite; check where they came from."
+    if cfg.dtype == "float16":
+        return "the model overflows in float16: use --dtype bfloat16 or float32."
+    return f"the model itself produced them in --dtype {cfg.dtype}; check its weights with another tool."
+
+
+def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress: ProgressCallback | None = None) -> TrainResult:
     """Train a dictionary as ``cfg`` says; return it with its held-out figures.
 
     ``source`` overrides where activations come from (e.g. ``ArrayActivations`` over a
     tensor you already have); by default the config decides. ``progress`` is called
-    with every log record (the CLI draws its progress bar from them) and, before slow
-    phases without steps, with ``{"status": "what is happening"}``. Every check
-    (output folder, checkpoint, model, hook point, data, held-out set) runs before
-    the output folder is touched and before the first training step.
+    with every log record (the CLI draws its progress bar from them), before slow
+    phases without counts with ``{"status": "what is happening"}``, and during slow
+    phases with counts with ``{"phase", "done", "total", "unit"}``. Every check
+    (output folder, checkpoint, model, hook point, data, held-out set) runs before the
+    output folder is touched and before the first training step. The folder is locked
+    for the whole run: a second run into it is refused.
     """
+
+    def status(message: str) -> None:
+        if progress:
+            progress({"status": message})
+
     device = resolve_device(cfg.device)
-    state = check_output(cfg, Path(cfg.out)) if cfg.out else None  # before the slow model load
+    state = check_run_folder(cfg, Path(cfg.out)) if cfg.out else None  # before the slow model load
     if source is None:
+        _check_k_fits(cfg)
+        status("loading the model" if not cfg.activation_cache else "opening the activation cache")
         source = open_activation_source(cfg, device, cfg.activation_cache)
     out = Path(cfg.out) if cfg.out else default_out(cfg, source.model_name, source.hook)
     if not cfg.out:
-        state = check_output(cfg, out)
+        state = check_run_folder(cfg, out)
     if cfg.wandb:
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise ConfigError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
+    d_sae = cfg.dictionary_size(source.d)
     dict_cfg = DictionaryConfig(
         arch=cfg.arch,
         d_in=source.d,
-        d_sae=cfg.dictionary_size(source.d),
+        d_sae=d_sae,
         k=cfg.k if ARCHITECTURES[cfg.arch].uses_k else None,
         hook=source.hook,
         model=source.model_name,
         context_length=source.context_length,
+        keep_bos=source.keep_bos,
     )
-
-    def status(message: str) -> None:
-        if progress:
-            progress({"status": message})
+    resolved = resolved_settings(cfg, source, d_sae)
+    if state is not None:
+        check_resolved(out, state, resolved)
 
     heldout = None  # held-out activations, for sources without a model to run
     if cfg.eval_tokens > 0:
@@ -335,89 +467,125 @@ def train(
                 if heldout.shape[0] == 0:
                     raise DataError("the held-out split yielded no activations")
         except DataError as e:
-            raise DataError(f"{e} (or pass --eval-tokens 0 to skip the held-out evaluation)") from None
+            raise DataError(f"{str(e).rstrip('.')} (or pass --eval-tokens 0 to skip the held-out evaluation).") from None
 
-    # Everything is checked: now the output folder may change.
-    if cfg.overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = DictionaryTrainer(cfg, dict_cfg, device)
+    # Everything is checked: now the output folder may change, under its lock. The
+    # folder is checked again under the lock, since another run may have written to
+    # it meanwhile.
+    make_folder(out)
+    with FolderLock(out, "train"):
+        state_now = check_run_folder(cfg, out)
+        if (state is None) != (state_now is None) or (state is not None and state_now["step"] != state["step"]):
+            raise CheckpointError(f"{out} changed while this run was starting (another run wrote to it); start again")
+        if state is None:
+            clear_run_files(out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
+        return _run(cfg, source, out, dict_cfg, resolved, state, heldout, progress, status)
+
+
+def _run(
+    cfg: TrainConfig, source: ActivationSource, out: Path, dict_cfg: DictionaryConfig, resolved: dict[str, Any],
+    state: dict[str, Any] | None, heldout: Tensor | None, progress: ProgressCallback | None,
+    status: Callable[[str], None],
+) -> TrainResult:
+    trainer = DictionaryTrainer(cfg, dict_cfg, resolve_device(cfg.device), _source_hint(cfg, source))
+    settings = {"given": given_settings(cfg), "resolved": resolved}
     if state is not None:
         try:
             trainer.load_state_dict(state)
             buffer = ActivationBuffer(source, cfg, state=state["buffer"])
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(
                 f"the checkpoint in {out} does not fit this run ({type(e).__name__}: {e}); "
                 "it is from another version or configuration"
             ) from None
-        run_info = json.loads((out / TRAINING_FILE).read_text()) if (out / TRAINING_FILE).exists() else {}
+        run_info = read_run_info(out) or {"config": cfg.to_dict(), "resolved": resolved, "wandb_id": uuid.uuid4().hex[:12]}
         log.info("resuming %s at step %d (%d tokens)", out, trainer.step, trainer.tokens)
     else:
         buffer = ActivationBuffer(source, cfg)
         status("filling the shuffle buffer")
         sample = buffer.peek_sample()
-        cap = norm_cap(sample, cfg.max_norm_ratio)
-        buffer.set_norm_cap(cap)
+        buffer.set_norm_cap(norm_cap(sample, cfg.max_norm_ratio))
         trainer.init_from_sample(buffer.peek_sample())
-        run_info = {"config": cfg.to_dict(), "wandb_id": uuid.uuid4().hex[:12]}
-        atomic_write_text(out / TRAINING_FILE, json.dumps(run_info, indent=2) + "\n")
+        run_info = {"config": cfg.to_dict(), "resolved": resolved, "wandb_id": uuid.uuid4().hex[:12]}
+    run_info["resolved"] = {**resolved, "act_scale": trainer.scale}
+    write_run_info(out, run_info)
+    if trainer.total_tokens < cfg.tokens:
+        log.info("training on %d of the %d tokens asked for: the rest does not fill a batch of %d",
+                 trainer.total_tokens, cfg.tokens, cfg.batch_size)
 
-    run_logger = _RunLogger(out / LOG_FILE, cfg, dict_cfg, run_info.get("wandb_id"), resume_at_step=trainer.step if state else None)
+    run_log = RunLog(out / LOG_FILE, cfg, {"train": cfg.to_dict(), "dictionary": dict_cfg.to_dict()},
+                     run_info.get("wandb_id"), resume_at_step=trainer.step if state else None)
     every = cfg.checkpoint_interval()
     next_checkpoint = (trainer.tokens // every + 1) * every
-    last_good: list[int | None] = [trainer.tokens if state else None]
-    t0, tokens_at_t0 = time.perf_counter(), trainer.tokens
+    last_good: int | None = trainer.tokens if state else None
 
     def checkpoint() -> None:
-        if not trainer.weights_finite():
+        nonlocal last_good
+        if not trainer.state_finite():
             raise TrainingDivergedError(f"the weights became non-finite by step {trainer.step}; lower --lr.")
-        save_checkpoint({**trainer.state_dict(), "buffer": buffer.state()}, out)
-        last_good[0] = trainer.tokens
+        save_checkpoint({**trainer.state_dict(), "buffer": buffer.state(), "settings": settings}, out)
+        last_good = trainer.tokens
 
+    def kept() -> str:
+        if last_good is None:
+            return "No checkpoint had been written yet, so there is nothing to resume."
+        return (f"The checkpoint at {last_good:,} tokens is kept in {out}; `saekit train --out {out} --resume` "
+                "with the same settings continues from it.")
+
+    if isinstance(source, ModelActivations):
+        source.progress = progress  # buffer refills show as a phase of their own
     status("training")
+    interval = LogInterval()
     try:
         for x in buffer:
             out_step, x_scaled, resampled = trainer.train_step(x)
-            if trainer.step % cfg.log_every == 0 or trainer.tokens >= cfg.tokens:
-                record = _step_record(trainer, x_scaled, out_step, t0, tokens_at_t0)
-                if resampled:
-                    record["resampled"] = resampled
-                run_logger.write(record)
+            interval.add(x_scaled, out_step, resampled)
+            if trainer.step % cfg.log_every == 0 or trainer.tokens >= trainer.total_tokens:
+                now = time.perf_counter()
+                record = interval.record(trainer, now)
+                run_log.write(record)
+                interval.reset(now)
                 if progress:
                     progress(record)
             if trainer.tokens >= next_checkpoint:
                 checkpoint()
                 next_checkpoint = (trainer.tokens // every + 1) * every
-        if trainer.tokens < cfg.tokens:
-            log.warning("data ran out after %d of %d tokens", trainer.tokens, cfg.tokens)
+        if trainer.tokens < trainer.total_tokens:
+            log.warning("data ran out after %d of %d tokens", trainer.tokens, trainer.total_tokens)
         checkpoint()
-    except TrainingDivergedError as e:
-        kept = last_good[0]
-        where = "No checkpoint had been written yet." if kept is None else (
-            f"The last good checkpoint ({kept} tokens) is kept in {out}; --resume continues from it."
-        )
-        raise TrainingDivergedError(f"{e} {where}") from None
+    except (TrainingDivergedError, DataError) as e:
+        raise type(e)(f"{e}. {kept()}".replace(".. ", ". ")) from None
+    except OutputError as e:
+        raise OutputError(f"{e}. {kept()}") from None
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted at {trainer.tokens:,} tokens. {kept()}") from None
     finally:
-        run_logger.close()
+        run_log.close()
 
     final = trainer.finished_dictionary()
     save_dictionary(final, out)
     metrics, evaluation = None, None
     if cfg.eval_tokens > 0:
         status("evaluating on held-out text")
-        metrics, evaluation = _evaluate_run(cfg, final, source, heldout, out)
+        try:
+            metrics, evaluation = _evaluate_run(cfg, final, source, heldout, out, progress)
+        except KeyboardInterrupt:
+            raise RunInterrupted(
+                f"interrupted during the final evaluation; the trained dictionary is saved in {out}: "
+                f"`saekit eval {out}` evaluates it"
+            ) from None
     return TrainResult(final, out, trainer.tokens, trainer.step, metrics, evaluation)
 
 
 def _evaluate_run(
-    cfg: TrainConfig, final: Dictionary, source: ActivationSource, heldout: Tensor | None, out: Path
+    cfg: TrainConfig, final: Dictionary, source: ActivationSource, heldout: Tensor | None, out: Path,
+    progress: ProgressCallback | None,
 ) -> tuple[ReconstructionMetrics, EvalResult | None]:
     """Write eval.json and report.html for a finished run.
 
-    With a model to run, every figure in both regimes; from cached or in-memory
-    activations, the reconstruction figures on the held-out activations only.
+    With a model to run, every figure in both regimes (BOS policy as trained, recorded
+    in the dictionary); from cached or in-memory activations, the reconstruction
+    figures on the held-out activations only.
     """
     from .report import write_report
 
@@ -425,74 +593,17 @@ def _evaluate_run(
     if isinstance(source, ModelActivations):
         evaluation = evaluate(
             final, source.lm, dataset=cfg.dataset, tokens=cfg.eval_tokens, context_length=cfg.context_length,
-            splice_bos=cfg.keep_bos, text_field=cfg.text_field,
+            text_field=cfg.text_field, progress=progress,
         )
         metrics, record = evaluation.fixed.reconstruction, evaluation.to_dict()
     else:
-        metrics = evaluate_reconstruction(final, heldout)
+        metrics = evaluate_reconstruction(final, heldout, progress=progress)
         record = {
-            "dictionary": final.cfg.to_dict(), "model": source.model_name, "hook": source.hook, "dataset": cfg.dataset,
+            "dictionary": final.cfg.to_dict(), "fingerprint": final.fingerprint(), "model": source.model_name,
+            "hook": source.hook, "dataset": source.dataset_name,
+            "keep_bos": final.cfg.keep_bos, "keep_bos_source": "dictionary",
             "fixed": {"context_length": source.context_length, **metrics.to_dict(with_distributions=True)},
         }
     atomic_write_text(out / EVAL_FILE, json.dumps(record, indent=2) + "\n")
     write_report(out)
     return metrics, evaluation
-
-
-def _step_record(trainer: DictionaryTrainer, x: Tensor, out: LossOutput, t0: float, tokens_at_t0: int) -> dict[str, Any]:
-    with torch.no_grad():
-        err = (x - out.x_hat).pow(2).sum()
-        var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
-        l0 = (out.f > 0).sum(-1).float().mean()
-    elapsed = max(time.perf_counter() - t0, 1e-9)
-    return {
-        "step": trainer.step,
-        "tokens": trainer.tokens,
-        "loss": float(out.loss.detach()),
-        **{k: float(v.detach()) for k, v in out.terms.items()},
-        "l0": float(l0),
-        "fvu": float(err / var),
-        "dead_frac": float(trainer.tracker.dead.float().mean()),
-        "lr": trainer.opt.param_groups[0]["lr"],
-        "tokens_per_s": (trainer.tokens - tokens_at_t0) / elapsed,
-    }
-
-
-class _RunLogger:
-    """The JSONL log in the run folder, plus Weights & Biases when asked for."""
-
-    def __init__(self, path: Path, cfg: TrainConfig, dict_cfg: DictionaryConfig, wandb_id: str | None, resume_at_step: int | None):
-        kept = []
-        if resume_at_step is not None and path.exists():
-            # Steps logged after the checkpoint will be run (and logged) again; a line cut
-            # short by the crash is dropped.
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] <= resume_at_step:
-                        kept.append(line + "\n")
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-        atomic_write_text(path, "".join(kept))
-        self.fh = open(path, "a")
-        self.wandb = None
-        if cfg.wandb:
-            import wandb
-
-            self.wandb = wandb.init(
-                project=cfg.wandb_project,
-                config={"train": cfg.to_dict(), "dictionary": dict_cfg.to_dict()},
-                name=path.parent.name,
-                id=wandb_id,
-                resume="allow",
-            )
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
-        if self.wandb is not None:
-            self.wandb.log(record, step=record["step"])
-
-    def close(self) -> None:
-        self.fh.close()
-        if self.wandb is not None:
-            self.wandb.finish()

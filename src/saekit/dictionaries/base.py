@@ -1,6 +1,6 @@
 """The one small base class every dictionary architecture builds on.
 
-Conventions (stated once, kept everywhere; see shared/docs/DESIGN.md):
+Conventions (stated once, kept everywhere; docs/metrics.md states them for users):
 
 * ``W_enc`` has shape ``d × F``; ``W_dec`` has shape ``F × d`` and its rows are the
   features' unit-norm directions.
@@ -105,7 +105,7 @@ def register(cls: type["Dictionary"]) -> type["Dictionary"]:
 
 
 def mse(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Squared error summed over the d dimensions, averaged over tokens (METRICS.md `mse`)."""
+    """Squared error summed over the d dimensions, averaged over tokens (docs/metrics.md, `mse`)."""
     return (x - x_hat).pow(2).sum(-1).mean()
 
 
@@ -131,6 +131,9 @@ class Dictionary(nn.Module):
     # them by s, and then the features f scale by s too while the unit-norm decoder
     # rows stay unchanged. This is all `fold_activation_scale` needs to know.
     input_scaled: ClassVar[tuple[str, ...]] = ("b_dec", "b_enc")
+    # Whether inference needs statistics set from training inputs after training
+    # (``calibrate``), as BatchTopK's threshold does.
+    calibrated: ClassVar[bool] = False
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()
@@ -148,7 +151,7 @@ class Dictionary(nn.Module):
 
         Tying the initial encoder to the decoder's transpose makes each feature start
         as a matched filter for its own direction, which is what lets short runs
-        leave the ground (LESSONS.md, "Defaults that need hundreds of steps").
+        leave the ground (from a tiny or zero start they need hundreds of steps first).
         """
         with torch.no_grad():
             nn.init.normal_(self.W_dec)
@@ -221,12 +224,15 @@ class Dictionary(nn.Module):
         raise NotImplementedError
 
     def auxk_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, params: LossParams) -> Tensor:
-        """Auxiliary-k loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+        """Auxiliary-k loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", §A.2).
 
         The top ``aux_k`` dead latents try to reconstruct the residual ``e = x − x̂``;
-        the loss is normalised by the residual's variance so that its size does not
-        depend on how good the main reconstruction already is (the normalisation that
-        dictionary_learning lacked until its fix).
+        the squared error is divided by ``mean ‖e‖²``, the error of predicting zero, as
+        in the paper, so its size does not depend on how good the main reconstruction
+        already is (the normalisation dictionary_learning lacked until its fix). Not by
+        the residual's variance around its mean: that is zero for a one-token batch and
+        tiny for a few tokens, and one such step once gave an aux-k term of 3e9 that
+        froze Adam for thousands of steps.
         """
         dead = params.dead_mask
         if dead is None or not bool(dead.any()):
@@ -239,12 +245,13 @@ class Dictionary(nn.Module):
         # Scatter into a dense (B, F) and multiply: gathering W_dec[idx] would build a
         # B × aux_k × d tensor, ten times slower and gigabytes at GPU batch sizes.
         e_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ self.W_dec
-        denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+        denom = residual.pow(2).sum(-1).mean().clamp_min(1e-8)
         return (e_hat - residual).pow(2).sum(-1).mean() / denom
 
     @torch.no_grad()
     def calibrate(self, x: Tensor) -> None:
-        """Set inference-only statistics from a batch of training inputs (default: none)."""
+        """Set inference-only statistics from a sample of training inputs (``calibrated``
+        architectures; the others have none)."""
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -10,7 +10,7 @@ of bandwidth ε:
     ∂H_i/∂θ_i  ≈ −(1/ε)   · K((pre_i − θ_i)/ε),    K(u) = 1[|u| < ½]
 
 θ is parameterised directly, not as a log: stored as ``log θ`` it barely moves under
-Adam (LESSONS.md). A note on λ: Adam divides out the gradient's scale, so raising λ
+Adam. A note on λ: Adam divides out the gradient's scale, so raising λ
 past the point where the L0 term dominates θ's gradient changes little; sweep λ on
 a log scale and read off L0.
 """

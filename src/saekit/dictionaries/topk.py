@@ -7,11 +7,13 @@ is the reconstruction error plus the auxiliary-k term that revives dead latents.
 BatchTopK (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders"): in training keep
 the ``k·B`` largest pre-activations over the whole batch of B tokens, so k holds on
 average and busy tokens may use more features than quiet ones. At inference a single
-learned threshold θ replaces the batch dependence: ``f = pre · 1[pre > θ]``. θ is
-set at the end of training (``calibrate``) to the smallest activation that batch top-k
-keeps on a training batch, so that inference keeps k features per token on average.
-(A running average from the first steps on, as some implementations keep, stays
-biased towards the untrained model's values in short runs.)
+learned threshold θ replaces the batch dependence: ``f = pre · 1[pre > θ]``. θ is set
+when training ends (``calibrate``) on the last several thousand training inputs
+(``training.CalibrationSample``) so that they keep k features per token on average.
+One batch's minimum is a noisy estimate (one short batch at the end of a run once
+halved the inference L0), and a running average from the first steps on, as some
+implementations keep, stays biased towards the untrained model's values in short
+runs.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class TopKDictionary(Dictionary):
 @register
 class BatchTopKDictionary(TopKDictionary):
     arch = "batchtopk"
+    calibrated = True
     input_scaled = ("b_dec", "b_enc", "threshold")
 
     def __init__(self, cfg: DictionaryConfig):
@@ -85,6 +88,8 @@ class BatchTopKDictionary(TopKDictionary):
 
     @torch.no_grad()
     def calibrate(self, x: Tensor) -> None:
+        """Set θ so that the sample ``x`` (any number of tokens) keeps k features per token
+        on average: θ is the smallest of the sample's ``k·n`` largest activations."""
         kept = self.batch_activate(self.pre_acts(x.reshape(-1, x.shape[-1])))
         kept = kept[kept > 0]
         if kept.numel():

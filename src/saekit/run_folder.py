@@ -1,0 +1,178 @@
+"""A training run's folder: what it holds, whether a new run may use it, and its log.
+
+A run folder holds the dictionary (``config.json``, ``weights.safetensors``), the
+run's settings (``training.json``), its log (``log.jsonl``), the resumable checkpoint,
+and the end-of-run evaluation (``eval.json``, ``report.html``). Everything here exists
+so that nothing a user made is lost or mixed with another run's files:
+
+* ``check_run_folder`` decides, before any slow work, whether a run may start in a
+  folder: a folder holding a run needs ``--resume`` or ``--overwrite``, a folder of
+  someone else's files is refused, ``--resume`` needs a checkpoint whose settings match.
+* ``clear_run_files`` removes every file a run writes (``--overwrite``, or the
+  leftovers of a run that died before its first checkpoint), so no old report or
+  evaluation is left beside a new dictionary.
+* Settings are compared twice on ``--resume``: as given (before the model loads), and
+  as resolved (defaults filled in, paths made absolute) once the model is known, so a
+  default spelled out or a path written differently is accepted and a real change is
+  not. The settings live in the checkpoint too, so deleting ``training.json`` does not
+  let a changed setting slip through.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint
+from .config import TrainConfig
+from .errors import CheckpointError, ConfigError
+from .formats import CONFIG_FILE, EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, WEIGHTS_FILE
+from .outputs import LOCK_FILE, atomic_write_text, check_writable_folder
+
+log = logging.getLogger(__name__)
+
+# Every file a training run writes into its folder.
+RUN_FILES = (CHECKPOINT_FILE, TRAINING_FILE, LOG_FILE, EVAL_FILE, REPORT_FILE, CONFIG_FILE, WEIGHTS_FILE)
+
+# Options that change where or how a run executes but not what it computes; they may
+# differ between a run and its resumption.
+EXECUTION_ONLY = frozenset(
+    {"out", "resume", "overwrite", "device", "log_every", "wandb", "wandb_project", "eval_tokens", "checkpoint_every"}
+)
+# Options whose default is filled in, or whose value is a path, once the model and data
+# are known: compared by their resolved values (``resolved_settings``) instead.
+RESOLVED_LATER = frozenset({"model", "hook", "dataset", "expansion", "dict_size", "lr", "dead_after_tokens", "l1_coeff", "l0_coeff"})
+
+
+def given_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that decide what a run computes, as given."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_ONLY}
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any], keys: set[str] | frozenset[str]) -> dict[str, tuple[Any, Any]]:
+    return {k: (before.get(k), now.get(k)) for k in sorted(keys) if before.get(k) != now.get(k)}
+
+
+def _refuse_changes(out: Path, diff: dict[str, tuple[Any, Any]], what: str) -> None:
+    if diff:
+        listed = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(
+            f"--resume with {what} that differ from the run in {out} ({listed}); resume with the same settings, "
+            "or start a new run with --overwrite or another --out"
+        )
+
+
+def check_run_folder(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
+    """Check the output folder without changing it; on --resume, return the checkpoint.
+
+    A folder "holds a run" when it has a checkpoint or a saved dictionary; a folder
+    with only the settings and log of a run that died before its first checkpoint
+    holds nothing worth keeping and is simply started again.
+    """
+    check_writable_folder(out)
+    if cfg.resume:
+        if not (out / CHECKPOINT_FILE).exists():
+            raise CheckpointError(f"--resume: {out} holds no checkpoint to resume; start without --resume")
+        state = load_checkpoint(out)
+        recorded = state.get("settings")
+        if not isinstance(recorded, dict):
+            raise CheckpointError(
+                f"the checkpoint in {out} does not record its run's settings (it was written by an older saekit); "
+                "start the run again with --overwrite"
+            )
+        now = given_settings(cfg)
+        _refuse_changes(out, _differences(recorded.get("given", {}), now, set(now) - RESOLVED_LATER), "settings")
+        return state
+    if not out.exists():
+        return None
+    present = [p.name for p in out.iterdir() if p.name != LOCK_FILE and not _is_temp(p.name)]
+    others = sorted(set(present) - set(RUN_FILES))
+    if cfg.overwrite:
+        if others:
+            raise ConfigError(
+                f"the output folder {out} holds files a training run did not write ({', '.join(others[:5])}); "
+                "--overwrite replaces only a run: choose another --out"
+            )
+        return None
+    if set(present) <= {TRAINING_FILE, LOG_FILE}:
+        return None  # empty, or a run that died before its first checkpoint: start it again
+    holds_run = (out / CHECKPOINT_FILE).exists() or (out / WEIGHTS_FILE).exists()
+    what = "a run" if holds_run else f"other files ({', '.join((others or present)[:5])})"
+    raise ConfigError(
+        f"the output folder {out} already holds {what}; pass --resume to continue it, "
+        "--overwrite to replace it, or choose another --out"
+    )
+
+
+def check_resolved(out: Path, state: dict[str, Any], resolved: dict[str, Any]) -> None:
+    """On --resume, once the model and data are known: the resolved settings must match."""
+    before = state["settings"].get("resolved", {})
+    keys = {k for k in resolved if k in before and k not in EXECUTION_ONLY}
+    _refuse_changes(out, _differences(before, resolved, keys), "resolved settings")
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def clear_run_files(out: Path) -> None:
+    """Remove every file a run writes (and temporary files a crash left), nothing else."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def write_run_info(out: Path, info: dict[str, Any]) -> None:
+    atomic_write_text(out / TRAINING_FILE, json.dumps(info, indent=2) + "\n")
+
+
+def read_run_info(out: Path) -> dict[str, Any]:
+    path = out / TRAINING_FILE
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, OSError):
+        log.warning("%s is unreadable; it will be written again from the checkpoint", path)
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+class RunLog:
+    """``log.jsonl`` in the run folder, plus Weights & Biases when asked for."""
+
+    def __init__(self, path: Path, cfg: TrainConfig, config_record: dict[str, Any], wandb_id: str | None, resume_at_step: int | None):
+        kept = []
+        if resume_at_step is not None and path.exists():
+            # Steps logged after the checkpoint will be run (and logged) again; a line cut
+            # short by the crash is dropped.
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_at_step:
+                        kept.append(line + "\n")
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        atomic_write_text(path, "".join(kept))
+        self.fh = open(path, "a")
+        self.wandb = None
+        if cfg.wandb:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=cfg.wandb_project, config=config_record, name=path.parent.name, id=wandb_id, resume="allow",
+            )
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if v is not None}, step=record["step"])
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+

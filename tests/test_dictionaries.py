@@ -190,3 +190,22 @@ def test_saved_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((folder / "weights.safetensors").stat().st_mode) == 0o644
+
+
+def test_fingerprints_tell_decoders_apart_beside_a_large_decoder_bias():
+    """A residual stream's b_dec (norm ~400) once hid any difference between decoders."""
+    from saekit.dictionaries import DictionaryConfig, build_dictionary, same_weights
+
+    cfg = DictionaryConfig(arch="topk", d_in=64, d_sae=256, k=8)
+    torch.manual_seed(0)
+    a = build_dictionary(cfg)
+    torch.manual_seed(1)
+    b = build_dictionary(cfg)
+    with torch.no_grad():
+        a.b_dec.fill_(50.0)
+        b.b_dec.fill_(50.01)
+    assert not same_weights(a.fingerprint(), b.fingerprint())
+    with torch.no_grad():
+        b.load_state_dict(a.state_dict())
+        b.W_dec.add_(1e-7 * torch.randn_like(b.W_dec))  # what a format conversion moves
+    assert same_weights(a.fingerprint(), b.fingerprint())

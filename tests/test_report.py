@@ -295,7 +295,7 @@ def test_loss_stays_visible_when_it_equals_its_only_nonzero_term() -> None:
 def test_zero_terms_and_coinciding_curves_are_named(tmp_path: Path) -> None:
     folder = make_folder(tmp_path, "topk", log="new")
     page = write_report(folder).read_text()
-    assert "loss_auxk was 0 throughout: no feature was dead" in page
+    assert "loss_auxk was 0 throughout: no feature was counted dead" in page
     assert "loss equals loss_mse at every record" in page
     # a term that is 0 at some records only leaves gaps, and says how many
     records = _new_log()
@@ -646,3 +646,18 @@ def test_report_pages_render_as_png(report: tuple[Path, str]) -> None:
         from matplotlib.image import imread
 
         assert imread(io.BytesIO(data), format="png").shape[0] > 100
+
+
+def test_frontier_never_joins_evaluations_on_other_text_or_bos_policy(tmp_path):
+    from saekit.report import _frontier_series, load_evaluated
+
+    folders = []
+    for i, (dataset, keep_bos) in enumerate([("a.jsonl", False), ("a.jsonl", False), ("b.jsonl", False), ("a.jsonl", True)]):
+        folder = make_folder(tmp_path, f"run{i}", fvu=0.1 + 0.05 * i, l0=10.0 + i)
+        ev = json.loads((folder / "eval.json").read_text())
+        ev.update(dataset=f"/data/{dataset}", keep_bos=keep_bos)
+        (folder / "eval.json").write_text(json.dumps(ev))
+        folders.append(folder)
+    series = _frontier_series([load_evaluated(f) for f in folders], "fvu")
+    sizes = sorted(len(points) for key, points in series.items() if key[0] == "fixed")
+    assert sizes == [1, 1, 2]  # only the two on a.jsonl without BOS share a line

@@ -19,6 +19,8 @@ def small_cfg(model_dir, corpus, out, **kw):
         checkpoint_every=3000, eval_tokens=1024, out=str(out), lr=2e-3, log_every=5,
     )
     base.update(kw)
+    if base["arch"] not in ("topk", "batchtopk") and "k" not in kw:
+        del base["k"]  # k belongs to the TopK family
     return TrainConfig(**base)
 
 
@@ -144,6 +146,7 @@ def test_bad_input_fails_before_training(model_dir, corpus, tmp_path, kw, error,
         (dict(lr_warmup=0.6, lr_decay=0.6), "exceed"),
         (dict(l1_coeff=1.0), "--l1 applies to gated and relu, not topk"),
         (dict(arch="relu", l0_coeff=1.0), "--l0-coeff applies to jumprelu, not relu"),
+        (dict(arch="relu", k=7), "--k applies to batchtopk and topk, not relu"),
         (dict(seed=-1), "--seed"),
         (dict(device="gpu"), "not a device"),
         (dict(batch_size=4096, buffer_tokens=1024), "--buffer-tokens"),
@@ -197,7 +200,7 @@ def test_nan_activations_stop_with_the_last_checkpoint_kept(tmp_path):
     x[4500:] = float("nan")
     cfg = TrainConfig(arch="topk", k=4, dict_size=64, tokens=6000, batch_size=250, buffer_tokens=1500,
                       checkpoint_every=1000, eval_tokens=0, out=str(tmp_path / "run"))
-    with pytest.raises(DataError, match=r"array 0 holds NaN or Inf.*row 4500.*checkpoint at 4,000 tokens is kept"):
+    with pytest.raises(DataError, match=r"NaN or Inf activations in activations: array 0.*row 4500.*checkpoint at 4,000 tokens is kept"):
         train(cfg, source=ArrayActivations([x.numpy()]))
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
 

@@ -30,6 +30,8 @@ def array_cfg(tmp_path, **kw):
     base = dict(arch="topk", k=4, dict_size=64, tokens=4000, batch_size=256, buffer_tokens=1000,
                 eval_tokens=0, out=str(tmp_path / "run"), log_every=1)
     base.update(kw)
+    if base["arch"] not in ("topk", "batchtopk") and "k" not in kw:
+        del base["k"]
     return TrainConfig(**base)
 
 
@@ -389,3 +391,91 @@ def test_resampling_on_an_unlogged_step_reaches_the_log(tmp_path):
                     log_every=13)  # resampling every 10 steps never falls on a logged step
     train(cfg, source=ArrayActivations([x.numpy()]))
     assert sum(r.get("resampled", 0) for r in read_log(tmp_path / "run")) > 0
+
+
+def test_the_calibration_sample_is_the_last_rows_trained_on():
+    from saekit.training import CalibrationSample
+
+    sample = CalibrationSample(batch_size=3000, d=2, device=torch.device("cpu"))  # 9,000 rows: 3 batches
+    batches = [torch.full((3000, 2), float(i)) for i in range(5)]
+    for b in batches:
+        sample.add(b)
+    assert sorted(set(sample.sample()[:, 0].tolist())) == [2.0, 3.0, 4.0]
+    restored = CalibrationSample(batch_size=3000, d=2, device=torch.device("cpu"))
+    restored.load(sample.state())
+    restored.add(batches[0])
+    sample.add(batches[0])
+    assert torch.equal(restored.sample(), sample.sample())
+
+
+def test_a_full_disk_while_logging_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    import saekit.run_folder as run_folder
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(run_folder, "open", lambda *a, **k: FullDisk(), raising=False)
+    with pytest.raises(OutputError, match=r"log\.jsonl: the disk is full"):
+        train(array_cfg(tmp_path), source=ArrayActivations([gaussian(5000).numpy()]))
+
+
+def test_ctrl_c_during_a_write_leaves_no_temporary_file(tmp_path):
+    from saekit.outputs import atomic_write_with
+
+    def write(tmp):
+        tmp.write_bytes(b"x" * 1000)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_with(tmp_path / "checkpoint.safetensors", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_from_a_cache_named_by_another_path(model_dir, corpus, tmp_path, monkeypatch):
+    from saekit.activations import ModelActivations
+
+    src = ModelActivations(saekit.load_model(str(model_dir)), "resid_post.1", dataset=str(corpus), context_length=16)
+    write_activation_cache(src, tmp_path / "cache", 3000, heldout_tokens=0)
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(activation_cache="cache", k=4, expansion=2, tokens=3000, batch_size=100, buffer_tokens=1000,
+               checkpoint_every=1000, eval_tokens=0, out="run")
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg), progress=_crash_after(1500))
+    cfg["activation_cache"] = str(tmp_path / "cache")
+    assert train(TrainConfig(**cfg, resume=True)).tokens == 3000
+
+
+def test_a_diverged_run_says_so(tmp_path, caplog):
+    x = gaussian(8000)
+    with caplog.at_level("WARNING", logger="saekit.training"):
+        train(array_cfg(tmp_path, tokens=4000, lr=10.0, lr_warmup=0.0), source=ArrayActivations([x.numpy()]))
+    assert "worse than predicting the mean" in caplog.text and "lower --lr" in caplog.text
+
+
+def test_a_resumed_run_writes_the_log_of_an_uninterrupted_one(tmp_path):
+    """The log interval's partial sums are in the checkpoint (resampling counts included)."""
+    x = gaussian(30_000)
+    x[:, :4] *= 20
+    kw = dict(arch="relu", l1_coeff=5.0, tokens=12_000, batch_size=100, buffer_tokens=1500, dead_after_tokens=700,
+              checkpoint_every=1000, log_every=7)
+    train(array_cfg(tmp_path, out=str(tmp_path / "full"), **kw), source=ArrayActivations([x.numpy()]))
+    with pytest.raises(KeyboardInterrupt):
+        train(array_cfg(tmp_path, out=str(tmp_path / "cut"), **kw), source=ArrayActivations([x.numpy()]),
+              progress=_crash_after(6400))
+    train(array_cfg(tmp_path, out=str(tmp_path / "cut"), resume=True, **kw), source=ArrayActivations([x.numpy()]))
+
+    def strip(log):
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in log]
+
+    full, cut = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
+    assert any("resampled" in r for r in full)
+    assert strip(cut) == strip(full)

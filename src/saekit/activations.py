@@ -31,7 +31,16 @@ from torch import Tensor
 from .config import CacheConfig, SourceConfig, TrainConfig
 from .data import ContextStream, describe_source, validate_source
 from .errors import ConfigError, DataError
-from .outputs import LOCK_FILE, FolderLock, atomic_write_text, atomic_write_with, check_writable_folder, make_folder
+from .outputs import (
+    LOCK_FILE,
+    TEMP_GLOB,
+    FolderLock,
+    atomic_write_text,
+    atomic_write_with,
+    check_writable_folder,
+    make_folder,
+    output_error,
+)
 from .hooks import HookPoint, read_activations, resolve_hook_point
 from .models import LoadedModel, load_model, parse_dtype, resolve_device
 
@@ -224,7 +233,7 @@ def _check_finite(rows: Tensor, where: str, first_row: int, fix: str) -> None:
     bad = ~torch.isfinite(rows).all(-1)
     if bool(bad.any()):
         row = first_row + int(bad.nonzero()[0, 0])
-        raise DataError(f"{where} holds NaN or Inf activations (the first in row {row}); {fix}")
+        raise DataError(f"NaN or Inf activations in {where} (the first in row {row}); {fix}")
 
 
 class CachedActivations(ArrayActivations):
@@ -324,7 +333,7 @@ class ActivationBuffer:
     figure like FVU) can be arbitrarily far from a full batch's, and Adam remembers a
     gradient spike for thousands of steps.
 
-    It serves ``cfg.tokens`` rounded down to whole batches (``trainable_tokens``) and
+    It serves ``cfg.tokens`` rounded down to whole batches (``cfg.trainable_tokens()``) and
     reads no more from the source, so no forward pass is spent on activations never
     trained on. With a ``norm_cap``, tokens whose norm exceeds it are dropped as each
     chunk loads, before anything is counted, so the budget and the schedules count
@@ -334,7 +343,7 @@ class ActivationBuffer:
     def __init__(self, source: ActivationSource, cfg: TrainConfig, state: dict[str, Any] | None = None):
         self.source = source
         self.buffer_tokens, self.batch_size, self.seed = cfg.buffer_tokens, cfg.batch_size, cfg.seed
-        self.budget = trainable_tokens(cfg)
+        self.budget = cfg.trainable_tokens()
         state = state or {
             "chunk_start": source.start_position(), "chunk_index": 0, "batches_done": 0,
             "served_before_chunk": 0, "norm_cap": None, "carry": torch.empty(0, source.d),
@@ -347,7 +356,8 @@ class ActivationBuffer:
         self.norm_cap: float | None = state["norm_cap"]
         # Rows of earlier chunks that did not fill a batch; they open the current chunk.
         self.carry: Tensor = state["carry"]
-        self._chunk: tuple[Tensor, int, dict[str, int]] | None = None  # (rows, new rows, next position)
+        # (rows: carried + new, new rows kept, rows read from the source, next position)
+        self._chunk: tuple[Tensor, int, int, dict[str, int]] | None = None
 
     def state(self) -> dict[str, Any]:
         return {
@@ -359,18 +369,17 @@ class ActivationBuffer:
             "carry": self.carry.cpu(),
         }
 
-    def _read_new(self) -> tuple[Tensor, dict[str, int]]:
-        want = min(self.buffer_tokens, self.budget - self.served_before_chunk)
-        if want <= 0:
-            return torch.empty(0, self.source.d), self.chunk_start
-        chunk, nxt = self.source.read_chunk(self.chunk_start, want)
-        return self._filter(chunk[:want]), nxt
-
-    def _load(self) -> tuple[Tensor, int, dict[str, int]]:
+    def _load(self) -> tuple[Tensor, int, int, dict[str, int]]:
         if self._chunk is None:
-            new, nxt = self._read_new()
+            want = min(self.buffer_tokens, self.budget - self.served_before_chunk)
+            if want <= 0:
+                read, nxt = torch.empty(0, self.source.d), self.chunk_start
+            else:
+                read, nxt = self.source.read_chunk(self.chunk_start, want)
+                read = read[:want]
+            new = self._filter(read)
             rows = torch.cat([self.carry.to(new.device), new]) if self.carry.shape[0] else new
-            self._chunk = (rows, new.shape[0], nxt)
+            self._chunk = (rows, new.shape[0], read.shape[0], nxt)
         return self._chunk
 
     def _filter(self, chunk: Tensor) -> Tensor:
@@ -378,7 +387,7 @@ class ActivationBuffer:
 
     def peek_sample(self) -> Tensor:
         """The current chunk, unshuffled: the sample the activation scale is estimated on."""
-        rows, _, _ = self._load()
+        rows = self._load()[0]
         if rows.shape[0] == 0:
             raise DataError("the data source yielded no activations; check --dataset (it may be empty)")
         return rows
@@ -389,13 +398,13 @@ class ActivationBuffer:
         if self._chunk is not None:
             assert self.carry.shape[0] == 0, "the norm cap is set before training starts"
             rows = self._filter(self._chunk[0])
-            self._chunk = (rows, rows.shape[0], self._chunk[2])
+            self._chunk = (rows, rows.shape[0], *self._chunk[2:])
 
     def __iter__(self) -> Iterator[Tensor]:
         B = self.batch_size
         while True:
-            rows, n_new, next_start = self._load()
-            if n_new == 0:
+            rows, n_new, n_read, next_start = self._load()
+            if n_read == 0:
                 return  # budget spent or data exhausted; the carry (< B rows) is never trained on
             n = rows.shape[0]
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.chunk_index)
@@ -411,11 +420,6 @@ class ActivationBuffer:
             self._chunk = None
 
 
-def trainable_tokens(cfg: TrainConfig) -> int:
-    """``--tokens`` rounded down to whole batches: what a run trains on when data suffices."""
-    return cfg.tokens // cfg.batch_size * cfg.batch_size
-
-
 @dataclass
 class CacheResult:
     folder: Path
@@ -425,7 +429,7 @@ class CacheResult:
 
 
 # What a cache folder holds (temporary files included), for --overwrite to remove.
-CACHE_FILE_PATTERNS = ("shard-*.npy", HELDOUT_FILE, MANIFEST_FILE, ".*.tmp", ".*.tmp.npy")
+CACHE_FILE_PATTERNS = ("shard-*.npy", HELDOUT_FILE, MANIFEST_FILE, TEMP_GLOB, ".*.tmp.npy")
 
 
 def _cache_files(folder: Path) -> list[Path]:
@@ -492,6 +496,7 @@ def write_activation_cache(
     _check_cache_folder(folder, overwrite)
     make_folder(folder)
     with FolderLock(folder, "cache"):
+        _check_cache_folder(folder, overwrite)  # again: another process may have written here meanwhile
         return _write_cache(source, folder, tokens, shard_tokens, heldout_tokens, dtype, np_dtype, progress)
 
 
@@ -501,8 +506,11 @@ def _write_cache(
 ) -> CacheResult:
     # The manifest goes first: from here until the new one is written the folder is
     # visibly not a complete cache.
-    for old in _cache_files(folder):
-        old.unlink()
+    for old in sorted(_cache_files(folder), key=lambda p: p.name != MANIFEST_FILE):
+        try:
+            old.unlink()
+        except OSError as e:
+            raise output_error(old, e, "the old cache is incomplete now: run with --overwrite again") from None
 
     def save(arr: np.ndarray, name: str) -> None:
         def write(tmp: Path) -> None:

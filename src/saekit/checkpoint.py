@@ -22,6 +22,7 @@ from .outputs import atomic_save_tensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _META_KEY = "saekit_state"
+UNCHECKED_PREFIX = "s.buffer."  # the flattened path of the shuffle buffer's state
 
 
 def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -76,10 +77,15 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
         raise _corrupt(path, f"{type(e).__name__}: {e}") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise _corrupt(path, f"it holds a {type(state).__name__}, not a training state keyed by name")
-    # saekit checks the weights before every checkpoint, so a non-finite value here was
-    # not written by training: the file was damaged afterwards. Say so now, rather than
-    # let the resumed run diverge and blame the learning rate.
+    # saekit checks the weights and Adam's moments before every checkpoint, so a
+    # non-finite value among them was not written by training: the file was damaged
+    # afterwards. Say so now, rather than let the resumed run diverge and blame the
+    # learning rate. (The buffer's carried rows are activations not yet trained on, not
+    # checked when saved: a NaN there is the data's, and training names it when it
+    # reaches a batch.)
     for name, t in tensors.items():
+        if name.startswith(UNCHECKED_PREFIX):
+            continue
         # (isfinite has no kernel for some exotic dtypes, such as float8: widen those first)
         if t.is_floating_point() and not bool(torch.isfinite(t if t.element_size() >= 2 else t.float()).all()):
             raise _corrupt(path, f"the tensor {name.removeprefix('s.')} holds NaN or Inf")

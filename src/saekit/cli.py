@@ -10,11 +10,12 @@ import argparse
 import dataclasses
 import logging
 import sys
+import time
 import types
 import typing
 from typing import Any, Sequence
 
-from .config import CacheConfig, TrainConfig
+from .config import CacheConfig, TrainConfig, flag_name
 from .errors import ConfigError, OutputError, RunInterrupted, SaekitError
 
 # The formats `saekit.peer_formats` reads and writes (kept here so --help needs no torch import).
@@ -50,10 +51,6 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
-def _flag(field: dataclasses.Field) -> str:
-    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
-
-
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -63,11 +60,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = field.metadata.get("help", "")
         default = field.default
         if base is bool:
-            parser.add_argument(_flag(field), dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(flag_name(field), dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         shown = " (required)" if field.metadata.get("required") else "" if default is None else f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
         parser.add_argument(
-            _flag(field),
+            flag_name(field),
             dest=field.name,
             type=base,
             default=default,
@@ -104,7 +101,7 @@ class _ProgressBars:
 
     Training is over once its bar is full, or at a status after the first step (the
     trainer reports statuses for the slow steps around its loop, such as the final
-    evaluation; its last step may stop short of the total, at a whole batch). Then the
+    evaluation; a run whose data ran out never fills its bar). Then the
     training bar is closed, so it does not sit there while evaluation runs. Without a
     total (``saekit eval``) there is no training bar. Nothing is drawn before the first
     record, so nothing appears before validation has succeeded.
@@ -117,6 +114,7 @@ class _ProgressBars:
         self.train_bar: Any = None
         self.training_over = total is None
         self.stepped = False
+        self.first_step: tuple[float, int] | None = None  # (time, tokens) of the first training record
         self.side_bar: Any = None  # the current phase's bar, or a status line
         self.side_name: str | None = None
 
@@ -155,11 +153,19 @@ class _ProgressBars:
         bar.set_description_str(self.desc, refresh=False)  # a status shown before is over
         rate = record.get("tokens_per_s")
         tokens = int(record["tokens"])
+        now = time.monotonic()
+        if self.first_step is None:
+            self.first_step = (now, tokens)
         parts = []
         if rate:
             parts.append(f"{_si(rate)} tok/s")
+            # Time left from the pace since the first step (refills of the shuffle buffer
+            # included, the fill before training not): one interval's rate swings with
+            # every refill, and the time left with it.
+            t0, n0 = self.first_step
+            pace = (tokens - n0) / (now - t0) if tokens > n0 and now > t0 else rate
             if self.total and tokens < self.total:
-                parts.append(f"{_duration((self.total - tokens) / rate)} left")
+                parts.append(f"{_duration((self.total - tokens) / pace)} left")
         parts += [f"loss {_amount(record.get('loss'), '.3g')}", f"l0 {_amount(record.get('l0'), '.1f')}",
                   f"fvu {_amount(record.get('fvu'), '.3f')}", f"dead {_amount(record.get('dead_frac'), '.1%')}"]
         bar.set_postfix_str(", ".join(parts), refresh=False)
@@ -214,7 +220,7 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from .training import train
 
     cfg = _config_from_args(TrainConfig, ns)
-    bars = _ProgressBars(f"train {cfg.arch}", cfg.tokens)
+    bars = _ProgressBars(f"train {cfg.arch}", cfg.trainable_tokens())
     try:
         result = train(cfg, progress=bars)
     finally:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .dictionaries import ARCHITECTURES
@@ -27,6 +29,7 @@ ARCH_CHOICES = tuple(sorted(ARCHITECTURES))
 # budget (300k tokens, 8x), activations scaled to E‖x‖² = d: relu λ=2 → L0 37, gated
 # λ=2 → L0 56, jumprelu λ=1 → L0 77 (see benchmarks/architectures.py).
 DEFAULT_SPARSITY_COEFF = {"l1": 2.0, "l0": 1.0}
+DEFAULT_K = 32  # active features per token, for the TopK family
 
 # Fraction of the run after which dead-feature resampling stops, so the learning-rate
 # decay phase is not disturbed by fresh features.
@@ -47,6 +50,23 @@ def _bad(msg: str) -> None:
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
+def flag_name(f: dataclasses.Field) -> str:
+    """The CLI flag of a config field (its ``flag`` metadata, else ``--field-name``)."""
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _is_type(value: Any, base: type) -> bool:
+    if base is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False  # True is an int to Python, not a size or a rate to a user
+    if base is int:
+        return isinstance(value, numbers.Integral)
+    if base is float:
+        return isinstance(value, numbers.Real)
+    return isinstance(value, base)
+
+
 def _check_types(cfg: Any) -> None:
     """Every field holds a value of its declared type, before any range check runs.
 
@@ -64,16 +84,13 @@ def _check_types(cfg: Any) -> None:
         if base is str and isinstance(value, os.PathLike):
             value = os.fspath(value)  # paths are kept as strings (they go into JSON records)
             setattr(cfg, f.name, value)
-        ok = (
-            isinstance(value, bool) if base is bool
-            else isinstance(value, (int, float)) and not isinstance(value, bool) if base is float
-            else isinstance(value, base) and not isinstance(value, bool) if base is int
-            else isinstance(value, base)
-        )
-        if not ok:
-            flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-            optional = " or None" if type(None) in typing.get_args(hint) else ""
-            _bad(f"{flag} ({f.name}=) must be {_TYPE_NAMES.get(base, base.__name__)}{optional}, got {value!r}")
+        optional = " or None" if type(None) in typing.get_args(hint) else ""
+        if not _is_type(value, base):
+            _bad(f"{flag_name(f)} ({f.name}=) must be {_TYPE_NAMES.get(base, base.__name__)}{optional}, got {value!r}")
+        if base is float and not math.isfinite(value):
+            _bad(f"{flag_name(f)} ({f.name}=) must be a finite number{optional}, got {value!r}")
+        if base in (int, float, bool):
+            setattr(cfg, f.name, base(value))  # numpy scalars become Python numbers (they go into JSON)
 
 
 @dataclass
@@ -160,7 +177,7 @@ class TrainConfig(SourceConfig):
     )
     # The dictionary.
     arch: str = _opt(f"architecture: {', '.join(ARCH_CHOICES)}", default="topk", choices=ARCH_CHOICES)
-    k: int = _opt("active features per token (topk, batchtopk)", default=32)
+    k: int | None = _opt("active features per token (topk, batchtopk; default 32)", default=None)
     expansion: int | None = _opt("dictionary size as a multiple of the activation width (default 8)", default=None)
     dict_size: int | None = _opt("dictionary size in features (instead of --expansion)", default=None)
     l1_coeff: float | None = _opt(
@@ -225,6 +242,11 @@ class TrainConfig(SourceConfig):
             _bad(f"--expansion must be positive, got {self.expansion}")
         if self.dict_size is not None and self.dict_size <= 0:
             _bad(f"--dict-size must be positive, got {self.dict_size}")
+        if not cls.uses_k and self.k is not None:
+            takes = [a for a, c in sorted(ARCHITECTURES.items()) if c.uses_k]
+            _bad(f"--k applies to {' and '.join(takes)}, not {self.arch}")
+        if cls.uses_k and self.k is None:
+            self.k = DEFAULT_K
         if cls.uses_k and self.k <= 0:
             _bad(f"--k must be positive, got {self.k}")
         if self.dict_size is not None and cls.uses_k and self.k >= self.dict_size:
@@ -289,6 +311,11 @@ class TrainConfig(SourceConfig):
         # Larger dictionaries want smaller steps (sparsify's 1/sqrt(F) rule); the base
         # is set for short CPU budgets, where a too-small rate never leaves the ground.
         return self.lr if self.lr is not None else 1.6e-3 / math.sqrt(d_sae / 4096)
+
+    def trainable_tokens(self) -> int:
+        """``--tokens`` rounded down to whole batches: what a run trains on when data suffices
+        (every batch is full; see ``activations.ActivationBuffer``)."""
+        return self.tokens // self.batch_size * self.batch_size
 
     def dead_window(self) -> int:
         if self.dead_after_tokens is not None:

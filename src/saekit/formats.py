@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .dictionaries import Dictionary, DictionaryConfig, build_dictionary
+from .checkpoint import CHECKPOINT_FILE
 from .errors import ConfigError, FormatError
 from .outputs import atomic_save_tensors, atomic_write_text, make_folder
 
@@ -37,6 +38,9 @@ TRAINING_FILE = "training.json"
 LOG_FILE = "log.jsonl"
 EVAL_FILE = "eval.json"
 REPORT_FILE = "report.html"
+# What a training run writes beside its dictionary: each describes that dictionary, so
+# none may stay beside another one written over it (--overwrite and convert remove them).
+RUN_RECORD_FILES = (TRAINING_FILE, LOG_FILE, EVAL_FILE, REPORT_FILE, CHECKPOINT_FILE)
 
 
 def save_dictionary(dictionary: Dictionary, folder: str | os.PathLike) -> Path:

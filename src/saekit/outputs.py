@@ -74,19 +74,38 @@ def check_writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
     return path
 
 
+TEMP_GLOB = ".*.tmp"  # what atomic writes leave behind if the process dies mid-write
+
+
+def temp_path(path: Path) -> Path:
+    """Where ``path`` is written before the rename (hidden, beside it, matching TEMP_GLOB)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def atomic_write_with(path: Path, write_tmp: Callable[[Path], None]) -> None:
-    """Call ``write_tmp(tmp)`` to write a temporary file, then rename it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Call ``write_tmp(tmp)`` to write a temporary file, then rename it onto ``path``.
+
+    Whatever stops the write (a full disk, Ctrl-C) removes the temporary file, which can
+    be as large as a checkpoint; the previous ``path`` is untouched until the rename.
+    """
+    tmp = temp_path(path)
     try:
         write_tmp(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
         kept = "the previous version is kept" if path.exists() else "nothing was written there"
         raise OutputError(f"cannot write {path}: {_reason(e)}; {kept}") from None
+
+
+def output_error(path: Path, e: OSError, kept: str) -> OutputError:
+    """The one message for a failed write that is not atomic (appending to a log)."""
+    return OutputError(f"cannot write {path}: {_reason(e)}; {kept}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

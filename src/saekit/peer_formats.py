@@ -40,11 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CHECKPOINT_FILE
 from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, build_dictionary
 from .errors import FormatError, OutputError
 from .formats import CONFIG_FILE as SAEKIT_CONFIG
-from .formats import EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE
+from .formats import RUN_RECORD_FILES
 from .formats import WEIGHTS_FILE as SAEKIT_WEIGHTS
 from .formats import (
     check_finite,
@@ -63,6 +62,7 @@ from .outputs import (
     atomic_write_text,
     check_writable_folder,
     make_folder,
+    temp_path,
 )
 
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -80,9 +80,6 @@ FORMAT_FILES = {
     "gemma_scope": (GEMMA_SCOPE_PARAMS,),
 }
 DICTIONARY_FILES = tuple(dict.fromkeys(name for files in FORMAT_FILES.values() for name in files))
-# What a training run writes beside its dictionary: each describes that dictionary, so
-# none may stay beside another one written over it.
-RUN_RECORD_FILES = (TRAINING_FILE, LOG_FILE, EVAL_FILE, REPORT_FILE, CHECKPOINT_FILE)
 # How the writers' messages name the folder they write into.
 DESTINATION = "the destination"
 # SAELens architecture → saekit architecture, and back; saekit's BatchTopK is written as
@@ -743,7 +740,7 @@ def _remove_dictionary_and_run_files(folder: Path) -> list[str]:
     """Remove what describes the dictionary in ``folder`` (and a crash's temporary copies); return the names."""
     removed = []
     for name in (*DICTIONARY_FILES, *RUN_RECORD_FILES):
-        for path in (folder / name, folder / f".{name}.tmp"):
+        for path in (folder / name, temp_path(folder / name)):
             if path.is_file() or path.is_symlink():
                 try:
                     path.unlink()

@@ -112,7 +112,8 @@ LOG_FIELDS = ("step", "tokens", "loss", "mse", "l0", "fvu", "dead_frac", "lr", "
 OLD_LOG_FIELDS = tuple(k for k in LOG_FIELDS if k != "mse")
 # Why a term can be 0 at every record, keyed by the term's name without the prefix.
 ZERO_TERM_REASONS = {
-    "auxk": "no feature was dead, so the auxiliary-k term had nothing to revive",
+    "auxk": "no feature was counted dead (none was, or the run was shorter than its dead window), "
+            "so the auxiliary-k term had nothing to revive",
     "aux": "the gate's own reconstruction was perfect",
     "l1": "no feature was active",
     "l0": "no feature was active",
@@ -526,18 +527,30 @@ def _l0_hist(ax: Axes, regimes: Mapping[str, Mapping[str, Any]]) -> None:
     ax.legend(fontsize=8)
 
 
-def _frontier_series(entries: Sequence[Evaluated], metric: str) -> dict[tuple[str, str, str, str], list[tuple[float, float, str]]]:
-    """Points that may be joined: one series per regime, model, hook point and architecture.
+def _measured_on(e: Evaluated) -> str:
+    """The text and BOS policy an evaluation counted (which figures can be compared)."""
+    dataset = Path(str(e.evaluation.get("dataset") or "embedded")).name
+    return f"{dataset}{', BOS kept' if e.evaluation.get('keep_bos') else ''}"
 
-    Figures of different models or hook points measure different activations, so a line
-    between them would draw a trade-off that does not exist.
+
+def _frontier_series(entries: Sequence[Evaluated], metric: str) -> dict[tuple[str, str, str, str], list[tuple[float, float, str]]]:
+    """Points that may be joined: one series per regime, model, hook point and architecture,
+    among evaluations on the same text with the same BOS policy.
+
+    Figures of different models or hook points measure different activations, and
+    figures on other text or with BOS counted measure other tokens, so a line between
+    them would draw a trade-off that does not exist. Evaluations that differ only in
+    text or BOS policy get their own series (the key's architecture part names them).
     """
     series: dict[tuple[str, str, str, str], list[tuple[float, float, str]]] = defaultdict(list)
     for regime in REGIMES:
         for e in entries:
             x, y = _num(e.regime(regime).get("l0")), _num(e.regime(regime).get(metric))
             if x == x and y == y:
-                series[(regime, e.model, e.hook, str(e.dictionary.get("arch")))].append((x, y, e.name))
+                arch = str(e.dictionary.get("arch"))
+                if len({_measured_on(o) for o in entries}) > 1:
+                    arch = f"{arch}, {_measured_on(e)}"
+                series[(regime, e.model, e.hook, arch)].append((x, y, e.name))
     for points in series.values():
         points.sort()
     return series

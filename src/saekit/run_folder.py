@@ -28,13 +28,13 @@ from typing import Any
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
-from .formats import CONFIG_FILE, EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, WEIGHTS_FILE
-from .outputs import LOCK_FILE, atomic_write_text, check_writable_folder
+from .formats import CONFIG_FILE, LOG_FILE, RUN_RECORD_FILES, TRAINING_FILE, WEIGHTS_FILE
+from .outputs import LOCK_FILE, TEMP_GLOB, atomic_write_text, check_writable_folder, output_error
 
 log = logging.getLogger(__name__)
 
 # Every file a training run writes into its folder.
-RUN_FILES = (CHECKPOINT_FILE, TRAINING_FILE, LOG_FILE, EVAL_FILE, REPORT_FILE, CONFIG_FILE, WEIGHTS_FILE)
+RUN_FILES = (*RUN_RECORD_FILES, CONFIG_FILE, WEIGHTS_FILE)
 
 # Options that change where or how a run executes but not what it computes; they may
 # differ between a run and its resumption.
@@ -43,7 +43,9 @@ EXECUTION_ONLY = frozenset(
 )
 # Options whose default is filled in, or whose value is a path, once the model and data
 # are known: compared by their resolved values (``resolved_settings``) instead.
-RESOLVED_LATER = frozenset({"model", "hook", "dataset", "expansion", "dict_size", "lr", "dead_after_tokens", "l1_coeff", "l0_coeff"})
+RESOLVED_LATER = frozenset(
+    {"model", "hook", "dataset", "activation_cache", "expansion", "dict_size", "lr", "dead_after_tokens", "l1_coeff", "l0_coeff"}
+)
 
 
 def given_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -52,7 +54,41 @@ def given_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _differences(before: dict[str, Any], now: dict[str, Any], keys: set[str] | frozenset[str]) -> dict[str, tuple[Any, Any]]:
-    return {k: (before.get(k), now.get(k)) for k in sorted(keys) if before.get(k) != now.get(k)}
+    """Keys whose values differ (``keys`` empty: every key of ``now``)."""
+    return {k: (before.get(k), now.get(k)) for k in sorted(keys or now) if before.get(k) != now.get(k)}
+
+
+def resolvable_now(cfg: TrainConfig, before: dict[str, Any], source_from_cfg: bool = True) -> dict[str, Any]:
+    """The resolved settings a resumed run can work out without loading the model.
+
+    Paths are made absolute as the run recorded them; defaults that depend only on the
+    dictionary's size are computed from the recorded size. Settings left to a default
+    that needs the model (the hook point) are checked once it is loaded.
+    """
+    from .data import describe_source
+    from .hooks import HookPoint
+    from .models import EMBEDDED_MODEL
+
+    now: dict[str, Any] = {}
+    reads_model = source_from_cfg and cfg.activation_cache is None
+    if "dataset" in before and reads_model:
+        now["dataset"] = describe_source(cfg.dataset)
+    if "model" in before and reads_model:
+        model = cfg.model or EMBEDDED_MODEL
+        path = Path(model).expanduser()
+        now["model"] = str(path.resolve()) if path.exists() else model
+    if "activation_cache" in before and cfg.activation_cache is not None:
+        now["activation_cache"] = str(Path(cfg.activation_cache).expanduser().resolve())
+    if cfg.hook is not None and "hook" in before and source_from_cfg:
+        try:
+            now["hook"] = HookPoint.parse(cfg.hook).name
+        except ValueError:
+            pass  # a malformed name is reported with the valid ones when the model loads
+    if "d_in" in before and "d_sae" in before:
+        d_sae = cfg.dictionary_size(before["d_in"])
+        now.update(d_sae=d_sae, lr=cfg.learning_rate(d_sae))
+    now.update(sparsity_coeff=cfg.sparsity_coeff(), dead_after_tokens=cfg.dead_window())
+    return {k: v for k, v in now.items() if k in before}
 
 
 def _refuse_changes(out: Path, diff: dict[str, tuple[Any, Any]], what: str) -> None:
@@ -64,8 +100,11 @@ def _refuse_changes(out: Path, diff: dict[str, tuple[Any, Any]], what: str) -> N
         )
 
 
-def check_run_folder(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
+def check_run_folder(cfg: TrainConfig, out: Path, source_from_cfg: bool = True) -> dict[str, Any] | None:
     """Check the output folder without changing it; on --resume, return the checkpoint.
+
+    ``source_from_cfg`` is False when the activations were handed to ``train`` directly:
+    the config's model and data then say nothing about them.
 
     A folder "holds a run" when it has a checkpoint or a saved dictionary; a folder
     with only the settings and log of a run that died before its first checkpoint
@@ -83,11 +122,15 @@ def check_run_folder(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
                 "start the run again with --overwrite"
             )
         now = given_settings(cfg)
-        _refuse_changes(out, _differences(recorded.get("given", {}), now, set(now) - RESOLVED_LATER), "settings")
+        diff = _differences(recorded.get("given", {}), now, set(now) - RESOLVED_LATER)
+        before = recorded.get("resolved", {})
+        diff.update(_differences(before, resolvable_now(cfg, before, source_from_cfg), set()))  # before the model loads
+        _refuse_changes(out, dict(sorted(diff.items())), "settings")
         return state
     if not out.exists():
         return None
-    present = [p.name for p in out.iterdir() if p.name != LOCK_FILE and not _is_temp(p.name)]
+    temps = {p.name for p in out.glob(TEMP_GLOB)}
+    present = [p.name for p in out.iterdir() if p.name != LOCK_FILE and p.name not in temps]
     others = sorted(set(present) - set(RUN_FILES))
     if cfg.overwrite:
         if others:
@@ -98,12 +141,23 @@ def check_run_folder(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
         return None
     if set(present) <= {TRAINING_FILE, LOG_FILE}:
         return None  # empty, or a run that died before its first checkpoint: start it again
-    holds_run = (out / CHECKPOINT_FILE).exists() or (out / WEIGHTS_FILE).exists()
-    what = "a run" if holds_run else f"other files ({', '.join((others or present)[:5])})"
-    raise ConfigError(
-        f"the output folder {out} already holds {what}; pass --resume to continue it, "
-        "--overwrite to replace it, or choose another --out"
-    )
+    if others:
+        raise ConfigError(
+            f"the output folder {out} holds files a training run did not write ({', '.join(others[:5])}); "
+            "choose another --out"
+        )
+    fix = "pass --resume to continue it, " if (out / CHECKPOINT_FILE).exists() else ""
+    raise ConfigError(f"the output folder {out} already holds a run; {fix}pass --overwrite to replace it, or choose another --out")
+
+
+def checkpoint_stamp(out: Path) -> tuple[int, int, int] | None:
+    """Which checkpoint file is there (inode, size, modification time), to tell cheaply
+    whether it changed between the checks and the lock."""
+    try:
+        st = (out / CHECKPOINT_FILE).stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def check_resolved(out: Path, state: dict[str, Any], resolved: dict[str, Any]) -> None:
@@ -113,16 +167,23 @@ def check_resolved(out: Path, state: dict[str, Any], resolved: dict[str, Any]) -
     _refuse_changes(out, _differences(before, resolved, keys), "resolved settings")
 
 
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".tmp")
-
-
 def clear_run_files(out: Path) -> None:
     """Remove every file a run writes (and temporary files a crash left), nothing else."""
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    for p in out.glob(".*.tmp"):
+    for p in out.glob(TEMP_GLOB):
         p.unlink(missing_ok=True)
+
+
+def remove_if_empty(out: Path) -> None:
+    """Remove a folder this run created if it holds nothing but its lock file (a run that
+    failed before writing anything leaves no empty folder behind)."""
+    try:
+        if {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:
+        pass
 
 
 def write_run_info(out: Path, info: dict[str, Any]) -> None:
@@ -156,6 +217,7 @@ class RunLog:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
         atomic_write_text(path, "".join(kept))
+        self.path = path
         self.fh = open(path, "a")
         self.wandb = None
         if cfg.wandb:
@@ -166,13 +228,19 @@ class RunLog:
             )
 
     def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
+        try:
+            self.fh.write(json.dumps(record) + "\n")
+            self.fh.flush()
+        except OSError as e:
+            raise output_error(self.path, e, "the lines before this one are kept") from None
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if v is not None}, step=record["step"])
 
     def close(self) -> None:
-        self.fh.close()
+        try:
+            self.fh.close()
+        except OSError:
+            pass  # a failed flush was reported by write()
         if self.wandb is not None:
             self.wandb.finish()
 

@@ -14,7 +14,8 @@ is how training many dictionaries from one forward pass will plug in.)
 Exact resume: the learning-rate and sparsity schedules are pure functions of the
 tokens done, the activation buffer is a pure function of its recorded state (see
 ``activations.ActivationBuffer``), and the checkpoint holds the weights, Adam's
-moments, the RNG state, the dead-feature counters and the threshold estimate. An
+moments, the RNG state, the dead-feature counters, the buffer's carried rows and the
+calibration sample. An
 interrupted run resumed from its last checkpoint therefore ends with the weights of
 an uninterrupted one.
 
@@ -32,29 +33,33 @@ import logging
 import math
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from .activations import ActivationBuffer, ActivationSource, ModelActivations, open_activation_source, trainable_tokens
+from .activations import ActivationBuffer, ActivationSource, ModelActivations, open_activation_source
 from .checkpoint import save_checkpoint
 from .config import RESAMPLE_STOP_FRACTION, TrainConfig
 from .dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, LossOutput, LossParams, build_dictionary
 from .errors import CheckpointError, ConfigError, DataError, OutputError, RunInterrupted, TrainingDivergedError
-from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
+from .evaluation import BOS_AS_TRAINED, EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
 from .formats import EVAL_FILE, LOG_FILE, save_dictionary
 from .models import resolve_device
 from .outputs import FolderLock, atomic_write_text, make_folder
 from .run_folder import (
+    EXECUTION_ONLY,
     RunLog,
     check_resolved,
     check_run_folder,
+    checkpoint_stamp,
     clear_run_files,
     given_settings,
     read_run_info,
+    remove_if_empty,
     write_run_info,
 )
 
@@ -188,7 +193,7 @@ class DictionaryTrainer:
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=(0.9, 0.999))
         self.tracker = DeadFeatureTracker(dict_cfg.d_sae, cfg.dead_window(), device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.total_tokens = trainable_tokens(cfg)
+        self.total_tokens = cfg.trainable_tokens()
         self.calibration = CalibrationSample(cfg.batch_size, dict_cfg.d_in, device) if self.sae.calibrated else None
         self.scale = 1.0
         self.step = 0
@@ -326,35 +331,52 @@ class LogInterval:
 
     def reset(self, now: float) -> None:
         self.start, self.steps, self.n, self.resampled = now, 0, 0, 0
-        self.err = self.sum_sq = self.l0 = 0.0
-        self.sum_x: Tensor | None = None
-        self.terms: dict[str, float] = {}
+        # Running sums stay on the dictionary's device as float64 tensors, read only in
+        # record(): a float() per step would make a GPU wait for every step.
+        self.sums: dict[str, Tensor] = {}
+
+    def _add(self, name: str, value: Tensor) -> None:
+        value = value.detach().double()
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     @torch.no_grad()
     def add(self, x: Tensor, out: LossOutput, resampled: int) -> None:
-        """``x`` and the loss are in scaled units; sums are kept in float64."""
+        """``x`` and the loss are in scaled units."""
         self.resampled += resampled
-        xd = x.double()
         self.steps += 1
         self.n += x.shape[0]
-        self.err += float((x - out.x_hat.detach()).double().pow(2).sum())
-        self.sum_sq += float(xd.pow(2).sum())
-        self.sum_x = xd.sum(0) if self.sum_x is None else self.sum_x + xd.sum(0)
-        self.l0 += float((out.f > 0).sum())
-        for name, value in {"loss": out.loss, **{f"loss_{k}": v for k, v in out.terms.items()}}.items():
-            self.terms[name] = self.terms.get(name, 0.0) + float(value.detach())
+        self._add("err", (x - out.x_hat).pow(2).sum())
+        self._add("sum_sq", x.pow(2).sum())
+        self._add("sum_x", x.sum(0))
+        self._add("l0", (out.f > 0).sum())
+        self._add("loss", out.loss)
+        for name, value in out.terms.items():
+            self._add(f"loss_{name}", value)
+
+    def state(self) -> dict[str, Any]:
+        """The sums so far (checkpointed, so the first record after a resume covers the
+        same steps, with the same figures, as in an uninterrupted run)."""
+        return {"steps": self.steps, "n": self.n, "resampled": self.resampled,
+                "sums": {name: t.cpu() for name, t in self.sums.items()}}
+
+    def load(self, state: dict[str, Any], device: torch.device) -> None:
+        self.steps, self.n, self.resampled = int(state["steps"]), int(state["n"]), int(state["resampled"])
+        self.sums = {name: t.to(device) for name, t in state["sums"].items()}
 
     def record(self, trainer: DictionaryTrainer, now: float) -> dict[str, Any]:
-        assert self.sum_x is not None and self.steps > 0
-        variance = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
-        fvu = self.err / variance if self.n >= 2 and variance > 1e-12 * max(self.sum_sq, 1e-30) else None
+        assert self.steps > 0
+        sums = {name: t.cpu() for name, t in self.sums.items()}
+        err, sum_sq = float(sums.pop("err")), float(sums.pop("sum_sq"))
+        variance = sum_sq - float(sums.pop("sum_x").pow(2).sum()) / self.n
+        fvu = err / variance if self.n >= 2 and variance > 1e-12 * max(sum_sq, 1e-30) else None
+        l0 = float(sums.pop("l0")) / self.n
         return {
             "step": trainer.step,
             "tokens": trainer.tokens,
-            **{name: total / self.steps for name, total in self.terms.items()},
-            "mse": self.err / self.n * trainer.scale**2,  # raw units, as in eval.json
+            **{name: float(total) / self.steps for name, total in sums.items()},  # loss and loss_*
+            "mse": err / self.n * trainer.scale**2,  # raw units, as in eval.json
             "fvu": fvu,
-            "l0": self.l0 / self.n,
+            "l0": l0,
             "dead_frac": trainer.tracker.dead_fraction(trainer.tokens),
             "lr": trainer.opt.param_groups[0]["lr"],
             "tokens_per_s": self.n / max(now - self.start, 1e-9),  # this interval's rate
@@ -374,6 +396,7 @@ def resolved_settings(cfg: TrainConfig, source: ActivationSource, d_sae: int) ->
     """The run's settings with every default filled in and local paths made absolute."""
     return {
         "model": source.model_name,
+        **({"activation_cache": str(Path(cfg.activation_cache).expanduser().resolve())} if cfg.activation_cache else {}),
         "hook": source.hook,
         "dataset": source.dataset_name,
         "context_length": source.context_length,
@@ -384,7 +407,7 @@ def resolved_settings(cfg: TrainConfig, source: ActivationSource, d_sae: int) ->
         "sparsity_coeff": cfg.sparsity_coeff(),
         "dead_after_tokens": cfg.dead_window(),
         "checkpoint_every": cfg.checkpoint_interval(),
-        "tokens": trainable_tokens(cfg),
+        "tokens": cfg.trainable_tokens(),
     }
 
 
@@ -398,7 +421,7 @@ def _check_k_fits(cfg: TrainConfig) -> None:
     if d is not None and cfg.k >= cfg.dictionary_size(d):
         raise ConfigError(
             f"--k {cfg.k} must be smaller than the dictionary size {cfg.dictionary_size(d)} "
-            f"(--expansion {cfg.expansion or 8} × the model's width {d}); lower --k or raise --expansion"
+            f"(--expansion {cfg.dictionary_size(d) // d} × the model's width {d}); lower --k or raise --expansion"
         )
 
 
@@ -428,14 +451,17 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
             progress({"status": message})
 
     device = resolve_device(cfg.device)
-    state = check_run_folder(cfg, Path(cfg.out)) if cfg.out else None  # before the slow model load
+    out = Path(cfg.out) if cfg.out else None
+    source_from_cfg = source is None
+    if out is not None:  # before the slow model load
+        stamp, state = checkpoint_stamp(out), check_run_folder(cfg, out, source_from_cfg)
     if source is None:
         _check_k_fits(cfg)
         status("loading the model" if not cfg.activation_cache else "opening the activation cache")
         source = open_activation_source(cfg, device, cfg.activation_cache)
-    out = Path(cfg.out) if cfg.out else default_out(cfg, source.model_name, source.hook)
-    if not cfg.out:
-        state = check_run_folder(cfg, out)
+    if out is None:
+        out = default_out(cfg, source.model_name, source.hook)
+        stamp, state = checkpoint_stamp(out), check_run_folder(cfg, out, source_from_cfg)
     if cfg.wandb:
         try:
             import wandb  # noqa: F401
@@ -467,38 +493,65 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
                 if heldout.shape[0] == 0:
                     raise DataError("the held-out split yielded no activations")
         except DataError as e:
+            if "--eval-tokens 0" in str(e):
+                raise
             raise DataError(f"{str(e).rstrip('.')} (or pass --eval-tokens 0 to skip the held-out evaluation).") from None
 
     # Everything is checked: now the output folder may change, under its lock. The
     # folder is checked again under the lock, since another run may have written to
     # it meanwhile.
+    created = not out.exists()
     make_folder(out)
-    with FolderLock(out, "train"):
-        state_now = check_run_folder(cfg, out)
-        if (state is None) != (state_now is None) or (state is not None and state_now["step"] != state["step"]):
-            raise CheckpointError(f"{out} changed while this run was starting (another run wrote to it); start again")
-        if state is None:
-            clear_run_files(out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
-        return _run(cfg, source, out, dict_cfg, resolved, state, heldout, progress, status)
+    try:
+        with FolderLock(out, "train"), _model_reads_reported(source, progress):
+            if state is None:
+                check_run_folder(cfg, out, source_from_cfg)
+                clear_run_files(out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
+            elif checkpoint_stamp(out) != stamp:
+                raise CheckpointError(
+                    f"the checkpoint in {out} changed while this run was starting (another run wrote it); start again"
+                )
+            return _run(cfg, source, out, dict_cfg, resolved, state, heldout, progress, status, device)
+    except BaseException:
+        if created:
+            remove_if_empty(out)  # a run that failed before writing anything leaves no folder
+        raise
+
+
+@contextmanager
+def _model_reads_reported(source: ActivationSource, progress: ProgressCallback | None) -> Iterator[None]:
+    """Reading activations from the model (the first fill and every refill) shows as a phase of its own."""
+    if not isinstance(source, ModelActivations):
+        yield
+        return
+    previous, source.progress = source.progress, progress
+    try:
+        yield
+    finally:
+        source.progress = previous
 
 
 def _run(
     cfg: TrainConfig, source: ActivationSource, out: Path, dict_cfg: DictionaryConfig, resolved: dict[str, Any],
     state: dict[str, Any] | None, heldout: Tensor | None, progress: ProgressCallback | None,
-    status: Callable[[str], None],
+    status: Callable[[str], None], device: torch.device,
 ) -> TrainResult:
-    trainer = DictionaryTrainer(cfg, dict_cfg, resolve_device(cfg.device), _source_hint(cfg, source))
+    trainer = DictionaryTrainer(cfg, dict_cfg, device, _source_hint(cfg, source))
     settings = {"given": given_settings(cfg), "resolved": resolved}
+    interval = LogInterval()
     if state is not None:
         try:
             trainer.load_state_dict(state)
             buffer = ActivationBuffer(source, cfg, state=state["buffer"])
+            interval.load(state["log_interval"], device)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(
                 f"the checkpoint in {out} does not fit this run ({type(e).__name__}: {e}); "
                 "it is from another version or configuration"
             ) from None
         run_info = read_run_info(out) or {"config": cfg.to_dict(), "resolved": resolved, "wandb_id": uuid.uuid4().hex[:12]}
+        # What may change on a resume (where and how it runs) is recorded as it now is.
+        run_info["config"] = {**run_info.get("config", {}), **{k: getattr(cfg, k) for k in EXECUTION_ONLY}}
         log.info("resuming %s at step %d (%d tokens)", out, trainer.step, trainer.tokens)
     else:
         buffer = ActivationBuffer(source, cfg)
@@ -523,7 +576,9 @@ def _run(
         nonlocal last_good
         if not trainer.state_finite():
             raise TrainingDivergedError(f"the weights became non-finite by step {trainer.step}; lower --lr.")
-        save_checkpoint({**trainer.state_dict(), "buffer": buffer.state(), "settings": settings}, out)
+        save_checkpoint(
+            {**trainer.state_dict(), "buffer": buffer.state(), "log_interval": interval.state(), "settings": settings}, out
+        )
         last_good = trainer.tokens
 
     def kept() -> str:
@@ -532,10 +587,8 @@ def _run(
         return (f"The checkpoint at {last_good:,} tokens is kept in {out}; `saekit train --out {out} --resume` "
                 "with the same settings continues from it.")
 
-    if isinstance(source, ModelActivations):
-        source.progress = progress  # buffer refills show as a phase of their own
     status("training")
-    interval = LogInterval()
+    last_fvu: float | None = None
     try:
         for x in buffer:
             out_step, x_scaled, resampled = trainer.train_step(x)
@@ -544,24 +597,30 @@ def _run(
                 now = time.perf_counter()
                 record = interval.record(trainer, now)
                 run_log.write(record)
+                last_fvu = record["fvu"]
                 interval.reset(now)
                 if progress:
                     progress(record)
             if trainer.tokens >= next_checkpoint:
                 checkpoint()
                 next_checkpoint = (trainer.tokens // every + 1) * every
+        if interval.steps:  # the data ran out between two log steps
+            run_log.write(interval.record(trainer, time.perf_counter()))
         if trainer.tokens < trainer.total_tokens:
             log.warning("data ran out after %d of %d tokens", trainer.tokens, trainer.total_tokens)
         checkpoint()
-    except (TrainingDivergedError, DataError) as e:
-        raise type(e)(f"{e}. {kept()}".replace(".. ", ". ")) from None
-    except OutputError as e:
-        raise OutputError(f"{e}. {kept()}") from None
+    except (TrainingDivergedError, DataError, OutputError) as e:
+        raise type(e)(f"{str(e).rstrip('.')}. {kept()}") from None
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted at {trainer.tokens:,} tokens. {kept()}") from None
     finally:
         run_log.close()
 
+    if last_fvu is not None and last_fvu > 1:
+        # Not an error (the weights are finite and saved), but a run that ends worse than
+        # predicting the mean has almost surely diverged, and says so.
+        log.warning("training ended with FVU %.3g on its last steps, worse than predicting the mean: the run "
+                    "diverged or never learned; lower --lr (it was %.2g)", last_fvu, trainer.base_lr)
     final = trainer.finished_dictionary()
     save_dictionary(final, out)
     metrics, evaluation = None, None
@@ -571,7 +630,7 @@ def _run(
             metrics, evaluation = _evaluate_run(cfg, final, source, heldout, out, progress)
         except KeyboardInterrupt:
             raise RunInterrupted(
-                f"interrupted during the final evaluation; the trained dictionary is saved in {out}: "
+                f"interrupted during the final evaluation or report; the trained dictionary is saved in {out}: "
                 f"`saekit eval {out}` evaluates it"
             ) from None
     return TrainResult(final, out, trainer.tokens, trainer.step, metrics, evaluation)
@@ -601,7 +660,7 @@ def _evaluate_run(
         record = {
             "dictionary": final.cfg.to_dict(), "fingerprint": final.fingerprint(), "model": source.model_name,
             "hook": source.hook, "dataset": source.dataset_name,
-            "keep_bos": final.cfg.keep_bos, "keep_bos_source": "dictionary",
+            "keep_bos": final.cfg.keep_bos, "keep_bos_source": BOS_AS_TRAINED,
             "fixed": {"context_length": source.context_length, **metrics.to_dict(with_distributions=True)},
         }
     atomic_write_text(out / EVAL_FILE, json.dumps(record, indent=2) + "\n")

@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from ..errors import ConfigError, DimensionError
 
 ARCHITECTURES: dict[str, type["Dictionary"]] = {}
+# The layout of ``Dictionary.fingerprint()``: slices compared at their own scale.
+FINGERPRINT_GROUPS = ((0, 8), (8, 11), (11, 12))
+FINGERPRINT_LENGTH = 12
 
 
 @dataclass
@@ -317,11 +320,19 @@ class Dictionary(nn.Module):
 
 
 def same_weights(a: list[float], b: list[float], tol: float = 1e-3) -> bool:
-    """Whether two ``Dictionary.fingerprint()`` lists describe the same weights."""
-    if len(a) != len(b):
+    """Whether two ``Dictionary.fingerprint()`` lists describe the same weights.
+
+    Each group (decoder projections, bias projections and norm, decoder mean) is
+    compared at its own scale: a residual stream's large ``b_dec`` must not make the
+    decoder's small projections look alike when they are not.
+    """
+    if len(a) != len(b) or len(a) != FINGERPRINT_LENGTH:
         return False
-    scale = max(1e-6, max(abs(v) for v in a + b))
-    return all(abs(x - y) <= tol * scale for x, y in zip(a, b))
+    for lo, hi in FINGERPRINT_GROUPS:
+        scale = max(1e-6, *(abs(v) for v in a[lo:hi] + b[lo:hi]))
+        if any(abs(x - y) > tol * scale for x, y in zip(a[lo:hi], b[lo:hi])):
+            return False
+    return True
 
 
 def build_dictionary(cfg: DictionaryConfig) -> Dictionary:

@@ -479,3 +479,18 @@ def test_a_resumed_run_writes_the_log_of_an_uninterrupted_one(tmp_path):
     full, cut = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
     assert any("resampled" in r for r in full)
     assert strip(cut) == strip(full)
+
+
+def test_a_failed_run_or_conversion_leaves_no_empty_folder(tmp_path):
+    from saekit.peer_formats import convert
+
+    x = gaussian(5000)
+    x[100] = float("nan")
+    with pytest.raises(DataError):
+        train(array_cfg(tmp_path), source=ArrayActivations([x.numpy()]))
+    assert not (tmp_path / "run").exists()
+    sae = build_dictionary(DictionaryConfig(arch="jumprelu", d_in=8, d_sae=16))
+    saekit.save(sae, tmp_path / "jr")
+    with pytest.raises(saekit.SaekitError, match="sparsify"):
+        convert(tmp_path / "jr", tmp_path / "as-sparsify", "sparsify")
+    assert not (tmp_path / "as-sparsify").exists()

@@ -154,6 +154,17 @@ def make_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
     return folder
 
 
+def remove_if_empty(folder: Path) -> None:
+    """Remove a folder a command created if it holds nothing but a lock file: a command
+    that failed before writing anything leaves no empty folder behind."""
+    try:
+        if {p.name for p in folder.iterdir()} <= {LOCK_FILE}:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
+
+
 class FolderLock:
     """An exclusive lock on a folder for one process's run (``with FolderLock(out, "train"):``).
 

@@ -62,6 +62,7 @@ from .outputs import (
     atomic_write_text,
     check_writable_folder,
     make_folder,
+    remove_if_empty,
     temp_path,
 )
 
@@ -690,7 +691,18 @@ def convert(
     source = _folder(src)
     dst = check_destination(dst, overwrite, source)  # before the source is read
     dictionary = load_any(src, format)
+    created = not dst.exists()
     make_folder(dst, DESTINATION)
+    try:
+        _write_converted(dictionary, dst, to, overwrite, source)
+    except BaseException:
+        if created:
+            remove_if_empty(dst)
+        raise
+    return dst
+
+
+def _write_converted(dictionary: Dictionary, dst: Path, to: str, overwrite: bool, source: Path) -> None:
     with FolderLock(dst, "convert"):
         check_destination(dst, overwrite, source)  # again, now that no other saekit process can write there
         removed = _remove_dictionary_and_run_files(dst) if overwrite else []
@@ -703,7 +715,6 @@ def convert(
                     f"{dst} first; the source {source} is unchanged"
                 ) from None
             raise
-    return dst
 
 
 def check_written_format(to: str) -> None:

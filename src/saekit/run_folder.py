@@ -175,17 +175,6 @@ def clear_run_files(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def remove_if_empty(out: Path) -> None:
-    """Remove a folder this run created if it holds nothing but its lock file (a run that
-    failed before writing anything leaves no empty folder behind)."""
-    try:
-        if {p.name for p in out.iterdir()} <= {LOCK_FILE}:
-            (out / LOCK_FILE).unlink(missing_ok=True)
-            out.rmdir()
-    except OSError:
-        pass
-
-
 def write_run_info(out: Path, info: dict[str, Any]) -> None:
     atomic_write_text(out / TRAINING_FILE, json.dumps(info, indent=2) + "\n")
 

@@ -49,7 +49,7 @@ from .errors import CheckpointError, ConfigError, DataError, OutputError, RunInt
 from .evaluation import BOS_AS_TRAINED, EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
 from .formats import EVAL_FILE, LOG_FILE, save_dictionary
 from .models import resolve_device
-from .outputs import FolderLock, atomic_write_text, make_folder
+from .outputs import FolderLock, atomic_write_text, make_folder, remove_if_empty
 from .run_folder import (
     EXECUTION_ONLY,
     RunLog,
@@ -59,7 +59,6 @@ from .run_folder import (
     clear_run_files,
     given_settings,
     read_run_info,
-    remove_if_empty,
     write_run_info,
 )
 

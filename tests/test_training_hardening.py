@@ -494,3 +494,16 @@ def test_a_failed_run_or_conversion_leaves_no_empty_folder(tmp_path):
     with pytest.raises(saekit.SaekitError, match="sparsify"):
         convert(tmp_path / "jr", tmp_path / "as-sparsify", "sparsify")
     assert not (tmp_path / "as-sparsify").exists()
+
+
+def test_ctrl_c_while_caching_says_the_cache_is_incomplete(tmp_path):
+    def stop(done):
+        if done >= 2000:
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted, match="incomplete cache.*--overwrite"):
+        write_activation_cache(_Chunks(), tmp_path / "cache", 5000, shard_tokens=1000, heldout_tokens=10, progress=stop)
+    with pytest.raises(DataError, match="manifest.json is missing"):
+        CachedActivations(tmp_path / "cache")
+    write_activation_cache(_Chunks(), tmp_path / "cache", 3000, shard_tokens=1000, heldout_tokens=10, overwrite=True)
+    assert CachedActivations(tmp_path / "cache").total == 3000

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .config import CacheConfig, SourceConfig, TrainConfig
 from .data import ContextStream, describe_source, validate_source
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RunInterrupted
 from .outputs import (
     LOCK_FILE,
     TEMP_GLOB,
@@ -497,7 +497,13 @@ def write_activation_cache(
     make_folder(folder)
     with FolderLock(folder, "cache"):
         _check_cache_folder(folder, overwrite)  # again: another process may have written here meanwhile
-        return _write_cache(source, folder, tokens, shard_tokens, heldout_tokens, dtype, np_dtype, progress)
+        try:
+            return _write_cache(source, folder, tokens, shard_tokens, heldout_tokens, dtype, np_dtype, progress)
+        except KeyboardInterrupt:
+            raise RunInterrupted(
+                f"interrupted; {folder} holds an incomplete cache (shards without a manifest, which training "
+                "refuses): run the same command with --overwrite to write it again"
+            ) from None
 
 
 def _write_cache(

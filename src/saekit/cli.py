@@ -11,11 +11,10 @@ import dataclasses
 import logging
 import sys
 import time
-import types
 import typing
 from typing import Any, Sequence
 
-from .config import CacheConfig, TrainConfig, flag_name
+from .config import CacheConfig, TrainConfig, field_type, flag_name
 from .errors import ConfigError, OutputError, RunInterrupted, SaekitError
 
 # The formats `saekit.peer_formats` reads and writes (kept here so --help needs no torch import).
@@ -54,9 +53,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        hint = hints[field.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+        base, _ = field_type(hints[field.name])
         help_text = field.metadata.get("help", "")
         default = field.default
         if base is bool:

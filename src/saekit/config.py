@@ -14,7 +14,7 @@ import numbers
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -55,6 +55,19 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+def field_type(hint: Any) -> tuple[type, bool]:
+    """A field's type without ``| None``, and whether None is allowed (``int | None`` → (int, True))."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    return next((a for a in args if a is not type(None)), hint) if optional else hint, optional
+
+
+def _refuse_for_other_archs(flag: str, arch: str, has: Callable[[type], bool]) -> None:
+    """A flag that only some architectures take, given to another: name the ones that take it."""
+    takes = [a for a, c in sorted(ARCHITECTURES.items()) if has(c)]
+    _bad(f"{flag} applies to {' and '.join(takes)}, not {arch}")
+
+
 def _is_type(value: Any, base: type) -> bool:
     if base is bool:
         return isinstance(value, (bool, np.bool_))
@@ -76,19 +89,18 @@ def _check_types(cfg: Any) -> None:
     """
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        value, hint = getattr(cfg, f.name), hints[f.name]
-        allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        if value is None and type(None) in typing.get_args(hint):
+        value = getattr(cfg, f.name)
+        base, optional = field_type(hints[f.name])
+        if value is None and optional:
             continue
-        base = allowed[0]
         if base is str and isinstance(value, os.PathLike):
             value = os.fspath(value)  # paths are kept as strings (they go into JSON records)
             setattr(cfg, f.name, value)
-        optional = " or None" if type(None) in typing.get_args(hint) else ""
+        or_none = " or None" if optional else ""
         if not _is_type(value, base):
-            _bad(f"{flag_name(f)} ({f.name}=) must be {_TYPE_NAMES.get(base, base.__name__)}{optional}, got {value!r}")
+            _bad(f"{flag_name(f)} ({f.name}=) must be {_TYPE_NAMES.get(base, base.__name__)}{or_none}, got {value!r}")
         if base is float and not math.isfinite(value):
-            _bad(f"{flag_name(f)} ({f.name}=) must be a finite number{optional}, got {value!r}")
+            _bad(f"{flag_name(f)} ({f.name}=) must be a finite number{or_none}, got {value!r}")
         if base in (int, float, bool):
             setattr(cfg, f.name, base(value))  # numpy scalars become Python numbers (they go into JSON)
 
@@ -243,8 +255,7 @@ class TrainConfig(SourceConfig):
         if self.dict_size is not None and self.dict_size <= 0:
             _bad(f"--dict-size must be positive, got {self.dict_size}")
         if not cls.uses_k and self.k is not None:
-            takes = [a for a, c in sorted(ARCHITECTURES.items()) if c.uses_k]
-            _bad(f"--k applies to {' and '.join(takes)}, not {self.arch}")
+            _refuse_for_other_archs("--k", self.arch, lambda c: c.uses_k)
         if cls.uses_k and self.k is None:
             self.k = DEFAULT_K
         if cls.uses_k and self.k <= 0:
@@ -255,8 +266,7 @@ class TrainConfig(SourceConfig):
             if value is None:
                 continue
             if cls.sparsity_penalty != penalty:
-                takes = [a for a, c in sorted(ARCHITECTURES.items()) if c.sparsity_penalty == penalty]
-                _bad(f"{flag} applies to {' and '.join(takes)}, not {self.arch}")
+                _refuse_for_other_archs(flag, self.arch, lambda c, p=penalty: c.sparsity_penalty == p)
             if not (math.isfinite(value) and value >= 0):
                 _bad(f"{flag} must be a finite non-negative number, got {value}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):

@@ -54,8 +54,8 @@ def given_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _differences(before: dict[str, Any], now: dict[str, Any], keys: set[str] | frozenset[str]) -> dict[str, tuple[Any, Any]]:
-    """Keys whose values differ (``keys`` empty: every key of ``now``)."""
-    return {k: (before.get(k), now.get(k)) for k in sorted(keys or now) if before.get(k) != now.get(k)}
+    """The keys among ``keys`` whose values differ, with both values."""
+    return {k: (before.get(k), now.get(k)) for k in sorted(keys) if before.get(k) != now.get(k)}
 
 
 def resolvable_now(cfg: TrainConfig, before: dict[str, Any], source_from_cfg: bool = True) -> dict[str, Any]:
@@ -124,7 +124,8 @@ def check_run_folder(cfg: TrainConfig, out: Path, source_from_cfg: bool = True) 
         now = given_settings(cfg)
         diff = _differences(recorded.get("given", {}), now, set(now) - RESOLVED_LATER)
         before = recorded.get("resolved", {})
-        diff.update(_differences(before, resolvable_now(cfg, before, source_from_cfg), set()))  # before the model loads
+        now_resolved = resolvable_now(cfg, before, source_from_cfg)
+        diff.update(_differences(before, now_resolved, set(now_resolved)))  # before the model loads
         _refuse_changes(out, dict(sorted(diff.items())), "settings")
         return state
     if not out.exists():

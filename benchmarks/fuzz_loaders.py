@@ -4,7 +4,7 @@
 
 Each input starts from a valid folder written by saekit's own savers (every format ×
 architecture it supports), mutates one file with one strategy, loads the folder with
-``saekit.peer_formats.load_any`` (``load_checkpoint`` for checkpoints) and sorts the outcome:
+``saekit.io.formats.load_any`` (``load_checkpoint`` for checkpoints) and sorts the outcome:
 
 * accepted: a ``Dictionary`` consistent with its config (types, shapes, float32, finite);
 * rejected: a ``SaekitError`` whose message names the folder;
@@ -54,11 +54,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from saekit.checkpoint import _META_KEY as CKPT_META_KEY  # where a checkpoint keeps its JSON skeleton
-from saekit.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from saekit.io.checkpoint import _META_KEY as CKPT_META_KEY  # where a checkpoint keeps its JSON skeleton
+from saekit.io.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from saekit.dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig, build_dictionary
 from saekit.errors import SaekitError
-from saekit.peer_formats import FORMAT_FILES, SAVERS, load_any
+from saekit.io.formats import FORMAT_FILES, SAVERS, load_any
 
 D, F, K = 8, 24, 4
 ALL_ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "gated"]

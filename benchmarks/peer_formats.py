@@ -20,7 +20,7 @@ os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 import torch  # noqa: E402
 
 from saekit.dictionaries import DictionaryConfig, build_dictionary  # noqa: E402
-from saekit.peer_formats import (  # noqa: E402
+from saekit.io.formats import (  # noqa: E402
     detect_format, load_dictionary_learning, load_saelens, load_sparsify,
     save_dictionary_learning, save_saelens, save_sparsify,
 )

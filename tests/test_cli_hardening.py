@@ -14,7 +14,7 @@ from conftest import D_MODEL
 from saekit.cli import _ProgressBars, main
 from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import RunInterrupted
-from saekit.formats import save_dictionary
+from saekit.io.saekit_format import save_dictionary
 
 # ---------------------------------------------------------------- usage errors
 

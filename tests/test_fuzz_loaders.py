@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from saekit.checkpoint import load_checkpoint
+from saekit.io.checkpoint import load_checkpoint
 from saekit.errors import CheckpointError, FormatError
-from saekit.peer_formats import load_any
+from saekit.io.formats import load_any
 
 
 def _import_benchmark():

@@ -16,9 +16,9 @@ import saekit
 from saekit.cli import main
 from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import ConfigError, FormatError, HubError
-from saekit.formats import save_dictionary
+from saekit.io.saekit_format import save_dictionary
 from saekit.hub import HubLocation, default_output, model_card, parse_hub_spec, push, resolve
-from saekit.peer_formats import save_saelens
+from saekit.io.formats import save_saelens
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import random_dictionary  # noqa: E402
@@ -371,10 +371,16 @@ def _module_file(name: str) -> Path | None:
     return None  # a name imported from a module, not a module
 
 
-def test_the_format_modules_never_import_the_hub():
-    """formats (saekit's own format) and peer_formats (other libraries', local files) sit
-    below hub, which imports them; peer_formats.load_any used to import hub lazily."""
-    for start in ("saekit.formats", "saekit.peer_formats"):
+def test_the_io_package_never_imports_the_hub():
+    """saekit.io (saekit's own format and other libraries', local files) sits below hub,
+    which imports it; the peer formats' load_any once imported hub lazily."""
+    import pkgutil
+
+    import saekit.io
+
+    starts = [m.name for m in pkgutil.iter_modules(saekit.io.__path__, "saekit.io.")]
+    assert {"saekit.io.formats", "saekit.io.saekit_format", "saekit.io.saelens"} <= set(starts)
+    for start in starts:
         seen, todo = set(), [start]
         while todo:
             name = todo.pop()
@@ -394,16 +400,17 @@ def test_no_name_in_the_package_hides_a_submodule():
     import pkgutil
     import types
 
-    names = [m.name for m in pkgutil.iter_modules(saekit.__path__)]
-    assert {"hub", "loading", "peer_formats", "evaluation", "training"} <= set(names)
+    names = [m.name for m in pkgutil.walk_packages(saekit.__path__, "saekit.")]
+    assert {"saekit.hub", "saekit.io.formats", "saekit.evaluation", "saekit.training.run"} <= set(names)
     for name in names:
-        module = importlib.import_module(f"saekit.{name}")
+        module = importlib.import_module(name)
+        parent, _, child = name.rpartition(".")
         assert isinstance(module, types.ModuleType)
-        assert getattr(saekit, name, module) is module, name
+        assert getattr(importlib.import_module(parent), child, module) is module, name
 
 
 def test_saekit_load_is_the_hub_aware_loader_and_peer_load_any_is_local(hub, tmp_path):
-    from saekit.peer_formats import load_any
+    from saekit.io.formats import load_any
 
     save_dictionary(make(seed=2), hub.root / "org" / "release" / "x")
     assert same(saekit.load("org/release/x"), make(seed=2))

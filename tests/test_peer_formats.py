@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 
 from conftest import random_dictionary
 from saekit.errors import FormatError
-from saekit.formats import save_dictionary
-from saekit.peer_formats import (
+from saekit.io.saekit_format import save_dictionary
+from saekit.io.formats import (
     detect_format,
     load_any,
     load_dictionary_learning,
@@ -175,7 +175,7 @@ def test_unknown_architecture(tmp_path):
 def test_gemma_scope_params_npz(tmp_path):
     import numpy as np
 
-    from saekit.peer_formats import load_any, load_gemma_scope
+    from saekit.io.formats import load_any, load_gemma_scope
 
     g = np.random.default_rng(0)
     d, f = 16, 48
@@ -208,8 +208,8 @@ def test_every_loader_returns_a_dictionary_without_gradients(tmp_path):
     built an autograd graph (and torch warned about it)."""
     import numpy as np
 
-    from saekit.formats import load_dictionary
-    from saekit.peer_formats import load_gemma_scope
+    from saekit.io.saekit_format import load_dictionary
+    from saekit.io.formats import load_gemma_scope
 
     folders = {}
     save_dictionary(make("topk"), tmp_path / "saekit")
@@ -272,7 +272,7 @@ def test_convert_refuses_a_non_empty_destination(tmp_path):
     """convert replaced a run's weights and left its eval.json, log and checkpoint
     describing the old dictionary; into another format's folder it left two dictionaries."""
     from saekit.errors import OutputError
-    from saekit.peer_formats import convert
+    from saekit.io.formats import convert
 
     new = save_dictionary(make("topk", seed=7), tmp_path / "new")
     run = run_folder(tmp_path / "run", make("topk", seed=1))
@@ -288,7 +288,7 @@ def test_convert_refuses_a_non_empty_destination(tmp_path):
 
 
 def test_convert_overwrite_removes_everything_that_describes_the_old_dictionary(tmp_path):
-    from saekit.peer_formats import convert
+    from saekit.io.formats import convert
 
     new = make("topk", seed=7)
     source = save_dictionary(new, tmp_path / "new")
@@ -305,7 +305,7 @@ def test_convert_overwrite_removes_everything_that_describes_the_old_dictionary(
 
 def test_convert_onto_itself_or_a_file_is_refused(tmp_path):
     from saekit.errors import OutputError
-    from saekit.peer_formats import convert
+    from saekit.io.formats import convert
 
     folder = save_dictionary(make("topk"), tmp_path / "d")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -323,7 +323,7 @@ def test_convert_onto_itself_or_a_file_is_refused(tmp_path):
 def test_convert_checks_a_read_only_destination_before_reading(tmp_path, monkeypatch):
     import os
 
-    from saekit import peer_formats
+    from saekit.io import formats as peer_formats
     from saekit.errors import OutputError
 
     folder = save_dictionary(make("topk"), tmp_path / "d")
@@ -338,8 +338,8 @@ def test_convert_checks_a_read_only_destination_before_reading(tmp_path, monkeyp
 
 def test_convert_is_refused_while_another_process_writes_the_destination(tmp_path):
     from saekit.errors import FolderBusyError
-    from saekit.outputs import FolderLock
-    from saekit.peer_formats import convert
+    from saekit.io.files import FolderLock
+    from saekit.io.formats import convert
 
     source = save_dictionary(make("topk"), tmp_path / "d")
     (tmp_path / "out").mkdir()

@@ -25,8 +25,8 @@ from conftest import random_dictionary
 from saekit import report as report_module
 from saekit.errors import FormatError, OutputError, SaekitError
 from saekit.evaluation import evaluate_reconstruction
-from saekit.formats import save_dictionary
-from saekit.peer_formats import convert
+from saekit.io.saekit_format import save_dictionary
+from saekit.io.formats import convert
 from saekit.report import compare, load_evaluated, write_report
 
 D_SAE = 64

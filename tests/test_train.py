@@ -229,7 +229,7 @@ def test_wandb_offline(model_dir, corpus, tmp_path, monkeypatch):
 
 def test_resampling_revives_dead_features_and_resets_their_adam_moments():
     from saekit.dictionaries import DictionaryConfig, build_dictionary
-    from saekit.training import resample_dead
+    from saekit.training.dead_features import resample_dead
 
     torch.manual_seed(0)
     sae = build_dictionary(DictionaryConfig(arch="relu", d_in=8, d_sae=32))

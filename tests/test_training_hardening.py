@@ -22,7 +22,7 @@ from saekit.errors import (
     OutputError,
     RunInterrupted,
 )
-from saekit.outputs import FolderLock
+from saekit.io.files import FolderLock
 from saekit.training import DictionaryTrainer
 
 
@@ -101,7 +101,7 @@ def test_batchtopk_threshold_is_set_on_many_recent_batches(tmp_path):
     x = gaussian(30_000)
     cfg = array_cfg(tmp_path, arch="batchtopk", tokens=20_000, batch_size=200, buffer_tokens=2000)
     result = train(cfg, source=ArrayActivations([x.numpy()]))
-    sample = saekit.checkpoint.load_checkpoint(tmp_path / "run")["calibration"]["data"]
+    sample = saekit.io.checkpoint.load_checkpoint(tmp_path / "run")["calibration"]["data"]
     assert sample.shape[0] == 8200
     sae = result.dictionary
     raw = sample * sae.cfg.act_scale
@@ -145,14 +145,14 @@ def test_first_step_learns():
 
 
 def test_resampling_resets_only_the_features_it_resampled(monkeypatch):
-    import saekit.training as training
+    import saekit.training.trainer as trainer_module
 
     cfg = TrainConfig(arch="relu", dict_size=64, tokens=10_000, batch_size=100, dead_after_tokens=100)
     trainer = DictionaryTrainer(cfg, DictionaryConfig(arch="relu", d_in=16, d_sae=64), torch.device("cpu"))
     trainer.init_from_sample(gaussian(1000))
     with torch.no_grad():
         trainer.sae.b_enc[:10] = -1e6  # features 0-9 never fire
-    monkeypatch.setattr(training, "resample_dead", lambda sae, opt, x, x_hat, dead, gen: dead.nonzero().squeeze(1)[:3])
+    monkeypatch.setattr(trainer_module, "resample_dead", lambda sae, opt, x, x_hat, dead, gen: dead.nonzero().squeeze(1)[:3])
     trainer.train_step(gaussian(100, seed=1))
     counters = trainer.tracker.tokens_since_fired
     assert counters[:3].tolist() == [0, 0, 0] and bool((counters[3:10] >= 100).all())
@@ -275,7 +275,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     cfg = array_cfg(tmp_path, tokens=4000, batch_size=250, checkpoint_every=1000)
     with pytest.raises(OutputError, match=r"disk is full.*checkpoint at 1,000 tokens is kept"):
         train(cfg, source=ArrayActivations([gaussian(5000).numpy()]))
-    assert saekit.checkpoint.load_checkpoint(tmp_path / "run")["tokens_done"] == 1000
+    assert saekit.io.checkpoint.load_checkpoint(tmp_path / "run")["tokens_done"] == 1000
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
@@ -355,12 +355,12 @@ def test_config_types_are_checked(kw, match):
 def test_k_against_expansion_is_checked_before_the_model_loads(model_dir, corpus, tmp_path, monkeypatch):
     from test_train import small_cfg
 
-    import saekit.activations
+    import saekit.activations.sources
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(saekit.activations, "load_model", no_load)
+    monkeypatch.setattr(saekit.activations.sources, "load_model", no_load)
     with pytest.raises(ConfigError, match="--k 200 must be smaller than the dictionary size 128"):
         train(small_cfg(model_dir, corpus, tmp_path / "run", k=200, expansion=4))
 
@@ -394,7 +394,7 @@ def test_resampling_on_an_unlogged_step_reaches_the_log(tmp_path):
 
 
 def test_the_calibration_sample_is_the_last_rows_trained_on():
-    from saekit.training import CalibrationSample
+    from saekit.training.trainer import CalibrationSample
 
     sample = CalibrationSample(batch_size=3000, d=2, device=torch.device("cpu"))  # 9,000 rows: 3 batches
     batches = [torch.full((3000, 2), float(i)) for i in range(5)]
@@ -411,7 +411,7 @@ def test_the_calibration_sample_is_the_last_rows_trained_on():
 def test_a_full_disk_while_logging_is_one_clear_error(tmp_path, monkeypatch):
     import errno
 
-    import saekit.run_folder as run_folder
+    import saekit.training.run_folder as run_folder
 
     class FullDisk:
         def write(self, text):
@@ -429,7 +429,7 @@ def test_a_full_disk_while_logging_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_during_a_write_leaves_no_temporary_file(tmp_path):
-    from saekit.outputs import atomic_write_with
+    from saekit.io.files import atomic_write_with
 
     def write(tmp):
         tmp.write_bytes(b"x" * 1000)
@@ -482,7 +482,7 @@ def test_a_resumed_run_writes_the_log_of_an_uninterrupted_one(tmp_path):
 
 
 def test_a_failed_run_or_conversion_leaves_no_empty_folder(tmp_path):
-    from saekit.peer_formats import convert
+    from saekit.io.formats import convert
 
     x = gaussian(5000)
     x[100] = float("nan")

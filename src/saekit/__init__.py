@@ -16,7 +16,7 @@ from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_re
 from .hooks import edit_activations, hook_point_names, read_activations
 from .loading import load
 from .models import load_model
-from .peer_formats import save_saekit as save
+from .io.formats import save_saekit as save
 from .training import TrainResult, train
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from .config import CacheConfig, TrainConfig, field_type, flag_name
 from .errors import ConfigError, OutputError, RunInterrupted, SaekitError
 
-# The formats `saekit.peer_formats` reads and writes (kept here so --help needs no torch import).
+# The formats `saekit.io.formats` reads and writes (kept here so --help needs no torch import).
 FORMAT_CHOICES = ("saekit", "saelens", "sparsify", "dictionary_learning", "gemma_scope")
 WRITE_FORMATS = FORMAT_CHOICES[:4]  # Gemma Scope is read-only
 # Said wherever a verb takes a dictionary.
@@ -213,7 +213,7 @@ def _duration(seconds: float) -> str:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
-    from .formats import REPORT_FILE
+    from .io.saekit_format import REPORT_FILE
     from .training import train
 
     cfg = _config_from_args(TrainConfig, ns)
@@ -265,11 +265,11 @@ def _cmd_eval(ns: argparse.Namespace) -> int:
 
     from .data import validate_source
     from .evaluation import check_hook, check_model, evaluate
-    from .formats import EVAL_FILE
+    from .io.saekit_format import EVAL_FILE
     from .hub import default_output
     from .loading import load
     from .models import load_model, parse_dtype, resolve_device
-    from .outputs import atomic_write_text, check_writable_file
+    from .io.files import atomic_write_text, check_writable_file
 
     # Everything that can be checked before the slow model load and the passes is checked here.
     if ns.tokens <= 0:

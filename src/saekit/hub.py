@@ -32,9 +32,9 @@ from typing import Any
 
 from .dictionaries import DictionaryConfig
 from .errors import ConfigError, FormatError, HubError, OutputError, SaekitError
-from .checkpoint import CHECKPOINT_FILE
-from .formats import EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, read_json
-from .peer_formats import DICTIONARY_FILES, FORMAT_FILES, detect_format, load_any
+from .io.checkpoint import CHECKPOINT_FILE
+from .io.saekit_format import EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, read_json
+from .io.formats import DICTIONARY_FILES, FORMAT_FILES, detect_format, load_any
 
 HUB_PREFIX = "hf://"
 CARD_FILE = "README.md"

@@ -45,10 +45,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from .dictionaries import Dictionary, same_weights
 from .errors import FormatError, OutputError, SaekitError
 from .evaluation import BOS_OVERRIDDEN, DENSE_THRESHOLD
-from .formats import CONFIG_FILE, EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, read_json
+from .io.saekit_format import CONFIG_FILE, EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, read_json
 from .hub import default_output, parse_hub_spec, resolve
-from .outputs import atomic_write_text, check_writable_file
-from .peer_formats import detect_format, load_any
+from .io.files import atomic_write_text, check_writable_file
+from .io.formats import detect_format, load_any
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .errors import CheckpointError
-from .outputs import atomic_save_tensors
+from ..errors import CheckpointError
+from .files import atomic_save_tensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _META_KEY = "saekit_state"

@@ -25,11 +25,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint
-from .config import TrainConfig
-from .errors import CheckpointError, ConfigError
-from .formats import CONFIG_FILE, LOG_FILE, RUN_RECORD_FILES, TRAINING_FILE, WEIGHTS_FILE
-from .outputs import LOCK_FILE, TEMP_GLOB, atomic_write_text, check_writable_folder, output_error
+from ..config import TrainConfig
+from ..errors import CheckpointError, ConfigError
+from ..io.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from ..io.files import LOCK_FILE, TEMP_GLOB, atomic_write_text, check_writable_folder, output_error
+from ..io.saekit_format import CONFIG_FILE, LOG_FILE, RUN_RECORD_FILES, TRAINING_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ def resolvable_now(cfg: TrainConfig, before: dict[str, Any], source_from_cfg: bo
     dictionary's size are computed from the recorded size. Settings left to a default
     that needs the model (the hook point) are checked once it is loaded.
     """
-    from .data import describe_source
-    from .hooks import HookPoint
-    from .models import EMBEDDED_MODEL
+    from ..data import describe_source
+    from ..hooks import HookPoint
+    from ..models import EMBEDDED_MODEL
 
     now: dict[str, Any] = {}
     reads_model = source_from_cfg and cfg.activation_cache is None

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import FolderBusyError, OutputError
+from ..errors import FolderBusyError, OutputError
 
 LOCK_FILE = ".saekit.lock"
 

@@ -1,0 +1,18 @@
+"""Activations for training: sources (a model, an array, a cache on disk), the shuffling buffer, the cache writer."""
+
+from .buffer import ActivationBuffer
+from .cache import CachedActivations, cache_activations, read_manifest, write_activation_cache
+from .sources import ActivationSource, ArrayActivations, ModelActivations, default_hook, open_activation_source
+
+__all__ = [
+    "ActivationBuffer",
+    "ActivationSource",
+    "ArrayActivations",
+    "CachedActivations",
+    "ModelActivations",
+    "cache_activations",
+    "default_hook",
+    "open_activation_source",
+    "read_manifest",
+    "write_activation_cache",
+]

@@ -1,0 +1,81 @@
+"""Log figures over every token trained since the previous log record."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..dictionaries import LossOutput
+
+if TYPE_CHECKING:
+    from .trainer import DictionaryTrainer
+
+
+class LogInterval:
+    """Figures over every token trained since the last log record, not over one batch.
+
+    A figure of one batch means nothing for small batches (a one-token batch has no
+    variance, so its FVU was 2.5e13); summed over the interval, FVU is measured around
+    the interval's mean as docs/metrics.md defines it, and is None only while fewer than
+    two tokens have been seen.
+    """
+
+    def __init__(self) -> None:
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.start, self.steps, self.n, self.resampled = now, 0, 0, 0
+        # Running sums stay on the dictionary's device as float64 tensors, read only in
+        # record(): a float() per step would make a GPU wait for every step.
+        self.sums: dict[str, Tensor] = {}
+
+    def _add(self, name: str, value: Tensor) -> None:
+        value = value.detach().double()
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    @torch.no_grad()
+    def add(self, x: Tensor, out: LossOutput, resampled: int) -> None:
+        """``x`` and the loss are in scaled units."""
+        self.resampled += resampled
+        self.steps += 1
+        self.n += x.shape[0]
+        self._add("err", (x - out.x_hat).pow(2).sum())
+        self._add("sum_sq", x.pow(2).sum())
+        self._add("sum_x", x.sum(0))
+        self._add("l0", (out.f > 0).sum())
+        self._add("loss", out.loss)
+        for name, value in out.terms.items():
+            self._add(f"loss_{name}", value)
+
+    def state(self) -> dict[str, Any]:
+        """The sums so far (checkpointed, so the first record after a resume covers the
+        same steps, with the same figures, as in an uninterrupted run)."""
+        return {"steps": self.steps, "n": self.n, "resampled": self.resampled,
+                "sums": {name: t.cpu() for name, t in self.sums.items()}}
+
+    def load(self, state: dict[str, Any], device: torch.device) -> None:
+        self.steps, self.n, self.resampled = int(state["steps"]), int(state["n"]), int(state["resampled"])
+        self.sums = {name: t.to(device) for name, t in state["sums"].items()}
+
+    def record(self, trainer: DictionaryTrainer, now: float) -> dict[str, Any]:
+        assert self.steps > 0
+        sums = {name: t.cpu() for name, t in self.sums.items()}
+        err, sum_sq = float(sums.pop("err")), float(sums.pop("sum_sq"))
+        variance = sum_sq - float(sums.pop("sum_x").pow(2).sum()) / self.n
+        fvu = err / variance if self.n >= 2 and variance > 1e-12 * max(sum_sq, 1e-30) else None
+        l0 = float(sums.pop("l0")) / self.n
+        return {
+            "step": trainer.step,
+            "tokens": trainer.tokens,
+            **{name: float(total) / self.steps for name, total in sums.items()},  # loss and loss_*
+            "mse": err / self.n * trainer.scale**2,  # raw units, as in eval.json
+            "fvu": fvu,
+            "l0": l0,
+            "dead_frac": trainer.tracker.dead_fraction(trainer.tokens),
+            "lr": trainer.opt.param_groups[0]["lr"],
+            "tokens_per_s": self.n / max(now - self.start, 1e-9),  # this interval's rate
+            **({"resampled": self.resampled} if self.resampled else {}),
+        }

@@ -1,0 +1,198 @@
+"""One dictionary's optimisation: weights, Adam, schedules, dead features, the activation scale.
+
+``DictionaryTrainer.train_step`` is the whole update on one full batch: scale the
+batch, read the schedules at the step's midpoint, ask the dictionary for its loss
+(its ``forward``), step Adam, keep the decoder rows unit-norm, track dead features and
+resample them where the architecture revives its dead that way. ``state_dict`` holds
+everything that update depends on, so a resumed trainer continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import RESAMPLE_STOP_FRACTION, TrainConfig
+from ..dictionaries import Dictionary, DictionaryConfig, LossOutput, LossParams, build_dictionary
+from ..errors import TrainingDivergedError
+from .dead_features import DeadFeatureTracker, resample_dead
+from .schedules import lr_multiplier, sparsity_multiplier
+
+
+# Training inputs kept (the last ones, in whole batches) to set inference thresholds
+# on at the end of a run: 8,192 tokens hold ~260k kept activations at k = 32.
+CALIBRATION_TOKENS = 8192
+
+
+class CalibrationSample:
+    """The last ``CALIBRATION_TOKENS`` training inputs (whole batches), for thresholds
+    that are set from data once training ends (BatchTopK's inference threshold).
+
+    Calibrating the final weights on many recent full batches gives a steady
+    threshold: one batch's minimum is noisy (one short batch at the end of a run once
+    halved the inference L0), and an average of each step's cut-off over the run mixes
+    in the cut-offs of weights that no longer exist (in short runs it gave L0 2.1 for
+    k = 4). A ring of whole batches, checkpointed, so a resumed run calibrates on
+    the same sample.
+    """
+
+    def __init__(self, batch_size: int, d: int, device: torch.device):
+        self.rows = max(1, -(-CALIBRATION_TOKENS // batch_size)) * batch_size
+        self.data = torch.zeros(self.rows, d, device=device)
+        self.filled = 0  # rows holding data
+        self.next = 0  # where the next batch goes
+
+    def add(self, x: Tensor) -> None:
+        n = x.shape[0]
+        self.data[self.next : self.next + n] = x.detach()
+        self.next = (self.next + n) % self.rows
+        self.filled = min(self.rows, self.filled + n)
+
+    def sample(self) -> Tensor:
+        return self.data[: self.filled]
+
+    def state(self) -> dict[str, Any]:
+        return {"data": self.data[: self.filled].cpu(), "next": self.next}
+
+    def load(self, state: dict[str, Any]) -> None:
+        data = state["data"]
+        self.filled, self.next = data.shape[0], int(state["next"])
+        self.data[: self.filled] = data.to(self.data.device)
+
+
+class DictionaryTrainer:
+    """One dictionary's optimisation: weights, Adam, schedules, dead features, scale."""
+
+    def __init__(self, cfg: TrainConfig, dict_cfg: DictionaryConfig, device: torch.device, source_hint: str = ""):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.sae = build_dictionary(dict_cfg).to(device)
+        self.base_lr = cfg.learning_rate(dict_cfg.d_sae)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=(0.9, 0.999))
+        self.tracker = DeadFeatureTracker(dict_cfg.d_sae, cfg.dead_window(), device)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.total_tokens = cfg.trainable_tokens()
+        self.calibration = CalibrationSample(cfg.batch_size, dict_cfg.d_in, device) if self.sae.calibrated else None
+        self.scale = 1.0
+        self.step = 0
+        self.tokens = 0
+        self.resamples = cfg.resample and type(self.sae).revive_dead == "resample"
+        # What to say when an input batch holds NaN (where the activations come from).
+        self.source_hint = source_hint
+
+    def init_from_sample(self, sample: Tensor) -> None:
+        """Estimate the activation scale and start ``b_dec`` at the data's centre."""
+        self.scale = estimate_scale(sample)
+        self.sae.init_from_data(sample.to(self.sae.W_dec.device, torch.float32) / self.scale)
+
+    def train_step(self, x_raw: Tensor) -> tuple[LossOutput, Tensor, int]:
+        """One optimiser step on a full batch of raw activations; returns the loss, the
+        scaled batch and the number of features resampled."""
+        cfg, sae = self.cfg, self.sae
+        x = x_raw.to(sae.W_dec.device, torch.float32)
+        if not torch.isfinite(x).all():
+            raise TrainingDivergedError(
+                f"the activations at {sae.cfg.hook} contain NaN or Inf (step {self.step}); {self.source_hint}"
+            )
+        x = x / self.scale
+        # Schedules are read at the middle of the step's tokens: the first step then
+        # learns (a warm-up read at 0 would make it a step of size zero) and so does the last.
+        progress = (self.tokens + x.shape[0] / 2) / self.total_tokens
+        for group in self.opt.param_groups:
+            group["lr"] = self.base_lr * lr_multiplier(progress, cfg.lr_warmup, cfg.lr_decay)
+        params = LossParams(
+            sparsity_coeff=cfg.sparsity_coeff() * sparsity_multiplier(progress, cfg.sparsity_warmup),
+            dead_mask=self.tracker.dead if type(sae).revive_dead == "auxk" else None,
+            auxk_coeff=cfg.auxk_coeff,
+            jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+        )
+        out = sae.training_loss(x, params)
+        if not torch.isfinite(out.loss):
+            raise TrainingDivergedError(
+                f"the loss became {float(out.loss)} at step {self.step} ({self.tokens} tokens) with lr "
+                f"{self.opt.param_groups[0]['lr']:.2e}; lower --lr."
+            )
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.remove_parallel_decoder_grad()
+        self.opt.step()
+        sae.after_step()
+        f = out.f.detach()
+        self.tracker.update(f)
+        if self.calibration is not None:
+            self.calibration.add(x)
+        self.step += 1
+        self.tokens += x.shape[0]
+
+        resampled = 0
+        window = self.tracker.window
+        if self.resamples and self.tokens // window > (self.tokens - x.shape[0]) // window:
+            if self.tokens < RESAMPLE_STOP_FRACTION * self.total_tokens:
+                idx = resample_dead(sae, self.opt, x, out.x_hat.detach(), self.tracker.dead, self.gen)
+                # Only the resampled features start a new window; a dead feature that
+                # was not resampled stays dead (and is counted as such).
+                self.tracker.tokens_since_fired[idx] = 0
+                resampled = idx.numel()
+        return out, x, resampled
+
+    def state_finite(self) -> bool:
+        """Weights and Adam's moments all finite (checked before every checkpoint)."""
+        tensors = list(self.sae.parameters()) + [
+            t for st in self.opt.state.values() for t in st.values() if isinstance(t, Tensor)
+        ]
+        return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+    def finished_dictionary(self) -> Dictionary:
+        """A copy that acts on raw activations: calibrated, then with the scale folded in."""
+        final = copy.deepcopy(self.sae).eval()
+        if self.calibration is not None and self.calibration.filled:
+            final.calibrate(self.calibration.sample())
+        final.fold_activation_scale(self.scale)
+        final.requires_grad_(False)
+        return final
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "dictionary": self.sae.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "tokens_since_fired": self.tracker.tokens_since_fired,
+            "generator": self.gen.get_state(),
+            "act_scale": self.scale,
+            "step": self.step,
+            "tokens_done": self.tokens,
+            "calibration": None if self.calibration is None else self.calibration.state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sae.load_state_dict(state["dictionary"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.tracker.tokens_since_fired.copy_(state["tokens_since_fired"])
+        self.gen.set_state(state["generator"])
+        self.scale, self.step, self.tokens = state["act_scale"], state["step"], state["tokens_done"]
+        if self.calibration is not None:
+            self.calibration.load(state["calibration"])
+
+
+@torch.no_grad()
+def estimate_scale(sample: Tensor) -> float:
+    """The constant that makes E‖x‖² = d on the sample (docs/metrics.md, "Training objectives").
+
+    Dividing by one constant keeps a sparsity coefficient meaningful across layers and
+    models: without it, larger activations silently weight the sparsity term more.
+    """
+    mean_sq = sample.float().pow(2).sum(-1).mean()
+    if not torch.isfinite(mean_sq) or float(mean_sq) <= 0:
+        raise TrainingDivergedError(
+            "the activation sample used to estimate the scale is all zeros or non-finite; "
+            "check the hook point and --dtype"
+        )
+    return math.sqrt(float(mean_sq) / sample.shape[-1])
+
+
+def norm_cap(sample: Tensor, ratio: float | None) -> float | None:
+    """The norm above which tokens are dropped (``--max-norm-ratio`` × the median norm)."""
+    return None if ratio is None else float(ratio * sample.float().norm(dim=-1).median())

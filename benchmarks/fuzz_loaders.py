@@ -104,7 +104,7 @@ def _save_checkpoint(sae: Dictionary, folder: Path) -> None:
     # The shape of a trainer's state (train.DictionaryTrainer.state_dict), after one Adam step.
     x = torch.randn(16, D)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
-    (sae(x) - x).pow(2).sum().backward()
+    (sae.reconstruct(x) - x).pow(2).sum().backward()
     opt.step()
     state = {
         "dictionary": sae.state_dict(), "optimizer": opt.state_dict(), "tokens_since_fired": torch.zeros(F),
@@ -571,9 +571,9 @@ def dictionary_problems(sae: Any) -> list[str]:
         elif not bool(torch.isfinite(t).all()):
             problems.append(f"{name} holds NaN/Inf")
     if not problems and not (sae.cfg.arch == "batchtopk" and float(sae.threshold) < 0):
-        out = sae(torch.randn(2, sae.cfg.d_in))  # usable, not just well-shaped
+        out = sae.reconstruct(torch.randn(2, sae.cfg.d_in))  # usable, not just well-shaped
         if out.shape != (2, sae.cfg.d_in):
-            problems.append(f"forward gave shape {tuple(out.shape)}")
+            problems.append(f"reconstruct gave shape {tuple(out.shape)}")
     return problems
 
 

@@ -138,7 +138,7 @@ def test_convert_round_trip_through_every_format(model_dir, corpus, tmp_path, ca
         assert main(["convert", str(tmp_path / fmt), str(back), "--to", "saekit"]) == 0
         for folder in (tmp_path / fmt, back):
             loaded = saekit.load(folder)  # format detected
-            assert torch.allclose(loaded(x), original(x), atol=1e-5), (fmt, folder)
+            assert torch.allclose(loaded.reconstruct(x), original.reconstruct(x), atol=1e-5), (fmt, folder)
     assert main(["convert", str(tmp_path / "run"), str(tmp_path / "x"), "--to", "saelens", "--format", "sparsify"]) == 2
     sparsify_eval = ["eval", str(tmp_path / "sparsify"), "--dataset", str(corpus), "--tokens", "100", "--regimes", "fixed"]
     capsys.readouterr()

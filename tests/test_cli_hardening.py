@@ -63,11 +63,11 @@ def test_help_is_still_the_whole_text(capsys):
 def test_ctrl_c_says_what_the_run_kept(monkeypatch, capsys, raised, said):
     import saekit.training
 
-    def interrupted(cfg, progress=None):
+    def interrupted(cfgs, progress=None):
         progress({"status": "loading the model"})  # a bar is open when Ctrl-C comes
         raise raised
 
-    monkeypatch.setattr(saekit.training, "train", interrupted)
+    monkeypatch.setattr(saekit.training, "train_many", interrupted)
     assert main(["train"]) == 130
     err = capsys.readouterr().err
     assert err.rstrip().splitlines()[-1] == said

@@ -38,7 +38,7 @@ def test_shapes_and_conventions(arch):
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-6)
     x = torch.randn(2, 3, 5, 16)
     f = sae.encode(x)
-    assert f.shape == (2, 3, 5, 64) and sae(x).shape == x.shape
+    assert f.shape == (2, 3, 5, 64) and sae.reconstruct(x).shape == x.shape
     # x̂ = f W_dec + b_dec, exactly
     assert torch.allclose(sae.decode(f), f @ sae.W_dec + sae.b_dec, atol=1e-6)
     # pre-activations subtract b_dec first (tied pre-bias)
@@ -58,6 +58,39 @@ def test_subset_encode_matches_and_is_differentiable(arch):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_is_the_training_objective(arch):
+    """forward(x, target, params) returns the loss; the target defaults to x."""
+    sae = make(arch)
+    x = torch.randn(2, 5, 16)  # any leading shape: tokens are flattened
+    params = LossParams(sparsity_coeff=0.1, dead_mask=torch.arange(64) % 2 == 0)
+    out = sae(x, params=params)
+    assert out.loss.shape == () and out.x_hat.shape == (10, 16)
+    assert out.fired.shape == (64,) and out.fired.dtype == torch.bool and out.n_active.shape == ()
+    assert torch.equal(sae(x.reshape(10, 16), params=params).loss, out.loss)
+    assert torch.equal(sae(x, x, params).loss, out.loss)
+    assert sae(x).loss.shape == ()  # params default to LossParams()
+    with pytest.raises(ValueError, match=r"target has shape \(10, 12\).*width 16 per input token"):
+        sae(x, torch.randn(10, 12), params)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_codes_give_the_dense_codes(arch):
+    sae = make(arch)
+    x = torch.randn(3, 7, 16) * 3
+    values, indices = sae.encode_sparse(x)
+    assert values.shape == indices.shape and values.shape[:2] == (3, 7)
+    if arch == "topk":
+        assert values.shape[-1] == 6
+    f = sae.encode(x)
+    dense = torch.zeros_like(f).scatter_add(-1, indices, values)
+    assert torch.allclose(dense, f, atol=1e-6)
+    assert torch.allclose(sae.decode_sparse(values, indices), sae.reconstruct(x), atol=1e-5)
+    leaf = values.detach().requires_grad_(True)
+    sae.decode_sparse(leaf, indices).sum().backward()
+    assert leaf.grad is not None and sae.W_dec.grad is not None
+
+
 def test_topk_keeps_exactly_k():
     sae = make("topk")
     f = sae.encode(torch.randn(50, 16) * 3)
@@ -70,10 +103,12 @@ def test_batchtopk_keeps_k_times_batch_in_training_and_calibrates_its_threshold(
     with pytest.raises(RuntimeError, match="threshold"):
         sae.encode(torch.randn(3, 16))
     x = torch.randn(400, 16) * 3
-    out = sae.training_loss(x, LossParams())
-    assert int((out.f > 0).sum()) == 6 * 400
+    out = sae(x, params=LossParams())
+    assert int(out.n_active) == 6 * 400
+    kept = sae.batch_activate(sae.pre_acts(x).detach())
+    assert int((kept > 0).sum()) == 6 * 400 and bool(out.fired.eq((kept > 0).any(0)).all())
     sae.calibrate(x)
-    assert float(sae.threshold.detach()) == pytest.approx(float(out.f[out.f > 0].min().detach()))
+    assert float(sae.threshold.detach()) == pytest.approx(float(kept[kept > 0].min()))
     # at inference, the calibration batch keeps k features per token on average
     assert (sae.encode(x) > 0).sum(-1).float().mean() == pytest.approx(6, abs=0.05)
 
@@ -84,11 +119,11 @@ def test_fold_activation_scale(arch):
     sae = make(arch)
     x = torch.randn(30, 16)
     s = 7.5
-    f_scaled, xhat_scaled = sae.encode(x), sae(x)
+    f_scaled, xhat_scaled = sae.encode(x), sae.reconstruct(x)
     sae.fold_activation_scale(s)
     assert sae.cfg.act_scale == s
     assert torch.allclose(sae.encode(x * s), f_scaled * s, atol=1e-4)
-    assert torch.allclose(sae(x * s), xhat_scaled * s, atol=1e-4)
+    assert torch.allclose(sae.reconstruct(x * s), xhat_scaled * s, atol=1e-4)
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
 
 
@@ -96,7 +131,7 @@ def test_fold_activation_scale(arch):
 def test_losses_are_finite_and_reach_every_parameter(arch):
     sae = make(arch)
     x = torch.randn(64, 16)
-    out = sae.training_loss(x, LossParams(sparsity_coeff=0.1, dead_mask=torch.arange(64) % 2 == 0))
+    out = sae(x, params=LossParams(sparsity_coeff=0.1, dead_mask=torch.arange(64) % 2 == 0))
     assert torch.isfinite(out.loss)
     out.loss.backward()
     for name, p in sae.named_parameters():
@@ -108,7 +143,7 @@ def test_jumprelu_threshold_gets_l0_gradient():
     x = torch.randn(256, 16)
     pre = sae.pre_acts(x).detach()
     sae.threshold.data.copy_(pre.median(0).values)  # put thresholds among the pre-activations
-    out = sae.training_loss(x, LossParams(sparsity_coeff=1.0, jumprelu_bandwidth=0.5))
+    out = sae(x, params=LossParams(sparsity_coeff=1.0, jumprelu_bandwidth=0.5))
     (out.terms["l0_penalty"]).backward()
     # Raising a threshold lowers L0, so the L0 term's gradient on θ is negative.
     assert (sae.threshold.grad < 0).sum() > 32
@@ -122,7 +157,7 @@ def test_save_load_round_trip(arch, tmp_path):
     back = load(tmp_path / "d")
     assert back.cfg == sae.cfg and type(back) is type(sae)
     x = torch.randn(9, 16)
-    assert torch.equal(back.encode(x), sae.encode(x)) and torch.equal(back(x), sae(x))
+    assert torch.equal(back.encode(x), sae.encode(x)) and torch.equal(back.reconstruct(x), sae.reconstruct(x))
     header = json.loads((tmp_path / "d" / "config.json").read_text())
     assert header["format"] == "saekit" and header["format_version"] == 1
     assert not list((tmp_path / "d").glob("*.pt")) and not list((tmp_path / "d").glob("*.pkl"))

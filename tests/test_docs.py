@@ -101,14 +101,15 @@ def test_metrics_doc_defines_the_training_log_fields(metrics_doc: str) -> None:
     from saekit.dictionaries import ARCHITECTURES, LossParams
     import torch
 
-    fields = {"step", "tokens", "loss", "mse", "fvu", "l0", "dead_frac", "lr", "tokens_per_s", "resampled"}
+    fields = {"step", "tokens", "loss", "mse", "fvu", "l0", "dead_frac", "lr", "tokens_per_s", "resampled",
+              "data_wait_frac", "read_gb_per_s"}
     # The terms each architecture's objective actually reports, with the log's prefix.
     for arch, cls in ARCHITECTURES.items():
         from saekit.dictionaries import DictionaryConfig
 
         sae = cls(DictionaryConfig(arch=arch, d_in=4, d_sae=8, k=2 if cls.uses_k else None))
         sae.calibrate(torch.randn(16, 4))
-        terms = sae.training_loss(torch.randn(16, 4), LossParams(sparsity_coeff=1.0)).terms
+        terms = sae(torch.randn(16, 4), params=LossParams(sparsity_coeff=1.0)).terms
         fields |= {f"loss_{t}" for t in terms}
     log_section = metrics_doc.split("## The training log", 1)[1]
     undefined = sorted(f for f in fields if f"`{f}`" not in log_section)

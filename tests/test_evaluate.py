@@ -89,9 +89,9 @@ def test_splicing_reconstruction_plus_error_gives_clean_loss(lm, corpus):
     batch = next(iter(ContextStream(str(corpus), lm.tokenizer, context_length=32, batch_size=4, split="heldout")))
     with torch.no_grad():
         clean = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        with edit_activations(lm, {HOOK: lambda a: sae(a) + (a - sae(a))}):
+        with edit_activations(lm, {HOOK: lambda a: sae.reconstruct(a) + (a - sae.reconstruct(a))}):
             spliced = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        with edit_activations(lm, {HOOK: sae}):
+        with edit_activations(lm, {HOOK: sae.reconstruct}):
             reconstructed = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert torch.allclose(clean, spliced, atol=1e-5)
     assert not torch.allclose(clean, reconstructed, atol=1e-3)  # the test would notice a no-op splice

@@ -33,7 +33,7 @@ def make(arch="topk", seed=0, hook="blocks.1.hook_resid_post", model="tiny"):
 
 def same(a, b):
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(1))
-    return torch.allclose(a.encode(x), b.encode(x), atol=1e-6) and torch.allclose(a(x), b(x), atol=1e-6)
+    return torch.allclose(a.encode(x), b.encode(x), atol=1e-6) and torch.allclose(a.reconstruct(x), b.reconstruct(x), atol=1e-6)
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ def test_bos_is_excluded_by_position(embedded_model):
     kept = ModelActivations(embedded_model, "resid_post.9", dataset=None, context_length=64, model_batch_size=4, keep_bos=True)
     a, _ = src.read_chunk({"contexts": 0}, 1)
     b, _ = kept.read_chunk({"contexts": 0}, 1)
-    assert a.shape == (4 * 63, 576) and b.shape == (4 * 64, 576)
+    assert a.shape == (4 * 63, 1, 576) and b.shape == (4 * 64, 1, 576)  # one hook point
+    a, b = a[:, 0], b[:, 0]
     bos = b.view(4, 64, 576)[:, 0]
     assert torch.allclose(b.view(4, 64, 576)[:, 1:].reshape(-1, 576), a)
     assert torch.allclose(bos, bos[:1].expand_as(bos), atol=1e-4)

@@ -195,7 +195,7 @@ def test_gemma_scope_params_npz(tmp_path):
     x_ref = f_ref @ t["W_dec"] + t["b_dec"]
     for sae in (load_any(folder), load_any(folder / "params.npz"), load_gemma_scope(folder, hook="resid_post.3")):
         assert sae.cfg.arch == "jumprelu" and (sae.cfg.d_in, sae.cfg.d_sae) == (d, f)
-        assert torch.allclose(sae.encode(x), f_ref, atol=1e-4) and torch.allclose(sae(x), x_ref, atol=1e-4)
+        assert torch.allclose(sae.encode(x), f_ref, atol=1e-4) and torch.allclose(sae.reconstruct(x), x_ref, atol=1e-4)
     raw = (folder / "params.npz").read_bytes()
     (folder / "params.npz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(FormatError, match="truncated or corrupt"):

@@ -35,7 +35,7 @@ def test_train_writes_a_loadable_run(model_dir, corpus, tmp_path):
     assert sae.cfg.hook == "resid_post.1" and sae.cfg.model == str(model_dir) and sae.cfg.arch == "topk"
     assert sae.cfg.act_scale > 0 and sae.cfg.d_in == 32 and sae.cfg.d_sae == 128
     x = torch.randn(2, 5, 32)
-    assert sae.encode(x).shape == (2, 5, 128) and sae(x).shape == x.shape
+    assert sae.encode(x).shape == (2, 5, 128) and sae.reconstruct(x).shape == x.shape
     statuses = [r["status"] for r in records if "status" in r]
     assert statuses[:2] == ["loading the model", "checking the held-out split"] and "training" in statuses
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -113,9 +113,9 @@ def test_bos_and_padding_never_reach_the_trainer(model_dir, corpus):
     lm = saekit.load_model(str(model_dir))
     src = ModelActivations(lm, "resid_post.1", dataset=str(corpus), context_length=32, model_batch_size=8)
     acts, pos = src.read_chunk({"contexts": 0}, 1)
-    assert pos["contexts"] == 8 and acts.shape == (8 * 31, 32)  # 8 contexts, BOS dropped
+    assert pos["contexts"] == 8 and acts.shape == (8 * 31, 1, 32)  # 8 contexts, BOS dropped; one hook point
     keep = ModelActivations(lm, "resid_post.1", dataset=str(corpus), context_length=32, model_batch_size=8, keep_bos=True)
-    assert keep.read_chunk({"contexts": 0}, 1)[0].shape == (8 * 32, 32)
+    assert keep.read_chunk({"contexts": 0}, 1)[0].shape == (8 * 32, 1, 32)
 
 
 # ----------------------------------------------------------------- bad input
@@ -237,12 +237,12 @@ def test_resampling_revives_dead_features_and_resets_their_adam_moments():
         sae.b_enc[:16] = -100.0  # features 0..15 can never fire
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     x = torch.randn(64, 8)
-    sae.training_loss(x, saekit.dictionaries.LossParams(sparsity_coeff=0.1)).loss.backward()
+    sae(x, params=saekit.dictionaries.LossParams(sparsity_coeff=0.1)).loss.backward()
     sae.remove_parallel_decoder_grad()
     opt.step()
     sae.after_step()
     dead = torch.arange(32) < 16
-    x_hat = sae(x).detach()
+    x_hat = sae.reconstruct(x).detach()
     idx = resample_dead(sae, opt, x, x_hat, dead, torch.Generator().manual_seed(0))
     assert idx.tolist() == list(range(16))
     assert (sae.encode(x)[:, :16] > 0).any(0).sum() >= 8  # revived features fire again

@@ -24,6 +24,7 @@ from saekit.errors import (
 )
 from saekit.io.files import FolderLock
 from saekit.training import DictionaryTrainer
+from saekit.training.log_interval import TIMING_FIELDS
 
 
 def array_cfg(tmp_path, **kw):
@@ -213,7 +214,7 @@ def test_overwrite_refuses_a_folder_of_other_files(tmp_path):
 class _Chunks:
     """A model-like source that returns more than asked for, like a forward batch does."""
 
-    model_name, hook, d, context_length, dataset, keep_bos, seed, dataset_name = "m", "resid_post.0", 4, 8, None, False, 0, "d"
+    model_name, hooks, d, context_length, dataset, keep_bos, seed, dataset_name = "m", ("resid_post.0",), 4, 8, None, False, 0, "d"
 
     def start_position(self):
         return {"token": 0}
@@ -221,17 +222,17 @@ class _Chunks:
     def read_chunk(self, position, min_tokens):
         n = min_tokens + 700
         start = position["token"]
-        return torch.arange(start, start + n, dtype=torch.float32)[:, None].expand(n, 4).clone(), {"token": start + n}
+        return torch.arange(start, start + n, dtype=torch.float32)[:, None, None].expand(n, 1, 4).clone(), {"token": start + n}
 
     def heldout(self, n):
-        return torch.zeros(n, 4)
+        return torch.zeros(n, 1, 4)
 
 
 def test_cache_shards_hold_exactly_shard_tokens_and_lose_nothing(tmp_path):
     res = write_activation_cache(_Chunks(), tmp_path / "cache", 5000, shard_tokens=1000, heldout_tokens=10)
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert [s["tokens"] for s in manifest["shards"]] == [1000] * 5 and res.tokens == 5000
-    values = np.concatenate([np.load(tmp_path / "cache" / s["file"])[:, 0] for s in manifest["shards"]])
+    values = np.concatenate([np.load(tmp_path / "cache" / s["file"])[:, 0, 0] for s in manifest["shards"]])
     assert np.array_equal(values, np.arange(5000))  # in order, none skipped or repeated
 
 
@@ -286,6 +287,13 @@ def test_nan_in_an_activation_cache_names_the_shard(tmp_path):
     arr = np.load(shard)
     arr[17] = np.nan
     np.save(shard, arr)
+    # The checksum would catch the change first; record it, as if the NaN had been written by the model.
+    from saekit.activations.cache import file_checksum
+
+    manifest_path = tmp_path / "cache" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"][1].update(bytes=shard.stat().st_size, checksum=file_checksum(shard))
+    manifest_path.write_text(json.dumps(manifest))
     cfg = TrainConfig(activation_cache=str(tmp_path / "cache"), k=2, dict_size=16, tokens=3000, batch_size=100,
                       buffer_tokens=1000, eval_tokens=0, out=str(tmp_path / "run"))
     with pytest.raises(DataError, match=r"shard-00001\.npy.*row 17.*saekit cache"):
@@ -474,7 +482,7 @@ def test_a_resumed_run_writes_the_log_of_an_uninterrupted_one(tmp_path):
     train(array_cfg(tmp_path, out=str(tmp_path / "cut"), resume=True, **kw), source=ArrayActivations([x.numpy()]))
 
     def strip(log):
-        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in log]
+        return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in log]
 
     full, cut = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
     assert any("resampled" in r for r in full)

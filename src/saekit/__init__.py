@@ -4,7 +4,8 @@ The Python API mirrors the CLI::
 
     import saekit
     result = saekit.train(saekit.TrainConfig(arch="topk", k=32, tokens=300_000))
-    sae = saekit.load(result.out)            # encode / decode / forward on raw activations
+    sae = saekit.load(result.out)            # encode / decode / reconstruct on raw activations
+    sweep = saekit.train_many([saekit.TrainConfig(hook="resid_post.*", k=k) for k in (16, 32, 64)])
     lm = saekit.load_model()                 # the embedded SmolLM2-135M (or a Hub id / folder / .gguf)
     print(saekit.evaluate(sae, lm).table())  # every docs/metrics.md figure, both context regimes
 """
@@ -16,8 +17,8 @@ from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_re
 from .hooks import edit_activations, hook_point_names, read_activations
 from .loading import load
 from .models import load_model
-from .io.formats import save_saekit as save
-from .training import TrainResult, train
+from .io.saekit_format import save_saekit as save
+from .training import TrainResult, train, train_many
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "EvalResult",
     "SaekitError",
     "train",
+    "train_many",
     "load",
     "save",
     "load_model",

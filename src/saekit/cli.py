@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import sys
 import time
 import typing
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from .config import CacheConfig, TrainConfig, field_type, flag_name
+from .config import DICTIONARY_FIELDS, CacheConfig, TrainConfig, field_type, flag_name
 from .errors import ConfigError, OutputError, RunInterrupted, SaekitError
 
 # The formats `saekit.io.formats` reads and writes (kept here so --help needs no torch import).
 FORMAT_CHOICES = ("saekit", "saelens", "sparsify", "dictionary_learning", "gemma_scope")
 WRITE_FORMATS = FORMAT_CHOICES[:4]  # Gemma Scope is read-only
+# The `saekit train` flags that take comma-separated values, one dictionary each.
+SWEEPABLE = frozenset(DICTIONARY_FIELDS - {"resample"})
 # Said wherever a verb takes a dictionary.
 DICTIONARY_ARG_HELP = (
     "a dictionary: a local folder in any format saekit reads (saekit, SAELens, sparsify, dictionary_learning, "
@@ -50,7 +53,9 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type, sweepable: frozenset[str] = frozenset()) -> None:
+    """One flag per config field; a field in ``sweepable`` takes comma-separated values
+    (``--k 16,32,64``), parsed into a list."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         base, _ = field_type(hints[field.name])
@@ -60,20 +65,78 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag_name(field), dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         shown = " (required)" if field.metadata.get("required") else "" if default is None else f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+        choices = field.metadata.get("choices")
+        many = field.name in sweepable
+        if many:
+            shown += "; comma-separated values train one dictionary each"
         parser.add_argument(
             flag_name(field),
             dest=field.name,
-            type=base,
+            type=_values(base, choices, flag_name(field)) if many else base,
             default=default,
-            choices=field.metadata.get("choices"),
+            choices=None if many else choices,
             required=field.metadata.get("required", False),
             help=help_text + shown,
-            metavar=field.name.upper() if "choices" not in field.metadata else None,
+            metavar=("{" + ",".join(choices) + "}[,...]" if choices else f"{field.name.upper()}[,...]") if many
+            else field.name.upper() if choices is None else None,
         )
+
+
+def _values(base: type, choices: Sequence[str] | None, flag: str) -> Callable[[str], list[Any]]:
+    """The argparse type of a sweepable flag: comma-separated values of ``base``."""
+
+    def parse(text: str) -> list[Any]:
+        parts = [part.strip() for part in text.split(",")]
+        if any(not part for part in parts):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty value; separate values with commas, e.g. 16,32")
+        try:
+            values = [base(part) for part in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: each value must be {base.__name__}") from None
+        bad = [v for v in values if choices and v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"invalid choice: {bad[0]!r} (choose from {', '.join(choices)})")
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} gives a value twice")
+        return values
+
+    parse.__name__ = f"{base.__name__} list"  # what argparse names in its own messages
+    return parse
 
 
 def _config_from_args(cls: type, ns: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+def _train_configs(ns: argparse.Namespace) -> list[TrainConfig]:
+    """One TrainConfig per combination of the sweepable flags' values.
+
+    When the architecture itself is swept, a flag only some of them take (``--k`` for the
+    TopK family, ``--l1`` for ReLU and gated, ``--l0-coeff`` for JumpReLU) applies to those
+    and is left out for the others, so ``--arch relu,topk --k 16,32`` is three dictionaries.
+    """
+    from .dictionaries import ARCHITECTURES
+
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    swept = {name: getattr(ns, name) for name in SWEEPABLE if isinstance(getattr(ns, name), list)}
+    arch_swept = len(swept.get("arch", [])) > 1
+    configs: list[TrainConfig] = []
+    seen: set[tuple[Any, ...]] = set()
+    for combo in itertools.product(*swept.values()):
+        values = {name: getattr(ns, name) for name in fields} | dict(zip(swept, combo))
+        if arch_swept:
+            cls = ARCHITECTURES[values["arch"]]
+            if not cls.uses_k:
+                values["k"] = None
+            if cls.sparsity_penalty != "l1":
+                values["l1_coeff"] = None
+            if cls.sparsity_penalty != "l0":
+                values["l0_coeff"] = None
+        key = tuple(values[name] for name in fields)
+        if key not in seen:
+            seen.add(key)
+            configs.append(TrainConfig(**values))
+    return configs
 
 
 def _amount(value: Any, spec: str) -> str:
@@ -114,6 +177,7 @@ class _ProgressBars:
         self.first_step: tuple[float, int] | None = None  # (time, tokens) of the first training record
         self.side_bar: Any = None  # the current phase's bar, or a status line
         self.side_name: str | None = None
+        self.shown_run: str | None = None  # with several dictionaries, whose figures the bar shows
 
     def __call__(self, record: dict[str, Any]) -> None:
         if "step" in record and "tokens" in record:
@@ -145,6 +209,12 @@ class _ProgressBars:
             self.train_bar = None
 
     def _step(self, record: dict[str, Any]) -> None:
+        # Several dictionaries log the same step; the bar shows the first one's figures.
+        run = record.get("run")
+        if run is not None:
+            self.shown_run = self.shown_run or run
+            if run != self.shown_run:
+                return
         self.stepped, self.training_over = True, False
         bar = self._training_bar()
         bar.set_description_str(self.desc, refresh=False)  # a status shown before is over
@@ -163,6 +233,10 @@ class _ProgressBars:
             pace = (tokens - n0) / (now - t0) if tokens > n0 and now > t0 else rate
             if self.total and tokens < self.total:
                 parts.append(f"{_duration((self.total - tokens) / pace)} left")
+        if record.get("data_wait_frac") is not None:
+            parts.append(f"waiting for data {record['data_wait_frac']:.0%}")
+        if run is not None:
+            parts.append(run)
         parts += [f"loss {_amount(record.get('loss'), '.3g')}", f"l0 {_amount(record.get('l0'), '.1f')}",
                   f"fvu {_amount(record.get('fvu'), '.3f')}", f"dead {_amount(record.get('dead_frac'), '.1%')}"]
         bar.set_postfix_str(", ".join(parts), refresh=False)
@@ -214,24 +288,31 @@ def _duration(seconds: float) -> str:
 
 def _cmd_train(ns: argparse.Namespace) -> int:
     from .io.saekit_format import REPORT_FILE
-    from .training import train
+    from .training import train_many
 
-    cfg = _config_from_args(TrainConfig, ns)
-    bars = _ProgressBars(f"train {cfg.arch}", cfg.trainable_tokens())
+    cfgs = _train_configs(ns)
+    many = len(cfgs) > 1 or (cfgs[0].hook is not None and ("," in cfgs[0].hook or any(c in cfgs[0].hook for c in "*?[")))
+    bars = _ProgressBars(f"train {len(cfgs)} configurations" if many else f"train {cfgs[0].arch}", cfgs[0].trainable_tokens())
     try:
-        result = train(cfg, progress=bars)
+        results = train_many(cfgs, progress=bars)
     finally:
         bars.close()
-    print(f"\nsaved {result.dictionary.cfg.arch} dictionary ({result.dictionary.cfg.d_sae} features, "
-          f"{result.dictionary.cfg.hook} of {result.dictionary.cfg.model}) to {result.out}")
-    print(f"trained on {result.tokens:,} tokens in {result.steps:,} steps")
-    if result.evaluation is not None:
-        print(result.evaluation.table())
-    elif result.heldout is not None:
-        m = result.heldout
-        print(f"held-out activations ({m.n_tokens:,} tokens): fvu {m.fvu:.4g}  l0 {m.l0:.4g}  dead {m.n_dead}")
-    if (result.out / REPORT_FILE).exists():
-        print(f"report: {result.out / REPORT_FILE}")
+    for result in results:
+        c = result.dictionary.cfg
+        print(f"\nsaved {c.arch} dictionary ({c.d_sae} features, {c.hook} of {c.model}) to {result.out}")
+        if len(results) == 1:
+            print(f"trained on {result.tokens:,} tokens in {result.steps:,} steps")
+        if result.evaluation is not None:
+            print(result.evaluation.table())
+        elif result.heldout is not None:
+            m = result.heldout
+            print(f"held-out activations ({m.n_tokens:,} tokens): fvu {m.fvu:.4g}  l0 {m.l0:.4g}  dead {m.n_dead}")
+        if (result.out / REPORT_FILE).exists():
+            print(f"report: {result.out / REPORT_FILE}")
+    if len(results) > 1:
+        parent = results[0].out.parent
+        print(f"\ntrained {len(results)} dictionaries from one pass over {results[0].tokens:,} tokens "
+              f"({results[0].steps:,} steps); compare them with `saekit compare {parent}/*`")
     return 0
 
 
@@ -254,7 +335,12 @@ def _cmd_cache(ns: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"wrote {result.tokens:,} activations in {result.shards} shard(s) and {result.heldout_tokens:,} held-out to {result.folder}")
+    from .activations import read_manifest
+
+    manifest = read_manifest(result.folder)
+    size = sum(p.stat().st_size for p in result.folder.glob("*.npy"))
+    print(f"wrote {result.tokens:,} activations at {', '.join(manifest['hooks'])} ({manifest['dtype']}, "
+          f"{size / 1e9:.2f} GB) in {result.shards} shard(s) and {result.heldout_tokens:,} held-out to {result.folder}")
     print(f"train from it with: saekit train --activation-cache {result.folder}")
     return 0
 
@@ -353,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dictionary (k=32, 8x) on resid_post.9 of the embedded SmolLM2-135M, on the embedded "
         "Wikipedia summaries, 300k tokens.",
     )
-    _add_config_flags(p, TrainConfig)
+    _add_config_flags(p, TrainConfig, SWEEPABLE)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -114,8 +114,10 @@ class SourceConfig:
         default=None,
     )
     hook: str | None = _opt(
-        "hook point, e.g. resid_post.9, mlp_out.9, attn_out.9, mlp_in.9, resid_pre.9; "
-        "default: resid_post at 30%% of the depth (resid_post.9 for SmolLM2's 30 layers)",
+        "hook point, e.g. resid_post.9, mlp_out.9, attn_out.9, mlp_in.9, resid_pre.9; several separated by commas, "
+        "or a pattern such as 'resid_post.*' (one dictionary each, from one forward pass; with --activation-cache, "
+        "which of the cache's points); default: resid_post at 30%% of the depth (resid_post.9 for SmolLM2's 30 "
+        "layers), or every point of an activation cache",
         default=None,
     )
     dataset: str | None = _opt(
@@ -162,7 +164,10 @@ class CacheConfig(SourceConfig):
     tokens: int = _opt("training activations to write", default=1_000_000)
     heldout_tokens: int = _opt("held-out activations to write (for evaluation after training)", default=32_768)
     shard_tokens: int = _opt("activations per shard file", default=262_144)
-    storage_dtype: str = _opt("dtype of the stored activations", default="float32", choices=("float32", "float16"))
+    storage_dtype: str = _opt(
+        "dtype of the stored activations (bfloat16 keeps float32's range at half the size)",
+        default="float32", choices=("float32", "float16", "bfloat16"),
+    )
     overwrite: bool = _opt("replace the contents of a non-empty --out folder", default=False)
 
     def __post_init__(self) -> None:
@@ -174,8 +179,17 @@ class CacheConfig(SourceConfig):
                 _bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.heldout_tokens < 0:
             _bad(f"--heldout-tokens must be zero or positive, got {self.heldout_tokens}")
-        if self.storage_dtype not in ("float32", "float16"):
-            _bad(f"--storage-dtype must be float32 or float16, got {self.storage_dtype!r}")
+        if self.storage_dtype not in ("float32", "float16", "bfloat16"):
+            _bad(f"--storage-dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
+
+
+# The settings that may differ between dictionaries trained from one pass (a sweep):
+# what the dictionary is and how its own optimisation runs. Everything else decides
+# which tokens arrive in which batches, and so is shared.
+DICTIONARY_FIELDS = frozenset({
+    "arch", "k", "expansion", "dict_size", "l1_coeff", "l0_coeff", "lr", "lr_warmup", "lr_decay",
+    "sparsity_warmup", "dead_after_tokens", "auxk_coeff", "resample", "jumprelu_bandwidth",
+})
 
 
 @dataclass
@@ -331,6 +345,12 @@ class TrainConfig(SourceConfig):
         if self.dead_after_tokens is not None:
             return self.dead_after_tokens
         return int(min(10_000_000, max(50_000, self.tokens // 10)))
+
+    def pass_settings(self) -> dict[str, Any]:
+        """The settings every dictionary trained from one pass over the activations must
+        share: the source, the data, the budget and the run's mechanics (everything but
+        ``DICTIONARY_FIELDS``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in DICTIONARY_FIELDS}
 
     def checkpoint_interval(self) -> int:
         return self.checkpoint_every if self.checkpoint_every is not None else max(self.tokens // 10, self.batch_size)

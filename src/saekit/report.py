@@ -108,7 +108,8 @@ REGIME_META = ("context_length", "n_sequences", "n_tokens", "n_ce_tokens", "requ
 # logs named the terms without the prefix, "mse" among them (the scaled reconstruction
 # term then), so there every other numeric field is a term.
 TERM_PREFIX = "loss_"
-LOG_FIELDS = ("step", "tokens", "loss", "mse", "l0", "fvu", "dead_frac", "lr", "tokens_per_s", "resampled")
+LOG_FIELDS = ("step", "tokens", "loss", "mse", "l0", "fvu", "dead_frac", "lr", "tokens_per_s", "resampled",
+              "data_wait_frac", "read_gb_per_s")
 OLD_LOG_FIELDS = tuple(k for k in LOG_FIELDS if k != "mse")
 # Why a term can be 0 at every record, keyed by the term's name without the prefix.
 ZERO_TERM_REASONS = {

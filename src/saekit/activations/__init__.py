@@ -2,7 +2,15 @@
 
 from .buffer import ActivationBuffer
 from .cache import CachedActivations, cache_activations, read_manifest, write_activation_cache
-from .sources import ActivationSource, ArrayActivations, ModelActivations, default_hook, open_activation_source
+from .sources import (
+    ActivationSource,
+    ArrayActivations,
+    ModelActivations,
+    default_hook,
+    expand_hook_spec,
+    open_activation_source,
+    parse_hook_spec,
+)
 
 __all__ = [
     "ActivationBuffer",
@@ -12,7 +20,9 @@ __all__ = [
     "ModelActivations",
     "cache_activations",
     "default_hook",
+    "expand_hook_spec",
     "open_activation_source",
+    "parse_hook_spec",
     "read_manifest",
     "write_activation_cache",
 ]

@@ -45,16 +45,21 @@ class ActivationBuffer:
         self.budget = cfg.trainable_tokens()
         state = state or {
             "chunk_start": source.start_position(), "chunk_index": 0, "batches_done": 0,
-            "served_before_chunk": 0, "norm_cap": None, "carry": torch.empty(0, source.d),
+            "served_before_chunk": 0, "norm_cap": None, "carry": torch.empty(0, len(source.hooks), source.d),
         }
         self.chunk_start: dict[str, int] = dict(state["chunk_start"])
         self.chunk_index: int = int(state["chunk_index"])
         self.batches_done: int = int(state["batches_done"])
         # Tokens read into the buffer (after the norm cap) before the current chunk.
         self.served_before_chunk: int = int(state["served_before_chunk"])
-        self.norm_cap: float | None = state["norm_cap"]
+        # One cap per hook point; a token over any of its caps is dropped for all of them
+        # (every dictionary of one pass trains on the same tokens). A float: a checkpoint
+        # of a one-hook run written before sources served several hook points.
+        cap = state["norm_cap"]
+        self.norm_cap: list[float] | None = [cap] if isinstance(cap, (int, float)) else cap
         # Rows of earlier chunks that did not fill a batch; they open the current chunk.
-        self.carry: Tensor = state["carry"]
+        carry = state["carry"]
+        self.carry: Tensor = carry[:, None] if carry.ndim == 2 else carry
         # (rows: carried + new, new rows kept, rows read from the source, next position)
         self._chunk: tuple[Tensor, int, int, dict[str, int]] | None = None
 
@@ -72,7 +77,7 @@ class ActivationBuffer:
         if self._chunk is None:
             want = min(self.buffer_tokens, self.budget - self.served_before_chunk)
             if want <= 0:
-                read, nxt = torch.empty(0, self.source.d), self.chunk_start
+                read, nxt = torch.empty(0, len(self.source.hooks), self.source.d), self.chunk_start
             else:
                 read, nxt = self.source.read_chunk(self.chunk_start, want)
                 read = read[:want]
@@ -82,7 +87,10 @@ class ActivationBuffer:
         return self._chunk
 
     def _filter(self, chunk: Tensor) -> Tensor:
-        return chunk if self.norm_cap is None else chunk[chunk.norm(dim=-1) <= self.norm_cap]
+        if self.norm_cap is None:
+            return chunk
+        cap = torch.tensor(self.norm_cap, dtype=chunk.dtype, device=chunk.device)
+        return chunk[(chunk.norm(dim=-1) <= cap).all(-1)]
 
     def peek_sample(self) -> Tensor:
         """The current chunk, unshuffled: the sample the activation scale is estimated on."""
@@ -91,8 +99,9 @@ class ActivationBuffer:
             raise DataError("the data source yielded no activations; check --dataset (it may be empty)")
         return rows
 
-    def set_norm_cap(self, cap: float | None) -> None:
-        """Drop tokens with a norm above ``cap`` from now on (the chunk in hand included)."""
+    def set_norm_cap(self, cap: list[float] | None) -> None:
+        """Drop tokens with a norm above ``cap`` (one per hook point) from now on (the chunk
+        in hand included)."""
         self.norm_cap = cap
         if self._chunk is not None:
             assert self.carry.shape[0] == 0, "the norm cap is set before training starts"

@@ -11,9 +11,11 @@ Every source has one small interface (``read_chunk(position, min_tokens)``):
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -22,15 +24,32 @@ from torch import Tensor
 from ..config import SourceConfig
 from ..data import ContextStream, describe_source, validate_source
 from ..errors import ConfigError, DataError
-from ..hooks import HookPoint, read_activations, resolve_hook_point
+from ..hooks import HookPoint, hook_point_names, read_activations, resolve_hook_point
 from ..models import LoadedModel, load_model, parse_dtype
 
 log = logging.getLogger(__name__)
 
 
 class ActivationSource(Protocol):
+    """Activations at one or more hook points of the same tokens.
+
+    Rows have shape ``(H, d)``: one activation per hook point in ``hooks`` (same order),
+    all of the same token, so that every dictionary trained from one pass sees the same
+    tokens and a transcoder's input and target rows stay paired.
+
+    Reading is a pure function of the position dict (and the source's data and seed), so
+    a run resumed from a checkpointed position reads exactly the rows it would have.
+
+    saekit's sources also count what ``read_chunk`` costs, for telling an I/O-bound run
+    from a compute-bound one: ``read_seconds`` (wall time spent in ``read_chunk``: reading
+    and decoding stored activations, or the model's forward passes) and, for stored
+    activations (arrays, caches), ``bytes_read`` (bytes read as stored, in the cache's
+    dtype). Both only grow; a source written by a user need not have them (read them
+    with ``getattr(source, "bytes_read", None)``).
+    """
+
     model_name: str
-    hook: str
+    hooks: tuple[str, ...]
     d: int
     context_length: int | None  # of the contexts the activations were read on, if known
     dataset_name: str  # the text they were read on, as a user would name it
@@ -39,11 +58,13 @@ class ActivationSource(Protocol):
     def start_position(self) -> dict[str, int]: ...
 
     def read_chunk(self, position: dict[str, int], min_tokens: int) -> tuple[Tensor, dict[str, int]]:
-        """At least ``min_tokens`` activations ``(N, d)`` from ``position`` (fewer only at
-        the end of data, empty past it), and the position after them."""
+        """At least ``min_tokens`` rows ``(N, H, d)`` from ``position`` (fewer only at the
+        end of data, empty past it), and the position after them."""
         ...
 
-    def heldout(self, n_tokens: int) -> Tensor: ...
+    def heldout(self, n_tokens: int) -> Tensor:
+        """Held-out rows ``(n, H, d)``."""
+        ...
 
 
 def default_hook(n_layers: int) -> str:
@@ -51,13 +72,69 @@ def default_hook(n_layers: int) -> str:
     return f"resid_post.{min(n_layers - 1, round(0.3 * n_layers))}"
 
 
+def parse_hook_spec(spec: str) -> list[str]:
+    """The names or patterns in a ``--hook`` value: comma-separated, each checked for form.
+
+    ``resid_post.3,mlp_out.6`` names two points; ``resid_post.*`` (any glob) stands for
+    every point of the model that matches, expanded by ``expand_hook_spec`` once the
+    model is loaded. A malformed plain name fails here, before the model loads.
+    """
+    parts = [part.strip() for part in spec.split(",")]
+    if not spec.strip() or any(not part for part in parts):
+        raise ConfigError(f"--hook {spec!r} has an empty name; give names separated by commas, e.g. resid_post.3,resid_post.6")
+    for part in parts:
+        if not _is_pattern(part):
+            HookPoint.parse(part)
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"--hook {spec!r} names a hook point twice")
+    return parts
+
+
+def _is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def expand_hook_spec(spec: str, lm: LoadedModel) -> list[str]:
+    """Every hook point ``spec`` names in this model, in forward order, each once."""
+    for part in parse_hook_spec(spec):
+        if not _is_pattern(part):
+            resolve_hook_point(lm, part)  # the model's own error: it lists the points that exist
+    names = hook_point_names(lm)
+    return select_hook_points(
+        spec, names,
+        lambda part: ConfigError(
+            f"--hook pattern {part!r} matches no hook point of {lm.name}; its points are named like "
+            f"{', '.join(names[:5])}, ... ({len(names)} in all)"
+        ),
+    )
+
+
+def select_hook_points(spec: str, names: Sequence[str], refuse: Callable[[str], Exception]) -> list[str]:
+    """The points among ``names`` that ``spec`` names (plain names or globs), in the order of
+    ``names``, each once; ``refuse(part)`` is raised for the first part that names none."""
+    chosen: set[str] = set()
+    for part in parse_hook_spec(spec):
+        if _is_pattern(part):
+            matched = fnmatch.filter(names, part)
+        else:
+            name = HookPoint.parse(part).name
+            matched = [name] if name in names else []
+        if not matched:
+            raise refuse(part)
+        chosen.update(matched)
+    return [name for name in names if name in chosen]
+
+
 class ModelActivations:
-    """Activations at one hook point of a live model, on packed fixed-length contexts."""
+    """Activations at one or more hook points of a live model, on packed fixed-length contexts.
+
+    One forward pass serves every hook point, and it stops after the last of them.
+    """
 
     def __init__(
         self,
         lm: LoadedModel,
-        hook: str,
+        hooks: str | Sequence[str],
         *,
         dataset: str | None,
         text_field: str = "text",
@@ -67,9 +144,12 @@ class ModelActivations:
         keep_bos: bool = False,
     ):
         self.lm = lm
-        self.hook = resolve_hook_point(lm, hook).name
+        names = [hooks] if isinstance(hooks, str) else list(hooks)
+        if not names:
+            raise ConfigError("ModelActivations needs at least one hook point")
+        self.hooks = tuple(resolve_hook_point(lm, name).name for name in names)
         self.model_name = lm.name
-        self.d = lm.d_model
+        self.d = lm.d_model  # every site saekit hooks (resid, attn_out, mlp_in, mlp_out) is d_model wide
         self.dataset, self.text_field = dataset, text_field
         self.context_length, self.model_batch_size = context_length, model_batch_size
         self.seed, self.keep_bos = seed, keep_bos
@@ -82,6 +162,7 @@ class ModelActivations:
                 f"--context-length {context_length} exceeds the model's maximum of {lm.max_length} tokens; lower it"
             )
         self._stream: ContextStream | None = None
+        self.read_seconds = 0.0  # in read_chunk: tokenising and the forward passes
 
     def _contexts(self, split: str, start: int, repeat: bool) -> ContextStream:
         return ContextStream(
@@ -98,22 +179,25 @@ class ModelActivations:
 
     @torch.no_grad()
     def activations(self, batch) -> Tensor:
-        """The kept tokens' activations of one ``TokenBatch``, as ``(n, d)`` float32."""
+        """The kept tokens' activations of one ``TokenBatch``, as ``(n, H, d)`` float32."""
         dev = self.lm.device
-        acts = read_activations(
-            self.lm.model, [self.hook], batch.input_ids.to(dev), batch.attention_mask.to(dev)
-        )[self.hook]
-        return acts[batch.token_mask(self.keep_bos).to(dev)].float()
+        acts = read_activations(self.lm.model, self.hooks, batch.input_ids.to(dev), batch.attention_mask.to(dev))
+        keep = batch.token_mask(self.keep_bos).to(dev)
+        return torch.stack([acts[name][keep] for name in self.hooks], dim=1).float()
 
     def start_position(self) -> dict[str, int]:
         return {"contexts": 0}
 
     def read_chunk(self, position: dict[str, int], min_tokens: int) -> tuple[Tensor, dict[str, int]]:
+        started = time.perf_counter()
         # Keep one live stream; rebuild it only when asked for another position (on
         # resume), since rebuilding re-tokenises everything before that position.
         if self._stream is None or self._stream.contexts_done != position["contexts"]:
             self._stream = self._contexts("train", position["contexts"], repeat=True)
         rows = self._collect(self._stream, min_tokens, "reading activations from the model")
+        # No device sync needed for the timing: selecting the kept tokens by a boolean
+        # mask already waits for the forward pass (the row count must reach the host).
+        self.read_seconds += time.perf_counter() - started
         return rows, {"contexts": self._stream.contexts_done}
 
     def _collect(self, stream: ContextStream, min_tokens: int, phase: str | None = None) -> Tensor:
@@ -126,7 +210,7 @@ class ModelActivations:
                 self.progress({"phase": phase, "done": min(n, min_tokens), "total": min_tokens, "unit": "tok"})
             if n >= min_tokens:
                 break
-        return torch.cat(parts) if parts else torch.empty(0, self.d, device=self.lm.device)
+        return torch.cat(parts) if parts else torch.empty(0, len(self.hooks), self.d, device=self.lm.device)
 
     def check_heldout(self) -> None:
         """Raise `DataError` now if the held-out split is empty (reads one batch)."""
@@ -139,10 +223,57 @@ class ModelActivations:
         return acts
 
 
+class BlockOrder:
+    """The order one epoch reads the rows of several arrays in.
+
+    With ``block_rows`` > 0 every array is cut into blocks of that many rows (its last
+    block may be shorter) and the blocks of all arrays are permuted by a generator
+    seeded with ``(seed, epoch)``: each row is read exactly once per epoch, the order
+    differs between epochs, and any stretch of reading mixes many arrays (shards, and
+    so documents), while each block stays one contiguous slice of one array (one
+    sequential read of a memory map). With ``block_rows`` = 0 the arrays are read
+    in storage order.
+    """
+
+    def __init__(self, sizes: Sequence[int], block_rows: int, seed: int, epoch: int):
+        if block_rows < 0:
+            raise ConfigError(f"block_rows must be zero (storage order) or positive, got {block_rows}")
+        sizes_arr = np.asarray(sizes, dtype=np.int64)
+        if block_rows == 0:
+            array, lo = np.arange(len(sizes_arr)), np.zeros(len(sizes_arr), dtype=np.int64)
+            hi = sizes_arr
+        else:
+            counts = -(-sizes_arr // block_rows)  # blocks per array, rounded up
+            array = np.repeat(np.arange(len(sizes_arr)), counts)
+            lo = (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)) * block_rows
+            hi = np.minimum(lo + block_rows, sizes_arr[array])
+            # NumPy's SeedSequence mixes the pair (seed, epoch) into independent streams;
+            # the buffer seeds torch with (seed, chunk), so the two never share a stream.
+            perm = np.random.default_rng([seed, epoch]).permutation(len(array))
+            array, lo, hi = array[perm], lo[perm], hi[perm]
+        keep = hi > lo
+        self.array, self.lo, self.hi = array[keep], lo[keep], hi[keep]
+        self.ends = np.cumsum(self.hi - self.lo)  # rows of the epoch read after each block
+
+    def pieces(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """``(array, lo, hi)`` slices that together hold rows ``start:stop`` of the epoch."""
+        b = int(np.searchsorted(self.ends, start, side="right"))
+        while start < stop:
+            block_start = int(self.ends[b] - (self.hi[b] - self.lo[b]))
+            lo = int(self.lo[b]) + start - block_start
+            hi = min(int(self.hi[b]), lo + stop - start)
+            yield int(self.array[b]), lo, hi
+            start += hi - lo
+            b += 1
+
+
 class ArrayActivations:
-    """Activations already in memory (or memory-mapped): a list of ``(n_i, d)`` arrays.
+    """Activations already in memory (or memory-mapped): a list of ``(n_i, d)`` arrays (one
+    hook point) or ``(n_i, H, d)`` arrays (the H hook points named in ``hooks``).
 
     Positions count tokens across epochs; reading past the end starts another epoch.
+    By default each epoch reads the arrays in order; with ``block_rows`` > 0 it reads
+    them in blocks shuffled across arrays (see ``BlockOrder``), seeded by ``seed``.
     Useful on its own for activations a user already has (``train(cfg, source=...)``).
     """
 
@@ -151,74 +282,120 @@ class ArrayActivations:
         shards: list[np.ndarray | Tensor],
         *,
         model_name: str = "",
-        hook: str = "",
+        hooks: str | Sequence[str] = "",
         heldout: np.ndarray | Tensor | None = None,
         name: str = "activations",
         context_length: int | None = None,
         shard_names: list[str] | None = None,
         keep_bos: bool = False,
+        seed: int = 0,
+        block_rows: int = 0,
     ):
-        if not shards or any(s.ndim != 2 for s in shards):
-            raise DataError(f"{name}: expected one or more 2-D arrays of activations (tokens × d)")
+        self.hooks = (hooks,) if isinstance(hooks, str) else tuple(hooks)
+        H = len(self.hooks)
+        shape = "(tokens × d)" if H == 1 else f"(tokens × {H} hook points × d)"
+        if not shards or any(s.ndim != 3 and not (s.ndim == 2 and H == 1) for s in shards):
+            raise DataError(f"{name}: expected one or more arrays of activations {shape}")
+        if any(s.ndim == 3 and s.shape[1] != H for s in shards):
+            raise DataError(f"{name}: the arrays do not hold one row per hook point ({H}): expected {shape}")
+        if block_rows < 0:
+            raise ConfigError(f"block_rows must be zero (storage order) or positive, got {block_rows}")
         self.shards, self._heldout, self.name = shards, heldout, name
-        self.model_name, self.hook, self.d = model_name, hook, int(shards[0].shape[1])
+        self.model_name, self.d = model_name, int(shards[0].shape[-1])
         self.context_length, self.keep_bos, self.dataset_name = context_length, keep_bos, name
+        self.seed, self.block_rows = seed, block_rows
         self.shard_names = shard_names or [f"array {i}" for i in range(len(shards))]
         self.rewrite_hint = "replace them with finite values"
-        if any(s.shape[1] != self.d for s in shards):
+        if any(s.shape[-1] != self.d for s in shards):
             raise DataError(f"{name}: the arrays disagree on the activation width")
-        self.offsets = np.cumsum([0] + [s.shape[0] for s in shards])
-        self.total = int(self.offsets[-1])
+        self.sizes = [int(s.shape[0]) for s in shards]
+        self.total = sum(self.sizes)
         if self.total == 0:
             raise DataError(f"{name} holds no activations")
+        self.read_seconds, self.bytes_read = 0.0, 0
+        self._order: tuple[tuple[int, int], BlockOrder] | None = None  # the last epoch's, by (epoch, block_rows)
 
     def start_position(self) -> dict[str, int]:
-        return {"token": 0}
+        # The block size travels in the position, so a checkpoint resumes in the order it
+        # was written in even if a later default changes (and a position without it, from
+        # before shuffling, resumes in storage order).
+        return {"token": 0, "block_rows": self.block_rows} if self.block_rows else {"token": 0}
 
-    def _slice(self, start: int, stop: int) -> Tensor:
-        parts = []
-        while start < stop:
-            i = int(np.searchsorted(self.offsets, start, side="right") - 1)
-            lo = start - int(self.offsets[i])
-            hi = min(self.shards[i].shape[0], lo + stop - start)
-            part = torch.from_numpy(np.array(self.shards[i][lo:hi], dtype=np.float32))
-            check_finite_rows(part, f"{self.name}: {self.shard_names[i]}", lo, self.rewrite_hint)
-            parts.append(part)
-            start += hi - lo
-        return torch.cat(parts)
+    def _decode_into(self, out: np.ndarray, part: np.ndarray | Tensor) -> None:
+        """Write stored rows as float32 into ``out`` ``(n, H, d)``."""
+        if isinstance(part, Tensor):
+            part = part.detach().to("cpu", torch.float32).numpy()
+        np.copyto(out, np.asarray(part).reshape(out.shape), casting="unsafe")
+
+    def _rows(self, part: np.ndarray | Tensor) -> Tensor:
+        """float32 rows ``(n, H, d)``."""
+        out = np.empty((part.shape[0], len(self.hooks), self.d), dtype=np.float32)
+        self._decode_into(out, part)
+        return torch.from_numpy(out)
+
+    def _epoch_order(self, epoch: int, block_rows: int) -> BlockOrder:
+        if self._order is None or self._order[0] != (epoch, block_rows):
+            self._order = ((epoch, block_rows), BlockOrder(self.sizes, block_rows, self.seed, epoch))
+        return self._order[1]
 
     def read_chunk(self, position: dict[str, int], min_tokens: int) -> tuple[Tensor, dict[str, int]]:
-        start = position["token"]
-        epoch_start = start % self.total
-        if epoch_start == 0 and start > 0:
-            log.warning("%s exhausted; starting epoch %d", self.name, start // self.total + 1)
-        n = min(min_tokens, self.total - epoch_start)
-        return self._slice(epoch_start, epoch_start + n), {"token": start + n}
+        started = time.perf_counter()
+        start, block_rows = position["token"], position.get("block_rows", 0)
+        epoch, offset = divmod(start, self.total)
+        if offset == 0 and start > 0:
+            log.warning("%s exhausted; starting epoch %d", self.name, epoch + 1)
+        n = max(0, min(min_tokens, self.total - offset))
+        # Every piece is decoded straight into one output array: concatenating decoded
+        # pieces instead cost a second copy into fresh memory, which measured slower
+        # than the reading itself (torch.cat 0.8 GB/s against 3.6 GB/s for the copy out
+        # of the memory map, one thread).
+        out = np.empty((n, len(self.hooks), self.d), dtype=np.float32)
+        done = 0
+        for i, lo, hi in self._epoch_order(epoch, block_rows).pieces(offset, offset + n):
+            stored = self.shards[i][lo:hi]
+            self.bytes_read += int(stored.nbytes) if isinstance(stored, np.ndarray) else stored.numel() * stored.element_size()
+            dest = out[done : done + hi - lo]
+            self._decode_into(dest, stored)
+            check_finite_rows(torch.from_numpy(dest), f"{self.name}: {self.shard_names[i]}", lo, self.rewrite_hint)
+            done += hi - lo
+        self.read_seconds += time.perf_counter() - started
+        return torch.from_numpy(out), {**position, "token": start + n}
 
     def heldout(self, n_tokens: int) -> Tensor:
         if self._heldout is None or self._heldout.shape[0] == 0:
             raise DataError(f"{self.name} has no held-out activations; pass --eval-tokens 0 to skip the evaluation")
         if self._heldout.shape[0] < n_tokens:
             log.warning("%s: only %d of the %d held-out tokens asked for", self.name, self._heldout.shape[0], n_tokens)
-        held = torch.from_numpy(np.array(self._heldout[:n_tokens], dtype=np.float32))
+        held = self._rows(self._heldout[:n_tokens])
         check_finite_rows(held, f"{self.name}: the held-out activations", 0, self.rewrite_hint)
         return held
 
 
 def check_finite_rows(rows: Tensor, where: str, first_row: int, fix: str) -> None:
     """Stored activations must be finite; name the array and row, since the model is not to blame."""
-    bad = ~torch.isfinite(rows).all(-1)
+    # The sum is finite only if every value is (NaN and Inf propagate; a finite sum
+    # that overflows falls through to the exact check), and summing runs about 30× faster
+    # than torch.isfinite on one CPU thread (14 vs 0.4 GB/s): this check reads every
+    # activation trained on.
+    if bool(torch.isfinite(rows.sum())):
+        return
+    bad = ~torch.isfinite(rows.reshape(rows.shape[0], -1)).all(-1)
     if bool(bad.any()):
         row = first_row + int(bad.nonzero()[0, 0])
         raise DataError(f"NaN or Inf activations in {where} (the first in row {row}); {fix}")
 
 
-
 def open_activation_source(cfg: SourceConfig, device: torch.device, activation_cache: str | None = None) -> ActivationSource:
-    """Build the source a config asks for, validating it before heavy work."""
+    """Build the source a config asks for, validating it before heavy work.
+
+    From a cache: ``--hook`` may name some of its hook points (or patterns); training
+    then reads just those. The cache is checked against ``--model`` and ``--keep-bos``
+    first, then every file's checksum is verified, all before the first step.
+    """
     if activation_cache:
         from .cache import CachedActivations  # the cache module builds on this one
-        source = CachedActivations(activation_cache)
+
+        source = CachedActivations(activation_cache, hooks=cfg.hook, seed=cfg.seed, verify=False)
         if cfg.keep_bos and not source.keep_bos:
             raise ConfigError(
                 f"--keep-bos contradicts the activation cache {activation_cache}, which was written without BOS "
@@ -227,20 +404,20 @@ def open_activation_source(cfg: SourceConfig, device: torch.device, activation_c
         model = cfg.model
         if model is not None and Path(model).expanduser().exists():
             model = str(Path(model).expanduser().resolve())  # caches record local models resolved
-        for flag, wanted, have in (("--hook", cfg.hook, source.hook), ("--model", model, source.model_name)):
-            if wanted is not None and wanted != have:
-                raise ConfigError(
-                    f"{flag} {wanted} contradicts the activation cache, which holds {have}; drop {flag} or "
-                    "point --activation-cache at a cache of the right activations"
-                )
+        if model is not None and model != source.model_name:
+            raise ConfigError(
+                f"--model {model} contradicts the activation cache {activation_cache}, which holds activations of "
+                f"{source.model_name}; drop --model or point --activation-cache at a cache of the right activations"
+            )
+        source.verify()  # reads every file: after the cheap checks above
         return source
     if cfg.hook is not None:
-        HookPoint.parse(cfg.hook)  # a malformed name fails before the model loads
+        parse_hook_spec(cfg.hook)  # a malformed name fails before the model loads
     validate_source(cfg.dataset, cfg.text_field)
     lm = load_model(cfg.model, device=device, dtype=parse_dtype(cfg.dtype))
     return ModelActivations(
         lm,
-        cfg.hook or default_hook(lm.n_layers),
+        expand_hook_spec(cfg.hook, lm) if cfg.hook else default_hook(lm.n_layers),
         dataset=cfg.dataset,
         text_field=cfg.text_field,
         context_length=cfg.context_length,

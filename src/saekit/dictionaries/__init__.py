@@ -1,4 +1,5 @@
-"""Dictionary architectures, one file each, on the base class in ``base.py``."""
+"""Dictionary architectures, one file each, on the base class in ``base.py``; the
+sparse training kernels they share are in ``sparse.py``."""
 
 from .base import (
     ARCHITECTURES,

@@ -10,10 +10,15 @@ Conventions (stated once, kept everywhere; docs/metrics.md states them for users
 * Every method works on any leading batch shape ``(..., d)``.
 
 A subclass states only what differs: its activation (``activate``), its training
-loss (``training_loss``), and a few class attributes the trainer reads instead of
-testing architecture names: which sparsity penalty it takes (``sparsity_penalty``),
-how its dead features are revived (``revive_dead``), which tensors are indexed by
-feature (``feature_axes``) and which scale with the input (``input_scaled``).
+objective (``objective``, which ``forward`` calls, on the kernels of ``sparse.py``),
+and a few class attributes the trainer reads instead of testing architecture names:
+which sparsity penalty it takes (``sparsity_penalty``), how its dead features are
+revived (``revive_dead``), which tensors are indexed by feature (``feature_axes``) and
+which scale with the input (``input_scaled``).
+
+``forward(x, target, params)`` is the training objective and returns a ``LossOutput``
+(as sparsify's coders do: one call that DDP can wrap, and a transcoder is the same
+call with another target); inference uses ``encode``, ``decode`` and ``reconstruct``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DimensionError
+from .sparse import SparsityPattern, pre_acts_at, scratch, sparse_decode
 
 ARCHITECTURES: dict[str, type["Dictionary"]] = {}
 # The layout of ``Dictionary.fingerprint()``: slices compared at their own scale.
@@ -78,17 +84,26 @@ class DictionaryConfig:
 
 @dataclass
 class LossOutput:
-    """A training step's loss, its named terms (for logging) and what it computed."""
+    """A training step's loss, its named terms (for logging) and what the trainer reads.
+
+    The dense (B, F) activations are not kept: the sparse kernels never form them, and
+    forming them would cost as much as the whole sparse step. What the trainer needs
+    from them is here, as device tensors (reading one would make a GPU wait):
+    ``fired`` (bool, (F,)) marks the features positive on some token of the batch,
+    for dead-feature tracking; ``n_active`` (a 0-d integer tensor) counts the
+    positive activations, so the batch's L0 is ``n_active / B``.
+    """
 
     loss: Tensor
     x_hat: Tensor
-    f: Tensor
     terms: dict[str, Tensor]
+    fired: Tensor
+    n_active: Tensor
 
 
 @dataclass
 class LossParams:
-    """Per-step hyper-parameters the trainer hands to ``training_loss``.
+    """Per-step hyper-parameters the trainer hands to ``forward``.
 
     ``sparsity_coeff`` is λ after its warm-up (the L1 coefficient for ReLU/gated,
     the L0 coefficient for JumpReLU; unused by the TopK family). ``dead_mask`` marks
@@ -108,12 +123,17 @@ def register(cls: type["Dictionary"]) -> type["Dictionary"]:
 
 
 def mse(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Squared error summed over the d dimensions, averaged over tokens (docs/metrics.md, `mse`)."""
-    return (x - x_hat).pow(2).sum(-1).mean()
+    """Squared error summed over the d dimensions, averaged over tokens (docs/metrics.md, `mse`).
+
+    One fused op each way (``mse_loss``), where the written-out form took four passes
+    over the (B, d) batch forward and four back.
+    """
+    return nn.functional.mse_loss(x_hat, x, reduction="sum") / (x.numel() // x.shape[-1])
 
 
 class Dictionary(nn.Module):
-    """A sparse dictionary: ``encode``, ``decode`` and ``forward`` on raw activations."""
+    """A sparse dictionary: ``encode``, ``decode`` and ``reconstruct`` on raw
+    activations; ``forward`` is the training objective."""
 
     arch: ClassVar[str]
     uses_k: ClassVar[bool] = False
@@ -190,13 +210,16 @@ class Dictionary(nn.Module):
             self.b_enc.zero_()
 
     # ------------------------------------------------------------- inference
-    def pre_acts(self, x: Tensor, features: Tensor | None = None) -> Tensor:
+    def _check_width(self, x: Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in:
             where = f" ({self.cfg.hook} of {self.cfg.model})" if self.cfg.hook else ""
             raise DimensionError(
                 f"this dictionary takes activations of width {self.cfg.d_in}{where}, but got width "
                 f"{x.shape[-1]}; it was trained on another hook point or model"
             )
+
+    def pre_acts(self, x: Tensor, features: Tensor | None = None) -> Tensor:
+        self._check_width(x)
         W, b = (self.W_enc, self.b_enc) if features is None else (self.W_enc[:, features], self.b_enc[features])
         return (x - self.b_dec) @ W + b
 
@@ -218,15 +241,59 @@ class Dictionary(nn.Module):
         W = self.W_dec if features is None else self.W_dec[features]
         return f @ W + self.b_dec
 
-    def forward(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """``x̂ = decode(encode(x))`` for ``x`` of shape ``(..., d)`` (inference)."""
         return self.decode(self.encode(x))
 
+    def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
+        """``x̂`` from sparse codes: ``values`` and their feature ``indices``, both of shape
+        ``(..., m)`` (as ``encode_sparse`` returns them); padding entries have value 0.
+        Differentiable in ``values`` and the decoder."""
+        m = values.shape[-1]
+        weights = values.reshape(-1, m).to(self.W_dec.dtype)
+        summed = nn.functional.embedding_bag(indices.reshape(-1, m), self.W_dec, mode="sum", per_sample_weights=weights)
+        return summed.reshape(*values.shape[:-1], self.cfg.d_in) + self.b_dec
+
     # -------------------------------------------------------------- training
-    def training_loss(self, x: Tensor, params: LossParams) -> LossOutput:
-        """Loss on a batch of scaled activations ``x`` of shape ``(B, d)``."""
+    def forward(self, x: Tensor, target: Tensor | None = None, params: LossParams | None = None) -> LossOutput:
+        """The training objective on a batch of (scaled) activations ``x`` of shape ``(..., d)``.
+
+        The reconstruction is compared with ``target`` (``x`` itself for a sparse
+        autoencoder; a transcoder's target is another activation of the same tokens).
+        ``params`` carries the step's hyper-parameters (default ``LossParams()``).
+        ``x_hat`` comes back flattened to ``(B, d)`` for the B tokens.
+        """
+        self._check_width(x)
+        if target is None:
+            target = x
+        elif target.shape[-1] != self.cfg.d_in or target.numel() != x.numel():
+            raise DimensionError(
+                f"the target has shape {tuple(target.shape)} but the input has {tuple(x.shape)}; "
+                f"give one target vector of width {self.cfg.d_in} per input token"
+            )
+        d = self.cfg.d_in
+        return self.objective(x.reshape(-1, d), target.reshape(-1, d), params or LossParams())
+
+    def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
+        """Loss on ``x`` of shape ``(B, d)`` against ``target`` of shape ``(B, d)``."""
         raise NotImplementedError
 
-    def auxk_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, params: LossParams) -> Tensor:
+    @torch.no_grad()
+    def batch_pre_acts(self, x: Tensor, with_b_enc: bool = True) -> Tensor:
+        """``(x − b_dec) W_enc (+ b_enc)`` of shape (B, F) without gradient, for choosing
+        the active pairs. Held in ``sparse.scratch`` (reused by the next call): copy
+        what must outlive the loss computation."""
+        centred = x - self.b_dec
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.addmm(self.b_enc, centred, self.W_enc) if with_b_enc else centred @ self.W_enc
+        out = scratch((x.shape[0], self.cfg.d_sae), centred.dtype, x.device)
+        if with_b_enc:
+            return torch.addmm(self.b_enc, centred, self.W_enc, out=out)
+        return torch.mm(centred, self.W_enc, out=out)
+
+    def auxk_loss(
+        self, x: Tensor, x_hat: Tensor, pre: Tensor, params: LossParams, target: Tensor | None = None
+    ) -> Tensor:
         """Auxiliary-k loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", §A.2).
 
         The top ``aux_k`` dead latents try to reconstruct the residual ``e = x − x̂``;
@@ -236,18 +303,32 @@ class Dictionary(nn.Module):
         the residual's variance around its mean: that is zero for a one-token batch and
         tiny for a few tokens, and one such step once gave an aux-k term of 3e9 that
         froze Adam for thousands of steps.
+
+        ``pre`` is the batch's (B, F) pre-activations (only read: the gradient reaches
+        the encoder through ``pre_acts_at``); the residual is ``target − x̂``, with
+        ``target`` defaulting to ``x``. Decoding is sparse, as in the main loss.
         """
         dead = params.dead_mask
-        if dead is None or not bool(dead.any()):
-            return pre.new_zeros(())
-        n_dead = int(dead.sum())
+        zero = x_hat.new_zeros(())
+        if dead is None:
+            return zero
+        dead_features = dead.nonzero().squeeze(1)
+        n_dead = dead_features.numel()
+        if n_dead == 0:
+            return zero
         aux_k = min(params.aux_k or self.cfg.d_in // 2, n_dead)
-        residual = (x - x_hat).detach()
-        dead_pre = pre.masked_fill(~dead, float("-inf"))
-        vals, idx = dead_pre.topk(aux_k, dim=-1, sorted=False)
-        # Scatter into a dense (B, F) and multiply: gathering W_dec[idx] would build a
-        # B × aux_k × d tensor, ten times slower and gigabytes at GPU batch sizes.
-        e_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ self.W_dec
+        pre = pre.detach()
+        with torch.no_grad():
+            if aux_k == n_dead:  # every dead feature takes part: nothing to rank
+                chosen = dead_features.expand(pre.shape[0], n_dead)
+            elif n_dead == self.cfg.d_sae:
+                chosen = pre.topk(aux_k, dim=-1, sorted=False).indices
+            else:
+                chosen = dead_features[pre.index_select(1, dead_features).topk(aux_k, dim=-1, sorted=False).indices]
+        pattern = SparsityPattern.from_indices(chosen, self.cfg.d_sae)
+        values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.b_dec).relu()
+        e_hat = sparse_decode(values, pattern, self.W_dec)
+        residual = ((x if target is None else target) - x_hat).detach()
         denom = residual.pow(2).sum(-1).mean().clamp_min(1e-8)
         return (e_hat - residual).pow(2).sum(-1).mean() / denom
 

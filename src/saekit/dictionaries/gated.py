@@ -11,6 +11,12 @@ the encoder directions, the magnitude path rescaling them by ``exp(r_mag)``:
 
 The last term trains the gate to reconstruct on its own through a detached copy of
 the decoder, which gives the gate a gradient the step function would deny it.
+
+Training computes the encoder product once: since ``W_gate ⊙ exp(r_mag)`` only
+rescales columns, ``mag = u ⊙ exp(r_mag) + b_mag`` with ``u = (x − b_dec) W_gate``,
+the same product the gate adds ``b_gate`` to. Only the pairs with ``π > 0`` matter to
+any term (f̃, the L1 and the auxiliary reconstruction all vanish elsewhere), so a
+sparse batch runs on those pairs alone.
 """
 
 from __future__ import annotations
@@ -19,6 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, mse, register
+from .sparse import (
+    SparsityPattern,
+    activity,
+    dense_activity,
+    dense_pre_acts,
+    pre_acts_at,
+    sparse_decode,
+    sparse_enough,
+)
 
 
 @register
@@ -45,16 +60,33 @@ class GatedDictionary(Dictionary):
         assert x is not None, "the gated magnitude path needs the input"
         return (pre > 0).to(pre.dtype) * self._magnitude(x, features).relu()
 
-    def training_loss(self, x: Tensor, params: LossParams) -> LossOutput:
-        gate = self.pre_acts(x)
-        f = self.activate(gate, None, x)
-        x_hat = self.decode(f)
-        gate_act = gate.relu()
-        recon = mse(x, x_hat)
-        l1 = (gate_act * self.W_dec.norm(dim=1)).sum(-1).mean()
-        aux = mse(x, gate_act @ self.W_dec.detach() + self.b_dec.detach())
+    def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
+        u_batch = self.batch_pre_acts(x, with_b_enc=False)
+        open_gate = u_batch > -self.b_enc  # π > 0
+        norms = self.W_dec.norm(dim=1)
+        if sparse_enough(open_gate):
+            pattern = SparsityPattern.from_mask(open_gate)
+            i = pattern.features
+            u = pre_acts_at(u_batch, pattern, x, self.W_enc, None, self.b_dec)
+            gate_act = u + self.b_enc[i]  # π, positive on every pair of the pattern
+            f = (u * self.r_mag[i].exp() + self.b_mag[i]).relu()
+            x_hat = sparse_decode(f, pattern, self.W_dec) + self.b_dec
+            l1 = (gate_act * norms[i]).sum() / x.shape[0]
+            gate_hat = sparse_decode(gate_act, pattern, self.W_dec.detach()) + self.b_dec.detach()
+            fired, n_active = activity(f, pattern)
+        else:
+            u = dense_pre_acts(x, self.W_enc, None, self.b_dec, u_batch)
+            gate = u + self.b_enc
+            f = (gate > 0).to(u.dtype) * (u * self.r_mag.exp() + self.b_mag).relu()
+            x_hat = f @ self.W_dec + self.b_dec
+            gate_act = gate.relu()
+            l1 = (gate_act * norms).sum(-1).mean()
+            gate_hat = gate_act @ self.W_dec.detach() + self.b_dec.detach()
+            fired, n_active = dense_activity(f)
+        recon = mse(target, x_hat)
+        aux = mse(target, gate_hat)
         loss = recon + params.sparsity_coeff * l1 + aux
-        return LossOutput(loss, x_hat, f, {"mse": recon, "l1": l1, "aux": aux})
+        return LossOutput(loss, x_hat, {"mse": recon, "l1": l1, "aux": aux}, fired, n_active)
 
     @torch.no_grad()
     def reset_features(self, idx: Tensor, directions: Tensor, enc_norm: float) -> None:

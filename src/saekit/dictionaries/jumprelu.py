@@ -13,6 +13,10 @@ of bandwidth ε:
 Adam. A note on λ: Adam divides out the gradient's scale, so raising λ
 past the point where the L0 term dominates θ's gradient changes little; sweep λ on
 a log scale and read off L0.
+
+Only the pairs with ``pre_i > θ_i − ε/2`` matter to the loss or its gradient: below
+that, f and H are 0 and the rectangle kernel is 0 too. A sparse batch runs on those
+pairs alone, with the same two estimators applied to them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, mse, register
+from .sparse import (
+    SparsityPattern,
+    activity,
+    dense_activity,
+    dense_pre_acts,
+    pre_acts_at,
+    sparse_decode,
+    sparse_enough,
+)
 
 # Thresholds start here (in units of the scaled activations, E‖x‖² = d), small
 # enough that most features fire at first and the L0 penalty prunes from above.
@@ -28,6 +41,9 @@ INITIAL_THRESHOLD = 0.1
 MIN_THRESHOLD = 1e-4
 
 
+# The estimators below take ``pre`` and ``theta`` of the same shape, or ``theta``
+# broadcast over leading token axes: (B, F) with (F,) on the dense path, and (nnz,)
+# with the pairs' own thresholds (nnz,) on the sparse one.
 def _window(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
     return ((pre - theta).abs() < eps / 2).to(pre.dtype) / eps
 
@@ -44,7 +60,7 @@ class _JumpReLU(torch.autograd.Function):
         pre, theta = ctx.saved_tensors
         grad_pre = grad * (pre > theta).to(pre.dtype)
         grad_theta = -(theta * _window(pre, theta, ctx.eps) * grad)
-        return grad_pre, grad_theta.reshape(-1, theta.shape[-1]).sum(0), None
+        return grad_pre, grad_theta.sum_to_size(theta.shape), None
 
 
 class _Step(torch.autograd.Function):
@@ -58,7 +74,8 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         pre, theta = ctx.saved_tensors
         grad_theta = -(_window(pre, theta, ctx.eps) * grad)
-        return torch.zeros_like(pre), grad_theta.reshape(-1, theta.shape[-1]).sum(0), None
+        # H's derivative in pre is zero almost everywhere: no gradient reaches the encoder.
+        return None, grad_theta.sum_to_size(theta.shape), None
 
 
 @register
@@ -77,15 +94,29 @@ class JumpReLUDictionary(Dictionary):
         theta = self.threshold if features is None else self.threshold[features]
         return pre * (pre > theta).to(pre.dtype)
 
-    def training_loss(self, x: Tensor, params: LossParams) -> LossOutput:
-        pre = self.pre_acts(x)
+    def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
+        pre_batch = self.batch_pre_acts(x)
         eps = params.jumprelu_bandwidth
-        f = _JumpReLU.apply(pre, self.threshold, eps)
-        x_hat = self.decode(f)
-        recon = mse(x, x_hat)
-        l0 = _Step.apply(pre, self.threshold, eps).sum(-1).mean()
+        # θ − ε (not ε/2): a margin, so rounding never drops a pair the window would
+        # count; the extra pairs have f = 0, H = 0 and a zero kernel.
+        relevant = pre_batch > (self.threshold - eps).detach()
+        if sparse_enough(relevant):
+            pattern = SparsityPattern.from_mask(relevant)
+            pre = pre_acts_at(pre_batch, pattern, x, self.W_enc, self.b_enc, self.b_dec)
+            theta = self.threshold[pattern.features]
+            f = _JumpReLU.apply(pre, theta, eps)
+            x_hat = sparse_decode(f, pattern, self.W_dec) + self.b_dec
+            l0 = _Step.apply(pre, theta, eps).sum() / x.shape[0]
+            fired, n_active = activity(f, pattern)
+        else:
+            pre = dense_pre_acts(x, self.W_enc, self.b_enc, self.b_dec, pre_batch)
+            f = _JumpReLU.apply(pre, self.threshold, eps)
+            x_hat = f @ self.W_dec + self.b_dec
+            l0 = _Step.apply(pre, self.threshold, eps).sum(-1).mean()
+            fired, n_active = dense_activity(f)
+        recon = mse(target, x_hat)
         loss = recon + params.sparsity_coeff * l0
-        return LossOutput(loss, x_hat, f, {"mse": recon, "l0_penalty": l0})
+        return LossOutput(loss, x_hat, {"mse": recon, "l0_penalty": l0}, fired, n_active)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -12,6 +12,15 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import Dictionary, LossOutput, LossParams, mse, register
+from .sparse import (
+    SparsityPattern,
+    activity,
+    dense_activity,
+    dense_pre_acts,
+    pre_acts_at,
+    sparse_decode,
+    sparse_enough,
+)
 
 
 @register
@@ -23,10 +32,22 @@ class ReLUDictionary(Dictionary):
     def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
         return pre.relu()
 
-    def training_loss(self, x: Tensor, params: LossParams) -> LossOutput:
-        f = self.encode(x)
-        x_hat = self.decode(f)
-        recon = mse(x, x_hat)
-        l1 = (f * self.W_dec.norm(dim=1)).sum(-1).mean()
+    def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
+        pre = self.batch_pre_acts(x)
+        active = pre > 0
+        norms = self.W_dec.norm(dim=1)
+        if sparse_enough(active):
+            pattern = SparsityPattern.from_mask(active)
+            # Every entry of the pattern is positive, so the ReLU is the identity there.
+            f = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.b_dec)
+            x_hat = sparse_decode(f, pattern, self.W_dec) + self.b_dec
+            l1 = (f * norms[pattern.features]).sum() / x.shape[0]
+            fired, n_active = activity(f, pattern)
+        else:
+            f = dense_pre_acts(x, self.W_enc, self.b_enc, self.b_dec, pre).relu()
+            x_hat = f @ self.W_dec + self.b_dec
+            l1 = (f * norms).sum(-1).mean()
+            fired, n_active = dense_activity(f)
+        recon = mse(target, x_hat)
         loss = recon + params.sparsity_coeff * l1
-        return LossOutput(loss, x_hat, f, {"mse": recon, "l1": l1})
+        return LossOutput(loss, x_hat, {"mse": recon, "l1": l1}, fired, n_active)

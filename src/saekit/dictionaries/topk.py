@@ -22,6 +22,33 @@ import torch
 from torch import Tensor
 
 from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, mse, register
+from .sparse import SparsityPattern, activity, pre_acts_at, sparse_decode
+
+
+def largest_entries(flat: Tensor, n: int) -> Tensor:
+    """Positions of the ``n`` largest entries of the 1-D ``flat``, in no order.
+
+    ``topk`` over a whole batch (k·B of B·F entries) took 280 ms at B = 4096, F = 4608
+    on 2 CPU threads, as long as the encoder's product, and 900 ms on a busy machine
+    where this function took 150 ms. Here a strided sample gives a cut-off that about
+    1.5·n entries exceed, one comparison pass keeps those as candidates, and ``topk``
+    runs on them alone. The result is exact: when the sample misjudges and fewer than n
+    entries pass, it falls back to the full ``topk``.
+    """
+    total = flat.numel()
+    if 4 * n > total:
+        return flat.topk(n, sorted=False).indices
+    # A prime stride that does not divide B·F does not divide the row length F either,
+    # so the sample visits every feature column; a stride dividing F would see only
+    # every stride-th feature of every token.
+    stride = next(p for p in (17, 19, 23, 29, 31, 37, 41, 43) if total % p)
+    sample = flat[::stride]
+    in_sample = min(sample.numel(), int(1.5 * n * sample.numel() / total) + 16)
+    cut = sample.topk(in_sample, sorted=False).values.min()
+    candidates = (flat >= cut).nonzero().squeeze(1)
+    if candidates.numel() < n:
+        return flat.topk(n, sorted=False).indices
+    return candidates[flat[candidates].topk(n, sorted=False).indices]
 
 
 def topk_per_token(pre: Tensor, k: int) -> Tensor:
@@ -46,18 +73,38 @@ class TopKDictionary(Dictionary):
             kth = self.pre_acts(x).topk(self.cfg.k, dim=-1).values[..., -1:]
         return pre.relu() * (pre >= kth).to(pre.dtype)
 
-    def training_loss(self, x: Tensor, params: LossParams) -> LossOutput:
-        pre = self.pre_acts(x)
-        f = self.batch_activate(pre)
-        x_hat = self.decode(f)
-        recon = mse(x, x_hat)
-        aux = self.auxk_loss(x, x_hat, pre, params)
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The non-zero activations of ``x`` (shape ``(..., d)``) without the dense
+        ``(..., F)``: ``(values, indices)``, both of shape ``(..., k)``, indices in no
+        particular order; a selected pre-activation ≤ 0 gives value 0. ``decode_sparse``
+        takes them back to ``x̂``."""
+        vals, idx = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
+        return vals.relu(), idx
+
+    @torch.no_grad()
+    def select(self, pre: Tensor) -> SparsityPattern:
+        """The training-time active pairs of a batch's pre-activations ``(B, F)``."""
+        idx = pre.topk(self.cfg.k, dim=-1, sorted=False).indices
+        return SparsityPattern.from_indices(idx, self.cfg.d_sae)
+
+    def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
+        pre = self.batch_pre_acts(x)
+        pattern = self.select(pre)
+        # The ReLU after the selection: a selected pre-activation ≤ 0 contributes 0.
+        values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.b_dec).relu()
+        x_hat = sparse_decode(values, pattern, self.W_dec) + self.b_dec
+        recon = mse(target, x_hat)
+        aux = self.auxk_loss(x, x_hat, pre, params, target)
         loss = recon + params.auxk_coeff * aux
-        return LossOutput(loss, x_hat, f, {"mse": recon, "auxk": aux})
+        fired, n_active = activity(values, pattern)
+        return LossOutput(loss, x_hat, {"mse": recon, "auxk": aux}, fired, n_active)
 
     def batch_activate(self, pre: Tensor) -> Tensor:
-        """The training-time activation on a batch ``(B, F)``."""
-        return topk_per_token(pre, self.cfg.k)
+        """The training-time activation on a batch ``(B, F)``, dense (no gradient
+        through the selection; the values are ReLU'd pre-activations)."""
+        pattern = self.select(pre)
+        values = pre.reshape(-1)[pattern.flat_index()].relu()
+        return torch.zeros_like(pre).reshape(-1).index_put((pattern.flat_index(),), values).view_as(pre)
 
 
 @register
@@ -72,25 +119,41 @@ class BatchTopKDictionary(TopKDictionary):
         # "not calibrated yet".
         self.register_buffer("threshold", torch.tensor(-1.0))
 
-    def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
+    def _require_threshold(self) -> None:
         if float(self.threshold) < 0:
             raise RuntimeError(
                 "this BatchTopK dictionary has no inference threshold yet; calibrate it on training "
                 "inputs (dictionary.calibrate(x)) or load a trained one before calling encode()"
             )
+
+    def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
+        self._require_threshold()
         return pre.relu() * (pre > self.threshold).to(pre.dtype)
 
-    def batch_activate(self, pre: Tensor) -> Tensor:
-        flat = pre.relu().flatten()
-        n_keep = min(self.cfg.k * pre.shape[0], flat.numel())
-        vals, idx = flat.topk(n_keep, sorted=False)
-        return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """As for TopK, but the number of active features varies by token at inference:
+        both tensors have shape ``(..., m)`` with m the largest count in ``x`` (at least
+        1), and tokens with fewer carry padding entries of value 0."""
+        self._require_threshold()
+        f = self.activate(self.pre_acts(x))
+        m = max(1, int((f > 0).sum(-1).max())) if f.numel() else 1
+        return f.topk(m, dim=-1, sorted=False)
+
+    @torch.no_grad()
+    def select(self, pre: Tensor) -> SparsityPattern:
+        """The ``k·B`` largest pre-activations of the whole batch (their ReLU is the
+        activation: where fewer than ``k·B`` are positive, the selected ones ≤ 0 give 0
+        and pass no gradient, whichever of them are selected)."""
+        B, F = pre.shape
+        chosen = largest_entries(pre.reshape(-1), min(self.cfg.k * B, B * F))
+        return SparsityPattern.from_flat(chosen, B, F)
 
     @torch.no_grad()
     def calibrate(self, x: Tensor) -> None:
         """Set θ so that the sample ``x`` (any number of tokens) keeps k features per token
         on average: θ is the smallest of the sample's ``k·n`` largest activations."""
-        kept = self.batch_activate(self.pre_acts(x.reshape(-1, x.shape[-1])))
+        pre = self.pre_acts(x.reshape(-1, x.shape[-1]))
+        kept = pre.reshape(-1)[self.select(pre).flat_index()]
         kept = kept[kept > 0]
         if kept.numel():
             self.threshold.copy_(kept.min())

@@ -10,6 +10,7 @@ and replaced by a ``{"__tensor__": path}`` marker in the JSON skeleton.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from ..errors import CheckpointError
 from .files import atomic_save_tensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# A checkpoint written but not yet committed, in a group of runs that commit together
+# (``save_checkpoints``).
+PENDING_FILE = "checkpoint.pending.safetensors"
 _META_KEY = "saekit_state"
 UNCHECKED_PREFIX = "s.buffer."  # the flattened path of the shuffle buffer's state
 
@@ -49,12 +53,55 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
+def save_checkpoint(state: dict[str, Any], folder: Path, name: str = CHECKPOINT_FILE) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "s", tensors)
-    path = folder / CHECKPOINT_FILE
+    path = folder / name
     atomic_save_tensors(tensors, path, metadata={_META_KEY: json.dumps(skeleton)})
     return path
+
+
+def save_checkpoints(states: dict[Path, dict[str, Any]]) -> None:
+    """Checkpoints of several runs that train in step (one pass, many dictionaries),
+    committed as one: after a crash, every folder resumes from the same step.
+
+    Two phases, over the folders in sorted order: each state is first written whole as
+    ``PENDING_FILE`` (atomically, synced), then each is renamed over ``CHECKPOINT_FILE``.
+    A crash in the first phase leaves every old checkpoint in place; one in the second
+    leaves every folder either committed or holding its complete pending file.
+    ``recover_checkpoints`` tells the two apart by the last folder alone: it holds a
+    pending file exactly when the first phase had finished.
+    """
+    folders = sorted(states, key=str)
+    if len(folders) == 1:
+        save_checkpoint(states[folders[0]], folders[0])
+        return
+    for folder in folders:
+        save_checkpoint(states[folder], folder, PENDING_FILE)
+    for folder in folders:
+        os.replace(folder / PENDING_FILE, folder / CHECKPOINT_FILE)
+
+
+def recover_checkpoints(folders: list[Path]) -> None:
+    """Finish or undo a group commit that ``save_checkpoints`` did not complete.
+
+    Call with every folder of the group, each locked. If the last folder (sorted) holds
+    a pending file, all pending files were written before any was committed, so the
+    rest are committed now; otherwise the crash came while they were being written, and
+    they are removed, leaving the previous checkpoints, which all agree.
+    """
+    folders = sorted(folders, key=str)
+    if not any((f / PENDING_FILE).exists() for f in folders):
+        return
+    commit = (folders[-1] / PENDING_FILE).exists()
+    for folder in folders:
+        pending = folder / PENDING_FILE
+        if not pending.exists():
+            continue
+        if commit:
+            os.replace(pending, folder / CHECKPOINT_FILE)
+        else:
+            pending.unlink()
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 
 from ..dictionaries import Dictionary, DictionaryConfig, build_dictionary
 from ..errors import FormatError
-from .checkpoint import CHECKPOINT_FILE
+from .checkpoint import CHECKPOINT_FILE, PENDING_FILE
 from .common import CONFIG_FILE, WEIGHTS_FILE, checked_tensor, is_int, make_config, read_json, read_safetensors, writable_folder_for
 from .files import atomic_save_tensors, atomic_write_text, make_folder
 
@@ -36,7 +36,7 @@ EVAL_FILE = "eval.json"
 REPORT_FILE = "report.html"
 # What a training run writes beside its dictionary: each describes that dictionary, so
 # none may stay beside another one written over it (--overwrite and convert remove them).
-RUN_RECORD_FILES = (TRAINING_FILE, LOG_FILE, EVAL_FILE, REPORT_FILE, CHECKPOINT_FILE)
+RUN_RECORD_FILES = (TRAINING_FILE, LOG_FILE, EVAL_FILE, REPORT_FILE, CHECKPOINT_FILE, PENDING_FILE)
 
 
 def save_dictionary(dictionary: Dictionary, folder: str | os.PathLike) -> Path:

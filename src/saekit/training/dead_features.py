@@ -21,9 +21,9 @@ class DeadFeatureTracker:
         self.window = window
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
 
-    def update(self, f: Tensor) -> None:
-        fired = (f > 0).any(0)
-        self.tokens_since_fired += f.shape[0]
+    def update(self, fired: Tensor, n_tokens: int) -> None:
+        """``fired``: (F,) bool, the features that fired on some token of a batch of ``n_tokens``."""
+        self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
 
     @property

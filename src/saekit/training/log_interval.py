@@ -10,6 +10,10 @@ from torch import Tensor
 
 from ..dictionaries import LossOutput
 
+# Log fields that measure time, not training: a resumed run writes every other field
+# exactly as an uninterrupted one would.
+TIMING_FIELDS = ("tokens_per_s", "data_wait_frac", "read_gb_per_s")
+
 if TYPE_CHECKING:
     from .trainer import DictionaryTrainer
 
@@ -28,6 +32,7 @@ class LogInterval:
 
     def reset(self, now: float) -> None:
         self.start, self.steps, self.n, self.resampled = now, 0, 0, 0
+        self.waited = 0.0  # seconds spent waiting for activations (the model or the disk)
         # Running sums stay on the dictionary's device as float64 tensors, read only in
         # record(): a float() per step would make a GPU wait for every step.
         self.sums: dict[str, Tensor] = {}
@@ -45,7 +50,7 @@ class LogInterval:
         self._add("err", (x - out.x_hat).pow(2).sum())
         self._add("sum_sq", x.pow(2).sum())
         self._add("sum_x", x.sum(0))
-        self._add("l0", (out.f > 0).sum())
+        self._add("l0", out.n_active)
         self._add("loss", out.loss)
         for name, value in out.terms.items():
             self._add(f"loss_{name}", value)
@@ -77,5 +82,8 @@ class LogInterval:
             "dead_frac": trainer.tracker.dead_fraction(trainer.tokens),
             "lr": trainer.opt.param_groups[0]["lr"],
             "tokens_per_s": self.n / max(now - self.start, 1e-9),  # this interval's rate
+            # How much of the interval went to waiting for activations: near 1, the run is
+            # bound by the model or the disk; near 0, by the dictionaries' own steps.
+            "data_wait_frac": min(1.0, self.waited / max(now - self.start, 1e-9)),
             **({"resampled": self.resampled} if self.resampled else {}),
         }

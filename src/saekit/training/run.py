@@ -1,25 +1,14 @@
-"""One training loop for every dictionary architecture.
+"""A training run from start to finish: checks, folders, the loop, the final evaluation.
 
-The loop is deliberately plain (nanoGPT-style): fetch a full batch of activations,
-scale it, ask the dictionary for its loss, step Adam, keep the decoder rows unit-norm,
-track dead features, log, checkpoint. Everything an architecture does differently
-lives in its ``training_loss`` and its class attributes; everything about the run
-lives in ``TrainConfig``; the run folder's rules live in ``run_folder``.
+``train_many`` trains every dictionary a list of configurations asks for (see
+``plan``: configurations × hook points) from one pass over the activations;
+``train`` is the one-dictionary case. Every check (output folders, checkpoints, model,
+hook points, data, held-out set) runs before any folder is touched and before the
+first step; each folder is locked for the whole run, so a second run into it is
+refused. The loop itself is in ``loop``, one dictionary's update in ``trainer``, and
+the run folder's rules in ``run_folder``.
 
-``DictionaryTrainer`` holds one dictionary's optimisation state and steps it on a
-batch; ``train`` wires a source of activations, the shuffling buffer, logging and
-checkpoints around it. (Several trainers can share one buffer of activations, which
-is how training many dictionaries from one forward pass will plug in.)
-
-Exact resume: the learning-rate and sparsity schedules are pure functions of the
-tokens done, the activation buffer is a pure function of its recorded state (see
-``activations.ActivationBuffer``), and the checkpoint holds the weights, Adam's
-moments, the RNG state, the dead-feature counters, the buffer's carried rows and the
-calibration sample. An
-interrupted run resumed from its last checkpoint therefore ends with the weights of
-an uninterrupted one.
-
-Units: the dictionary trains on activations divided by ``act_scale`` (so that
+Units: a dictionary trains on activations divided by its ``act_scale`` (so that
 E‖x‖² = d). The objective (``loss`` and its ``loss_*`` terms in the log) is in those
 scaled units; every figure named after a docs/metrics.md figure (``mse``, ``fvu``, ``l0``)
 is in raw activation units, as in eval.json.
@@ -29,42 +18,30 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-import torch
 from torch import Tensor
 
-from ..activations import ActivationBuffer, ActivationSource, ModelActivations, open_activation_source
+from ..activations import ActivationSource, ModelActivations, open_activation_source, parse_hook_spec
 from ..config import TrainConfig
 from ..dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig
-from ..errors import CheckpointError, ConfigError, DataError, OutputError, RunInterrupted, TrainingDivergedError
+from ..errors import ConfigError, DataError, RunInterrupted
 from ..evaluation import BOS_AS_TRAINED, EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
-from ..io.checkpoint import save_checkpoint
+from ..io.checkpoint import recover_checkpoints
 from ..io.files import FolderLock, atomic_write_text, make_folder, remove_if_empty
-from ..io.saekit_format import EVAL_FILE, LOG_FILE, save_dictionary
+from ..io.saekit_format import EVAL_FILE, save_dictionary
 from ..models import resolve_device
-from .log_interval import LogInterval
-from .trainer import DictionaryTrainer, norm_cap
-from .run_folder import (
-    EXECUTION_ONLY,
-    RunLog,
-    check_resolved,
-    check_run_folder,
-    checkpoint_stamp,
-    clear_run_files,
-    given_settings,
-    read_run_info,
-    write_run_info,
-)
+from .loop import MemberRun, start_members, train_loop
+from .plan import Member, check_one_pass, plan_members
+from .run_folder import RUN_FILES, check_resolved, check_run_folder, clear_run_files
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+
 
 @dataclass
 class TrainResult:
@@ -79,17 +56,12 @@ class TrainResult:
 # ---------------------------------------------------------------------------- the run
 
 
-def default_out(cfg: TrainConfig, model_name: str, hook: str) -> Path:
-    stem = Path(model_name).name.removesuffix(".gguf").replace("/", "_")
-    return Path("runs") / f"{stem}-{hook}-{cfg.arch}"
-
-
 def resolved_settings(cfg: TrainConfig, source: ActivationSource, d_sae: int) -> dict[str, Any]:
-    """The run's settings with every default filled in and local paths made absolute."""
+    """A member's settings with every default filled in and local paths made absolute."""
     return {
         "model": source.model_name,
         **({"activation_cache": str(Path(cfg.activation_cache).expanduser().resolve())} if cfg.activation_cache else {}),
-        "hook": source.hook,
+        "hook": cfg.hook,
         "dataset": source.dataset_name,
         "context_length": source.context_length,
         "keep_bos": source.keep_bos,
@@ -125,54 +97,99 @@ def _source_hint(cfg: TrainConfig, source: ActivationSource) -> str:
     return f"the model itself produced them in --dtype {cfg.dtype}; check its weights with another tool."
 
 
+def _hooks_known_now(cfg: TrainConfig) -> list[str] | None:
+    """The hook points, when ``--hook`` names them plainly (no pattern, no default to
+    resolve): then the folders can be checked before the model loads."""
+    if cfg.hook is None:
+        return None
+    names = parse_hook_spec(cfg.hook)
+    return None if any(c in name for name in names for c in "*?[") else names
+
+
+def _check_folders(members: list[Member], source_from_cfg: bool) -> list[dict[str, Any] | None]:
+    """Each member's folder checked (and, on --resume, its checkpoint read); nothing changes."""
+    folders = [m.out for m in members]
+    if len(set(folders)) != len(folders):
+        raise ConfigError("two of this run's dictionaries would share an output folder; give each sweep value once")
+    parent = folders[0].parent
+    if len(members) > 1 and any((parent / name).exists() for name in RUN_FILES):
+        raise ConfigError(
+            f"--out {parent} holds a run of one dictionary; several dictionaries go into one folder each inside "
+            "--out: choose another --out"
+        )
+    return [check_run_folder(m.cfg, m.out, source_from_cfg) for m in members]
+
+
 def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress: ProgressCallback | None = None) -> TrainResult:
-    """Train a dictionary as ``cfg`` says; return it with its held-out figures.
+    """Train one dictionary as ``cfg`` says; return it with its held-out figures.
 
     ``source`` overrides where activations come from (e.g. ``ArrayActivations`` over a
     tensor you already have); by default the config decides. ``progress`` is called
     with every log record (the CLI draws its progress bar from them), before slow
     phases without counts with ``{"status": "what is happening"}``, and during slow
-    phases with counts with ``{"phase", "done", "total", "unit"}``. Every check
-    (output folder, checkpoint, model, hook point, data, held-out set) runs before the
-    output folder is touched and before the first training step. The folder is locked
-    for the whole run: a second run into it is refused.
+    phases with counts with ``{"phase", "done", "total", "unit"}``. For several hook
+    points or configurations at once, use ``train_many``.
+    """
+    results = train_many([cfg], source=source, progress=progress, _one=True)
+    return results[0]
+
+
+def train_many(
+    cfgs: Sequence[TrainConfig], *, source: ActivationSource | None = None, progress: ProgressCallback | None = None,
+    _one: bool = False,
+) -> list[TrainResult]:
+    """Train one dictionary per configuration and hook point, all from one pass over the
+    activations (one forward pass of the model, stopped after the last hook point
+    needed); return them in the order of ``plan.plan_members``.
+
+    The configurations must agree on everything but the dictionary's own settings
+    (``config.DICTIONARY_FIELDS``); see ``train`` for ``source`` and ``progress`` (log
+    records carry ``"run"``, the member's folder name, when there are several).
     """
 
     def status(message: str) -> None:
         if progress:
             progress({"status": message})
 
+    cfgs = list(cfgs)
+    check_one_pass(cfgs)
+    cfg = cfgs[0]
+    if _one and cfg.hook is not None and len(parse_hook_spec(cfg.hook)) > 1:
+        raise ConfigError(f"--hook {cfg.hook} names several hook points; train_many trains one dictionary per point")
     device = resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else None
     source_from_cfg = source is None
-    if out is not None:  # before the slow model load
-        stamp, state = checkpoint_stamp(out), check_run_folder(cfg, out, source_from_cfg)
+    members: list[Member] | None = None
+    hooks = _hooks_known_now(cfg) if source is None else list(source.hooks)
+    if hooks is not None and (cfg.out or len(cfgs) * len(hooks) > 1):  # before the slow model load
+        members = plan_members(cfgs, hooks, "")
+        states = _check_folders(members, source_from_cfg)
     if source is None:
-        _check_k_fits(cfg)
+        for c in cfgs:
+            _check_k_fits(c)
         status("loading the model" if not cfg.activation_cache else "opening the activation cache")
         source = open_activation_source(cfg, device, cfg.activation_cache)
-    if out is None:
-        out = default_out(cfg, source.model_name, source.hook)
-        stamp, state = checkpoint_stamp(out), check_run_folder(cfg, out, source_from_cfg)
+    if _one and len(source.hooks) > 1:
+        raise ConfigError(f"--hook {cfg.hook} names {len(source.hooks)} hook points; train_many trains one dictionary per point")
+    if members is None or [m.cfg.hook for m in members[:: len(cfgs)]] != list(source.hooks):
+        members = plan_members(cfgs, list(source.hooks), source.model_name)
+        states = _check_folders(members, source_from_cfg)
     if cfg.wandb:
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise ConfigError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
-    d_sae = cfg.dictionary_size(source.d)
-    dict_cfg = DictionaryConfig(
-        arch=cfg.arch,
-        d_in=source.d,
-        d_sae=d_sae,
-        k=cfg.k,  # None for architectures without k (TrainConfig refuses one)
-        hook=source.hook,
-        model=source.model_name,
-        context_length=source.context_length,
-        keep_bos=source.keep_bos,
-    )
-    resolved = resolved_settings(cfg, source, d_sae)
-    if state is not None:
-        check_resolved(out, state, resolved)
+    dict_cfgs = [
+        DictionaryConfig(
+            arch=m.cfg.arch, d_in=source.d, d_sae=m.cfg.dictionary_size(source.d),
+            k=m.cfg.k,  # None for architectures without k (TrainConfig refuses one)
+            hook=m.cfg.hook, model=source.model_name, context_length=source.context_length, keep_bos=source.keep_bos,
+        )
+        for m in members
+    ]
+    resolved = [resolved_settings(m.cfg, source, d.d_sae) for m, d in zip(members, dict_cfgs)]
+    for m, state, r in zip(members, states, resolved):
+        if state is not None:
+            check_resolved(m.out, state, r)
 
     heldout = None  # held-out activations, for sources without a model to run
     if cfg.eval_tokens > 0:
@@ -189,24 +206,35 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
                 raise
             raise DataError(f"{str(e).rstrip('.')} (or pass --eval-tokens 0 to skip the held-out evaluation).") from None
 
-    # Everything is checked: now the output folder may change, under its lock. The
-    # folder is checked again under the lock, since another run may have written to
-    # it meanwhile.
-    created = not out.exists()
-    make_folder(out)
+    # Everything is checked: now the folders may change, each under its lock (taken in
+    # sorted order, so two runs sharing folders cannot each hold one the other waits
+    # for). Under the locks the folders are checked again, since another run may have
+    # written to them meanwhile, after finishing a group commit a crash interrupted.
+    created = [m.out for m in members if not m.out.exists()]
     try:
-        with FolderLock(out, "train"), _model_reads_reported(source, progress):
-            if state is None:
-                check_run_folder(cfg, out, source_from_cfg)
-                clear_run_files(out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
-            elif checkpoint_stamp(out) != stamp:
-                raise CheckpointError(
-                    f"the checkpoint in {out} changed while this run was starting (another run wrote it); start again"
-                )
-            return _run(cfg, source, out, dict_cfg, resolved, state, heldout, progress, status, device)
+        with ExitStack() as stack:
+            for m in sorted(members, key=lambda m: str(m.out)):
+                make_folder(m.out)
+                stack.enter_context(FolderLock(m.out, "train"))
+            stack.enter_context(_model_reads_reported(source, progress))
+            recover_checkpoints([m.out for m in members])
+            states = _check_folders(members, source_from_cfg)
+            for m, state, r in zip(members, states, resolved):
+                if state is None:
+                    clear_run_files(m.out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
+                else:
+                    check_resolved(m.out, state, r)
+            runs, buffer = start_members(members, dict_cfgs, resolved, states, source, device,
+                                         _source_hint(cfg, source), status)
+            if runs[0].trainer.total_tokens < cfg.tokens:
+                log.info("training on %d of the %d tokens asked for: the rest does not fill a batch of %d",
+                         runs[0].trainer.total_tokens, cfg.tokens, cfg.batch_size)
+            status("training")
+            train_loop(runs, buffer, progress)
+            return _finish(runs, source, heldout, progress, status)
     except BaseException:
-        if created:
-            remove_if_empty(out)  # a run that failed before writing anything leaves no folder
+        for folder in created:
+            remove_if_empty(folder)  # a run that failed before writing anything leaves no folder
         raise
 
 
@@ -223,109 +251,38 @@ def _model_reads_reported(source: ActivationSource, progress: ProgressCallback |
         source.progress = previous
 
 
-def _run(
-    cfg: TrainConfig, source: ActivationSource, out: Path, dict_cfg: DictionaryConfig, resolved: dict[str, Any],
-    state: dict[str, Any] | None, heldout: Tensor | None, progress: ProgressCallback | None,
-    status: Callable[[str], None], device: torch.device,
-) -> TrainResult:
-    trainer = DictionaryTrainer(cfg, dict_cfg, device, _source_hint(cfg, source))
-    settings = {"given": given_settings(cfg), "resolved": resolved}
-    interval = LogInterval()
-    if state is not None:
-        try:
-            trainer.load_state_dict(state)
-            buffer = ActivationBuffer(source, cfg, state=state["buffer"])
-            interval.load(state["log_interval"], device)
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise CheckpointError(
-                f"the checkpoint in {out} does not fit this run ({type(e).__name__}: {e}); "
-                "it is from another version or configuration"
-            ) from None
-        run_info = read_run_info(out) or {"config": cfg.to_dict(), "resolved": resolved, "wandb_id": uuid.uuid4().hex[:12]}
-        # What may change on a resume (where and how it runs) is recorded as it now is.
-        run_info["config"] = {**run_info.get("config", {}), **{k: getattr(cfg, k) for k in EXECUTION_ONLY}}
-        log.info("resuming %s at step %d (%d tokens)", out, trainer.step, trainer.tokens)
-    else:
-        buffer = ActivationBuffer(source, cfg)
-        status("filling the shuffle buffer")
-        sample = buffer.peek_sample()
-        buffer.set_norm_cap(norm_cap(sample, cfg.max_norm_ratio))
-        trainer.init_from_sample(buffer.peek_sample())
-        run_info = {"config": cfg.to_dict(), "resolved": resolved, "wandb_id": uuid.uuid4().hex[:12]}
-    run_info["resolved"] = {**resolved, "act_scale": trainer.scale}
-    write_run_info(out, run_info)
-    if trainer.total_tokens < cfg.tokens:
-        log.info("training on %d of the %d tokens asked for: the rest does not fill a batch of %d",
-                 trainer.total_tokens, cfg.tokens, cfg.batch_size)
-
-    run_log = RunLog(out / LOG_FILE, cfg, {"train": cfg.to_dict(), "dictionary": dict_cfg.to_dict()},
-                     run_info.get("wandb_id"), resume_at_step=trainer.step if state else None)
-    every = cfg.checkpoint_interval()
-    next_checkpoint = (trainer.tokens // every + 1) * every
-    last_good: int | None = trainer.tokens if state else None
-
-    def checkpoint() -> None:
-        nonlocal last_good
-        if not trainer.state_finite():
-            raise TrainingDivergedError(f"the weights became non-finite by step {trainer.step}; lower --lr.")
-        save_checkpoint(
-            {**trainer.state_dict(), "buffer": buffer.state(), "log_interval": interval.state(), "settings": settings}, out
-        )
-        last_good = trainer.tokens
-
-    def kept() -> str:
-        if last_good is None:
-            return "No checkpoint had been written yet, so there is nothing to resume."
-        return (f"The checkpoint at {last_good:,} tokens is kept in {out}; `saekit train --out {out} --resume` "
-                "with the same settings continues from it.")
-
-    status("training")
-    last_fvu: float | None = None
-    try:
-        for x in buffer:
-            out_step, x_scaled, resampled = trainer.train_step(x)
-            interval.add(x_scaled, out_step, resampled)
-            if trainer.step % cfg.log_every == 0 or trainer.tokens >= trainer.total_tokens:
-                now = time.perf_counter()
-                record = interval.record(trainer, now)
-                run_log.write(record)
-                last_fvu = record["fvu"]
-                interval.reset(now)
-                if progress:
-                    progress(record)
-            if trainer.tokens >= next_checkpoint:
-                checkpoint()
-                next_checkpoint = (trainer.tokens // every + 1) * every
-        if interval.steps:  # the data ran out between two log steps
-            run_log.write(interval.record(trainer, time.perf_counter()))
-        if trainer.tokens < trainer.total_tokens:
-            log.warning("data ran out after %d of %d tokens", trainer.tokens, trainer.total_tokens)
-        checkpoint()
-    except (TrainingDivergedError, DataError, OutputError) as e:
-        raise type(e)(f"{str(e).rstrip('.')}. {kept()}") from None
-    except KeyboardInterrupt:
-        raise RunInterrupted(f"interrupted at {trainer.tokens:,} tokens. {kept()}") from None
-    finally:
-        run_log.close()
-
-    if last_fvu is not None and last_fvu > 1:
-        # Not an error (the weights are finite and saved), but a run that ends worse than
-        # predicting the mean has almost surely diverged, and says so.
-        log.warning("training ended with FVU %.3g on its last steps, worse than predicting the mean: the run "
-                    "diverged or never learned; lower --lr (it was %.2g)", last_fvu, trainer.base_lr)
-    final = trainer.finished_dictionary()
-    save_dictionary(final, out)
-    metrics, evaluation = None, None
-    if cfg.eval_tokens > 0:
-        status("evaluating on held-out text")
-        try:
-            metrics, evaluation = _evaluate_run(cfg, final, source, heldout, out, progress)
-        except KeyboardInterrupt:
-            raise RunInterrupted(
-                f"interrupted during the final evaluation or report; the trained dictionary is saved in {out}: "
-                f"`saekit eval {out}` evaluates it"
-            ) from None
-    return TrainResult(final, out, trainer.tokens, trainer.step, metrics, evaluation)
+def _finish(
+    runs: list[MemberRun], source: ActivationSource, heldout: Tensor | None, progress: ProgressCallback | None,
+    status: Callable[[str], None],
+) -> list[TrainResult]:
+    """Save every finished dictionary, then evaluate each (eval.json, report.html)."""
+    finals = []
+    for run in runs:
+        if run.last_fvu is not None and run.last_fvu > 1:
+            # Not an error (the weights are finite and saved), but a run that ends worse than
+            # predicting the mean has almost surely diverged, and says so.
+            log.warning("%s: training ended with FVU %.3g on its last steps, worse than predicting the mean: the "
+                        "run diverged or never learned; lower --lr (it was %.2g)", run.member.name, run.last_fvu,
+                        run.trainer.base_lr)
+        final = run.trainer.finished_dictionary()
+        save_dictionary(final, run.member.out)
+        finals.append(final)
+    results = []
+    for run, final in zip(runs, finals):
+        metrics, evaluation = None, None
+        out, cfg = run.member.out, run.member.cfg
+        if cfg.eval_tokens > 0:
+            status("evaluating on held-out text" + (f" ({run.member.name})" if len(runs) > 1 else ""))
+            try:
+                held = None if heldout is None else heldout[:, run.member.column]
+                metrics, evaluation = _evaluate_run(cfg, final, source, held, out, progress)
+            except KeyboardInterrupt:
+                raise RunInterrupted(
+                    f"interrupted during the final evaluation or report; the trained dictionary is saved in {out}: "
+                    f"`saekit eval {out}` evaluates it"
+                ) from None
+        results.append(TrainResult(final, out, run.trainer.tokens, run.trainer.step, metrics, evaluation))
+    return results
 
 
 def _evaluate_run(
@@ -351,7 +308,7 @@ def _evaluate_run(
         metrics = evaluate_reconstruction(final, heldout, progress=progress)
         record = {
             "dictionary": final.cfg.to_dict(), "fingerprint": final.fingerprint(), "model": source.model_name,
-            "hook": source.hook, "dataset": source.dataset_name,
+            "hook": final.cfg.hook, "dataset": source.dataset_name,
             "keep_bos": final.cfg.keep_bos, "keep_bos_source": BOS_AS_TRAINED,
             "fixed": {"context_length": source.context_length, **metrics.to_dict(with_distributions=True)},
         }

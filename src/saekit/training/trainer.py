@@ -72,7 +72,8 @@ class DictionaryTrainer:
         torch.manual_seed(cfg.seed)
         self.sae = build_dictionary(dict_cfg).to(device)
         self.base_lr = cfg.learning_rate(dict_cfg.d_sae)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=(0.9, 0.999))
+        # fused: one kernel for all parameters (an unfused step took ~10% of a sparse training step)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=(0.9, 0.999), fused=True)
         self.tracker = DeadFeatureTracker(dict_cfg.d_sae, cfg.dead_window(), device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.total_tokens = cfg.trainable_tokens()
@@ -110,7 +111,7 @@ class DictionaryTrainer:
             auxk_coeff=cfg.auxk_coeff,
             jumprelu_bandwidth=cfg.jumprelu_bandwidth,
         )
-        out = sae.training_loss(x, params)
+        out = sae(x, params=params)
         if not torch.isfinite(out.loss):
             raise TrainingDivergedError(
                 f"the loss became {float(out.loss)} at step {self.step} ({self.tokens} tokens) with lr "
@@ -121,8 +122,7 @@ class DictionaryTrainer:
         sae.remove_parallel_decoder_grad()
         self.opt.step()
         sae.after_step()
-        f = out.f.detach()
-        self.tracker.update(f)
+        self.tracker.update(out.fired, x.shape[0])
         if self.calibration is not None:
             self.calibration.add(x)
         self.step += 1
@@ -191,8 +191,3 @@ def estimate_scale(sample: Tensor) -> float:
             "check the hook point and --dtype"
         )
     return math.sqrt(float(mean_sq) / sample.shape[-1])
-
-
-def norm_cap(sample: Tensor, ratio: float | None) -> float | None:
-    """The norm above which tokens are dropped (``--max-norm-ratio`` × the median norm)."""
-    return None if ratio is None else float(ratio * sample.float().norm(dim=-1).median())

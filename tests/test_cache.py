@@ -183,6 +183,18 @@ def test_a_flipped_byte_is_found_before_any_training_step(small_cache, tmp_path)
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
+@pytest.mark.parametrize("offset", [8, 10, 20])
+def test_a_damaged_npy_header_is_one_clear_error(small_cache, offset):
+    """numpy parses the header as a Python literal; a damaged byte there once escaped as
+    tokenize.TokenError."""
+    shard = small_cache / "shard-00000.npy"
+    data = bytearray(shard.read_bytes())
+    data[offset] = ord("(")
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"shard-00000\.npy.*--overwrite"):
+        CachedActivations(small_cache)
+
+
 def test_a_corrupt_heldout_file_is_named(small_cache):
     held = small_cache / "heldout.npy"
     data = bytearray(held.read_bytes())

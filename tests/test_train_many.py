@@ -37,17 +37,17 @@ def test_each_member_of_a_sweep_equals_the_run_that_trains_it_alone(model_dir, c
     results = train_many([small_cfg(model_dir, corpus, tmp_path / "sweep", hook="resid_post.0,resid_post.1", k=k,
                                     tokens=3000) for k in (4, 8)])
     names = [r.out.name for r in results]
-    assert names == ["resid_post.0-topk-k4", "resid_post.0-topk-k8", "resid_post.1-topk-k4", "resid_post.1-topk-k8"]
+    assert names == ["resid_post.0-topk-k4-x4-lr0.002", "resid_post.0-topk-k8-x4-lr0.002", "resid_post.1-topk-k4-x4-lr0.002", "resid_post.1-topk-k8-x4-lr0.002"]
     for r in results:
         for name in ("config.json", "weights.safetensors", "training.json", "log.jsonl", "eval.json", CHECKPOINT_FILE):
             assert (r.out / name).exists(), (r.out, name)
         info = json.loads((r.out / "training.json").read_text())
         assert info["config"]["hook"] == r.dictionary.cfg.hook and info["config"]["out"] == str(r.out)
     alone = train(small_cfg(model_dir, corpus, tmp_path / "alone", hook="resid_post.1", k=8, tokens=3000))
-    assert same(weights(tmp_path / "sweep" / "resid_post.1-topk-k8"), weights(alone.out))
-    assert not same(weights(tmp_path / "sweep" / "resid_post.1-topk-k4"), weights(alone.out))
+    assert same(weights(tmp_path / "sweep" / "resid_post.1-topk-k8-x4-lr0.002"), weights(alone.out))
+    assert not same(weights(tmp_path / "sweep" / "resid_post.1-topk-k4-x4-lr0.002"), weights(alone.out))
     logged = [json.loads(line) for line in (alone.out / "log.jsonl").read_text().splitlines()]
-    swept = [json.loads(line) for line in (tmp_path / "sweep" / "resid_post.1-topk-k8" / "log.jsonl").read_text().splitlines()]
+    swept = [json.loads(line) for line in (tmp_path / "sweep" / "resid_post.1-topk-k8-x4-lr0.002" / "log.jsonl").read_text().splitlines()]
     from saekit.training.log_interval import TIMING_FIELDS as drop
     assert [{k: v for k, v in r.items() if k not in drop} for r in logged] == [
         {k: v for k, v in r.items() if k not in drop} for r in swept]
@@ -119,7 +119,7 @@ def test_members_that_stopped_at_different_points_are_refused(model_dir, corpus,
     other = tmp_path / "other"
     with pytest.raises(KeyboardInterrupt):
         train(small_cfg(model_dir, corpus, other, k=8, tokens=4000, checkpoint_every=1500), progress=crash)
-    os.replace(other / CHECKPOINT_FILE, tmp_path / "s" / "resid_post.1-topk-k8" / CHECKPOINT_FILE)
+    os.replace(other / CHECKPOINT_FILE, tmp_path / "s" / "resid_post.1-topk-k8-x4-lr0.002" / CHECKPOINT_FILE)
     with pytest.raises(CheckpointError, match="different points"):
         train_many([small_cfg(model_dir, corpus, tmp_path / "s", k=k, tokens=4000, checkpoint_every=1024, resume=True)
                     for k in (4, 8)])
@@ -144,7 +144,7 @@ def test_a_sweep_from_arrays_with_several_hook_points(tmp_path):
     cfgs = [TrainConfig(arch="relu", dict_size=32, tokens=2000, batch_size=100, buffer_tokens=1000, eval_tokens=500,
                         out=str(tmp_path / "s"))]
     results = train_many(cfgs, source=src)
-    assert [r.out.name for r in results] == ["a.0-relu", "b.0-relu"]
+    assert [r.out.name for r in results] == ["a.0-relu-F32", "b.0-relu-F32"]
     scales = [r.dictionary.cfg.act_scale for r in results]
     assert scales[1] / scales[0] == pytest.approx(10, rel=0.05)
 
@@ -155,10 +155,16 @@ def test_cli_sweep_flags(model_dir, corpus, tmp_path, capsys):
             "--eval-tokens", "0", "--out", str(tmp_path / "s")]
     assert main(args + ["--arch", "relu,topk", "--k", "4,8"]) == 0
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
-        "resid_post.1-relu", "resid_post.1-topk-k4", "resid_post.1-topk-k8"]
+        "resid_post.1-relu-x2", "resid_post.1-topk-k4-x2", "resid_post.1-topk-k8-x2"]
     assert "trained 3 dictionaries from one pass" in capsys.readouterr().out
-    assert main(args[:-1] + [str(tmp_path / "s" / "resid_post.1-relu"), "--k", "4,8"]) == 2
+    assert main(args[:-1] + [str(tmp_path / "s" / "resid_post.1-relu-x2"), "--k", "4,8"]) == 2
     assert "holds a run of one dictionary" in capsys.readouterr().err
+    # a value added on --resume cannot join the others mid-run; the sweep cut to fewer values finds its folders
+    assert main(args + ["--arch", "topk", "--k", "4,16", "--resume"]) == 2
+    assert "topk-k16-x2 never started in this run" in capsys.readouterr().err
+    assert main(args + ["--arch", "relu,topk", "--k", "8", "--resume"]) == 0  # finished: found by name, re-evaluated
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "resid_post.1-relu-x2", "resid_post.1-topk-k4-x2", "resid_post.1-topk-k8-x2"]
     assert main(args + ["--k", "4,4"]) == 2
     assert "gives a value twice" in capsys.readouterr().err
     assert main(args + ["--arch", "topk,lstm"]) == 2

@@ -292,7 +292,7 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 
     cfgs = _train_configs(ns)
     many = len(cfgs) > 1 or (cfgs[0].hook is not None and ("," in cfgs[0].hook or any(c in cfgs[0].hook for c in "*?[")))
-    bars = _ProgressBars(f"train {len(cfgs)} configurations" if many else f"train {cfgs[0].arch}", cfgs[0].trainable_tokens())
+    bars = _ProgressBars("train several dictionaries" if many else f"train {cfgs[0].arch}", cfgs[0].trainable_tokens())
     try:
         results = train_many(cfgs, progress=bars)
     finally:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+import tokenize
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -288,8 +289,10 @@ class CachedActivations(ArrayActivations):
             )
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path} cannot be read ({e}); {fix}") from None
+        except (OSError, ValueError, SyntaxError, tokenize.TokenError, RecursionError) as e:
+            # numpy parses the header as a Python literal: damaged header bytes fail with
+            # whatever error the parser meets (TokenError for an unclosed bracket).
+            raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
         if "tokens" in entry and arr.shape != (entry["tokens"], *row_shape):
             raise DataError(f"{path} has shape {arr.shape}, the manifest says {(entry['tokens'], *row_shape)}; {fix}")
         if arr.ndim != 1 + len(row_shape) or arr.shape[1:] != row_shape:

@@ -69,8 +69,9 @@ def start_members(
         if len(steps) != 1 or any(s is None for s in states):
             where = ", ".join(f"{r.member.name}: {s and s.get('tokens_done')} tokens" for r, s in zip(runs, states))
             raise CheckpointError(
-                f"the checkpoints of this run's dictionaries stopped at different points ({where}); "
-                "they cannot resume together: start again with --overwrite"
+                f"the checkpoints of this run's dictionaries stopped at different points ({where}), so they cannot "
+                "resume together; resume those at one point on their own (--resume with the --hook and sweep values "
+                "that select just them)"
             )
         for run, state in zip(runs, states):
             try:

@@ -84,19 +84,31 @@ def plan_members(cfgs: Sequence[TrainConfig], hooks: Sequence[str], model_name: 
 
     One member: ``--out`` is its folder (``default_out`` without one). Several: ``--out``
     (default ``runs/<model>``) holds one folder per member, named by its hook point, its
-    architecture and each setting that varies across the configurations, e.g.
-    ``resid_post.6-topk-k32``, so the same command finds the same folders again.
+    architecture and each of its settings that differs from the default, e.g.
+    ``resid_post.6-topk-k32-x16``. A name depends on the member alone, never on which
+    other members the run has, so the same member finds the same folder again even
+    when a later command sweeps fewer values.
     """
     if len(cfgs) == 1 and len(hooks) == 1:
         cfg = cfgs[0]
         out = Path(cfg.out) if cfg.out else default_out(cfg, model_name, hooks[0])
         return [Member(dataclasses.replace(cfg, hook=hooks[0], out=str(out)), 0)]
-    varying = [f for f in _NAME_PARTS if f != "arch" and len({_value(getattr(c, f)) for c in cfgs}) > 1]
     parent = Path(cfgs[0].out) if cfgs[0].out else Path("runs") / _model_stem(model_name)
     members = []
     for column, hook in enumerate(hooks):
         for cfg in cfgs:
-            parts = [hook, cfg.arch] + [_NAME_PARTS[f].format(_value(getattr(cfg, f))) for f in varying
-                                        if getattr(cfg, f) is not None]  # e.g. no k for relu in an arch sweep
-            members.append(Member(dataclasses.replace(cfg, hook=hook, out=str(parent / "-".join(parts))), column))
+            name = "-".join([hook, cfg.arch, *_setting_parts(cfg)])
+            members.append(Member(dataclasses.replace(cfg, hook=hook, out=str(parent / name)), column))
     return members
+
+
+def _setting_parts(cfg: TrainConfig) -> list[str]:
+    """The parts of a member's folder name: each dictionary setting that is not its default
+    (k always, for the architectures that take it, since TrainConfig fills it in)."""
+    fields = TrainConfig.__dataclass_fields__
+    parts = []
+    for name, pattern in _NAME_PARTS.items():
+        value = getattr(cfg, name)
+        if name != "arch" and value is not None and value != fields[name].default:
+            parts.append(pattern.format(_value(value)))
+    return parts

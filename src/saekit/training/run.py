@@ -112,12 +112,36 @@ def _check_folders(members: list[Member], source_from_cfg: bool) -> list[dict[st
     if len(set(folders)) != len(folders):
         raise ConfigError("two of this run's dictionaries would share an output folder; give each sweep value once")
     parent = folders[0].parent
-    if len(members) > 1 and any((parent / name).exists() for name in RUN_FILES):
-        raise ConfigError(
-            f"--out {parent} holds a run of one dictionary; several dictionaries go into one folder each inside "
-            "--out: choose another --out"
-        )
+    if len(members) > 1 and parent.is_dir():
+        if any((parent / name).exists() for name in RUN_FILES):
+            raise ConfigError(
+                f"--out {parent} holds a run of one dictionary; several dictionaries go into one folder each inside "
+                "--out: choose another --out"
+            )
+        files = sorted(p.name for p in parent.iterdir() if not p.is_dir())
+        if files:
+            raise ConfigError(
+                f"--out {parent} holds files ({', '.join(files[:5])}); several dictionaries go into one folder each "
+                "inside --out: choose an empty folder, or the --out of an earlier run of these dictionaries"
+            )
+    if members[0].cfg.resume:
+        _check_resume_covers_the_run(members)
     return [check_run_folder(m.cfg, m.out, source_from_cfg) for m in members]
+
+
+def _check_resume_covers_the_run(members: list[Member]) -> None:
+    """--resume of several dictionaries: each must have its checkpoint. One without (a
+    value added to the sweep) cannot join the others mid-run."""
+    from ..io.checkpoint import CHECKPOINT_FILE, PENDING_FILE
+
+    have = [m for m in members if (m.out / CHECKPOINT_FILE).exists() or (m.out / PENDING_FILE).exists()]
+    new = [m for m in members if m not in have]
+    if have and new:
+        raise ConfigError(
+            f"--resume: {', '.join(m.name for m in new)} never started in this run (no checkpoint), while "
+            f"{', '.join(m.name for m in have)} did; resume with the values the run started with, and train the new "
+            "ones into another --out"
+        )
 
 
 def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress: ProgressCallback | None = None) -> TrainResult:

@@ -159,6 +159,8 @@ def test_cli_sweep_flags(model_dir, corpus, tmp_path, capsys):
     assert "trained 3 dictionaries from one pass" in capsys.readouterr().out
     assert main(args[:-1] + [str(tmp_path / "s" / "resid_post.1-relu-x2"), "--k", "4,8"]) == 2
     assert "holds a run of one dictionary" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "s")]) == 2
+    assert f"saekit compare {tmp_path / 's'}/*" in capsys.readouterr().err
     # a value added on --resume cannot join the others mid-run; the sweep cut to fewer values finds its folders
     assert main(args + ["--arch", "topk", "--k", "4,16", "--resume"]) == 2
     assert "topk-k16-x2 never started in this run" in capsys.readouterr().err

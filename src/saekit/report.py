@@ -47,6 +47,7 @@ from .errors import FormatError, OutputError, SaekitError
 from .evaluation import BOS_OVERRIDDEN, DENSE_THRESHOLD
 from .io.saekit_format import CONFIG_FILE, EVAL_FILE, LOG_FILE, REPORT_FILE, TRAINING_FILE, read_json
 from .hub import default_output, parse_hub_spec, resolve
+from .io.checkpoint import CHECKPOINT_FILE
 from .io.files import atomic_write_text, check_writable_file
 from .io.formats import detect_format, load_any
 
@@ -186,6 +187,17 @@ def load_evaluated(folder: str | os.PathLike[str], eval_path: str | os.PathLike[
         # `saekit eval HUB-NAME` writes its figures here, not into the Hub cache.
         epath = default_output(spec, EVAL_FILE)
     if not epath.is_file():
+        members = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / TRAINING_FILE).is_file())
+        if members and eval_path is None:
+            raise FormatError(
+                f"{folder} holds the folders of {len(members)} dictionaries ({', '.join(members[:3])}"
+                f"{', ...' if len(members) > 3 else ''}), not one: pass those, e.g. `saekit compare {spec}/*`"
+            )
+        if (folder / CHECKPOINT_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
+            raise FormatError(
+                f"{folder} holds an unfinished training run (a checkpoint, no dictionary yet): finish it with the "
+                "same `saekit train` command and --resume"
+            )
         raise FormatError(
             f"{epath} not found: the report is drawn from the evaluation. "
             f"Run `saekit eval {spec}` first (or pass the eval JSON it wrote)."

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/step_kernels.py                  # d = 576, F = 4608 and 18432, B = 4096
     .venv/bin/python benchmarks/step_kernels.py --dead-fraction 0.05   # with the aux-k loss at work
     .venv/bin/python benchmarks/step_kernels.py --cutover        # where the sparse path stops paying
+    .venv/bin/python benchmarks/step_kernels.py --sorts          # saekit's CPU sorts against torch's
 
 A step is what the trainer does with a batch: the loss, its backward, the removal of
 the decoder gradient along the rows, Adam, and the row renormalisation. The "dense"
@@ -217,6 +218,50 @@ def cutover(args) -> None:
                       f"{t_sparse / t_dense:>13.2f}")
 
 
+def sorts(args) -> None:
+    """Time the sparse step of each architecture with saekit's CPU sorts (numpy,
+    single-threaded; ``sparse._stable_order``) against torch's own (``argsort`` and
+    ``sort``, an OpenMP radix sort for 1-D integer tensors), alternated on the same batches.
+    """
+    print(f"d = {args.d}, batch {args.batch}, {torch.get_num_threads()} threads, k = {args.k}, "
+          f"dead fraction {args.dead_fraction}; median (and fastest) of {args.steps} steps after {args.warmup}")
+    print(f"{'arch':<10} {'F':>6} {'torch sort ms':>15} {'numpy sort ms':>15} {'speed-up':>15}")
+    batches = make_data(args.d, args.steps + args.warmup, args.batch)
+    ours_order, ours_sorted = sparse._stable_order, sparse._sorted_integers
+
+    def torch_order(keys, n_keys):
+        return keys.argsort(stable=True)
+
+    def torch_sorted(values):
+        return values.sort().values
+
+    for F in args.sizes:
+        dead = (torch.arange(F) % round(1 / args.dead_fraction) == 0) if args.dead_fraction > 0 else None
+        for arch in args.archs:
+            (a_sae, a_opt), (b_sae, b_opt) = new_pair(arch, args.d, F, args.k, batches[0])
+            params = LossParams(sparsity_coeff=SPARSITY_COEFF.get(arch, 0.0), dead_mask=dead)
+
+            def with_sorts(order, sorted_, sae, opt):
+                def step(x):
+                    sparse._stable_order, sparse._sorted_integers = order, sorted_
+                    try:
+                        return train_step(sparse_loss, sae, opt, x, params)
+                    finally:
+                        sparse._stable_order, sparse._sorted_integers = ours_order, ours_sorted
+                return step
+
+            t_torch, t_ours = interleaved(
+                with_sorts(torch_order, torch_sorted, a_sae, a_opt),
+                with_sorts(ours_order, ours_sorted, b_sae, b_opt),
+                batches,
+                args.warmup,
+            )
+            m_torch, m_ours = statistics.median(t_torch), statistics.median(t_ours)
+            print(f"{arch:<10} {F:>6} {m_torch * 1e3:>7.0f} ({min(t_torch) * 1e3:>5.0f}) "
+                  f"{m_ours * 1e3:>7.0f} ({min(t_ours) * 1e3:>5.0f}) {m_torch / m_ours:>6.2f}x "
+                  f"({min(t_torch) / min(t_ours):>5.2f}x)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", nargs="+", default=ARCHS, choices=ARCHS)
@@ -232,6 +277,8 @@ def main() -> None:
     p.add_argument("--fused-adam", action="store_true",
                    help="Adam(fused=True) for both steps (the trainer uses the default Adam)")
     p.add_argument("--cutover", action="store_true", help="time the sparse and dense paths over densities instead")
+    p.add_argument("--sorts", action="store_true",
+                   help="time the sparse step with torch's CPU sorts against saekit's (numpy) instead")
     p.add_argument("--densities", nargs="+", type=float, default=[0.01, 0.02, 0.04, 0.08, 0.16, 0.32])
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="time steps by the wall clock or by this process's CPU time (see CLOCK)")
@@ -240,7 +287,7 @@ def main() -> None:
     global CLOCK
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"clock: {args.clock}")
-    (cutover if args.cutover else compare)(args)
+    (cutover if args.cutover else sorts if args.sorts else compare)(args)
 
 
 if __name__ == "__main__":

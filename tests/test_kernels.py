@@ -319,6 +319,33 @@ def test_pattern_constructors_agree():
     assert torch.equal(starts, torch.searchsorted(a.features[order], torch.arange(17)))
 
 
+@pytest.mark.parametrize("n_keys", [1, 17, 4608, 2**16, 2**16 + 1, 3 * 2**20])
+def test_stable_order_is_the_stable_argsort(n_keys):
+    """The CPU sort (numpy, keys narrowed to 16 or 32 bits) lists equal keys in their
+    original order; the reference breaks ties by position explicitly, so it does not rely
+    on any sort being stable. Sizes straddle the narrowing limits: keys at 2**16 wrap
+    to 0 in 16 bits, and a pattern sorted wrongly there fails the comparison."""
+    gen = torch.Generator().manual_seed(n_keys)
+    keys = torch.randint(0, n_keys, (50_000,), generator=gen)
+    keys[:3] = n_keys - 1  # the largest key is present (the one narrowing would wrap)
+    n = keys.numel()
+    want = (keys * n + torch.arange(n)).argsort()
+    assert torch.equal(sparse._stable_order(keys, n_keys), want)
+
+
+def test_sorted_integers_and_tokens_by_feature():
+    gen = torch.Generator().manual_seed(5)
+    values = torch.randperm(3 * 2**20, generator=gen)[:40_000]
+    got = sparse._sorted_integers(values)
+    assert got.dtype == values.dtype and torch.equal(got, values.sort().values)
+    pattern = random_pattern(300, 257, 0.2)
+    order, _ = pattern.by_feature()
+    assert torch.equal(pattern.tokens_by_feature(), pattern.tokens[order])
+    # By feature, and within a feature by token (the pairs are listed token by token).
+    key = pattern.features[order] * pattern.n_tokens + pattern.tokens[order]
+    assert bool((key[1:] > key[:-1]).all())
+
+
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 1.0])
 def test_sampled_dots_both_ways(density, monkeypatch):
     """The CSR kernel and the chunked gather (GPUs, bf16) agree with the dense product."""

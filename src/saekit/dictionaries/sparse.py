@@ -29,8 +29,9 @@ benchmarks/step_kernels.py times whole steps:
   those dtypes and other devices use the chunked gather (a GPU gathers at full
   memory bandwidth).
 * ``∂W = Σ values ⊗ rows`` into feature rows: sort the pairs by feature once per
-  pattern (2 ms), then ``embedding_bag`` with per-feature offsets 5 ms; CSR-transpose
-  ``mm`` 39 ms (136 ms unsorted); chunked ``index_add_`` 145 ms.
+  pattern (2 ms; ``_stable_order`` says why numpy sorts on CPU), then
+  ``embedding_bag`` with per-feature offsets 5 ms; CSR-transpose ``mm`` 39 ms
+  (136 ms unsorted); chunked ``index_add_`` 145 ms.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import math
 import threading
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F_nn
 from torch import Tensor
@@ -75,6 +77,7 @@ class SparsityPattern:
         self.n_tokens = token_offsets.shape[0]
         self.n_features = n_features
         self._by_feature: tuple[Tensor, Tensor] | None = None
+        self._tokens_by_feature: Tensor | None = None
 
     @property
     def nnz(self) -> int:
@@ -101,7 +104,7 @@ class SparsityPattern:
     @classmethod
     def from_flat(cls, flat: Tensor, n_tokens: int, n_features: int) -> "SparsityPattern":
         """Distinct flat positions ``b·F + i`` in a (B, F) batch, in any order."""
-        flat = flat.sort().values
+        flat = _sorted_integers(flat)
         tokens, features = flat // n_features, flat % n_features
         offsets = torch.searchsorted(tokens, torch.arange(n_tokens, device=flat.device))
         return cls(tokens, features, offsets, n_features)
@@ -114,16 +117,51 @@ class SparsityPattern:
         (stable, so sums run in a fixed order), ``feature_offsets[i]`` is where feature
         i's run starts."""
         if self._by_feature is None:
-            # argsort, not sort: stable sort returning values took 180 ms where this takes 2.
-            order = self.features.argsort(stable=True)
-            sorted_features = self.features[order]
+            order = _stable_order(self.features, self.n_features)
+            # index_select, not ``features[order]`` (here and in the weight gradients): on
+            # a loaded 2-core machine, 2 threads, a 131072-entry gather by advanced
+            # indexing took 4–8 ms, by index_select 0.1 ms; the results are identical.
+            sorted_features = self.features.index_select(0, order)
             starts = torch.searchsorted(sorted_features, torch.arange(self.n_features, device=self.features.device))
             self._by_feature = (order, starts)
         return self._by_feature
 
+    def tokens_by_feature(self) -> Tensor:
+        """``tokens`` in ``by_feature`` order, kept for the decoder's and the encoder's
+        weight gradients, which both need it."""
+        if self._tokens_by_feature is None:
+            self._tokens_by_feature = self.tokens.index_select(0, self.by_feature()[0])
+        return self._tokens_by_feature
+
     def crow_indices(self) -> Tensor:
         end = torch.tensor([self.nnz], dtype=self.token_offsets.dtype, device=self.token_offsets.device)
         return torch.cat([self.token_offsets, end])
+
+
+# ------------------------------------------------------------------- the sorting
+# On CPU, torch sorts a 1-D integer tensor of 32768 or more entries with fbgemm's
+# OpenMP radix sort, a parallel region with a barrier after every pass. With 2 threads
+# on a machine whose cores other processes also use, a thread descheduled at a barrier
+# stalls the other: sorting the 131072 feature indices of a TopK batch (B = 4096,
+# k = 32) took 180–190 ms, a fifth of the step, where one thread took 1–2 ms (timed
+# alternately in one process, the slow mode coming and going with the machine's load).
+# numpy's single-threaded sorts take 0.5 ms (uint16 radix sort) to 9 ms (int64)
+# whatever the load, so CPU tensors are sorted there; a GPU's sort is left to torch.
+def _stable_order(keys: Tensor, n_keys: int) -> Tensor:
+    """``keys.argsort(stable=True)`` for integer ``keys`` in ``[0, n_keys)``."""
+    if keys.device.type != "cpu":
+        return keys.argsort(stable=True)
+    narrow = np.uint16 if n_keys <= 2**16 else np.int32 if n_keys <= 2**31 else np.int64
+    order = keys.numpy().astype(narrow).argsort(kind="stable")
+    return torch.from_numpy(order).to(torch.long)
+
+
+def _sorted_integers(values: Tensor) -> Tensor:
+    """``values.sort().values`` for a 1-D integer tensor (order among equal entries
+    does not show)."""
+    if values.device.type != "cpu":
+        return values.sort().values
+    return torch.from_numpy(np.sort(values.numpy()))
 
 
 # ------------------------------------------------------------------- the primitives
@@ -194,7 +232,9 @@ class _SparseDecode(torch.autograd.Function):
             grad_values = _sampled_dots(grad_out, W_dec, pattern).to(values.dtype)
         if ctx.needs_input_grad[1]:
             order, starts = pattern.by_feature()
-            grad_W = _weighted_row_sums(grad_out, pattern.tokens[order], starts, values[order])
+            grad_W = _weighted_row_sums(
+                grad_out, pattern.tokens_by_feature(), starts, values.index_select(0, order)
+            )
         return grad_values, grad_W, None
 
 
@@ -232,7 +272,9 @@ class _PreActsAt(torch.autograd.Function):
             order, starts = pattern.by_feature()
             centred = (x - b_dec).to(W_enc.dtype)
             # (F, d) rows summed feature by feature, returned as the d × F gradient.
-            grad_W = _weighted_row_sums(centred, pattern.tokens[order], starts, grad[order]).t()
+            grad_W = _weighted_row_sums(
+                centred, pattern.tokens_by_feature(), starts, grad.index_select(0, order)
+            ).t()
         if needs_x:
             grad_x = _weighted_row_sums(W_enc.t(), pattern.features, pattern.token_offsets, grad).to(x.dtype)
         G_features = _feature_sums(grad, pattern) if (needs_b_enc or needs_b_dec) else None

@@ -84,6 +84,12 @@ class TopKDictionary(Dictionary):
     @torch.no_grad()
     def select(self, pre: Tensor) -> SparsityPattern:
         """The training-time active pairs of a batch's pre-activations ``(B, F)``."""
+        # Plain topk per row, unlike BatchTopK's ``largest_entries``: at B = 4096,
+        # F = 4608, k = 32 it took 60 ms of CPU time on one thread (a twelfth of the
+        # sparse step, the encoder's product 290 ms), while a per-row sampled cut-off,
+        # one comparison pass, compaction of the candidates and topk on them took
+        # 150 ms: the compaction (nonzero alone 28 ms) costs more than the per-row
+        # selection it saves. On a GPU topk is a single radix-select kernel.
         idx = pre.topk(self.cfg.k, dim=-1, sorted=False).indices
         return SparsityPattern.from_indices(idx, self.cfg.d_sae)
 

@@ -72,9 +72,12 @@ def main() -> None:
         train(cfg)
         wall = time.perf_counter() - t
         log = [json.loads(line) for line in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()]
-    steady = log[1:] or log  # the first interval holds the first fill of the buffer
-    rate = sum(r["tokens_per_s"] for r in steady) / len(steady)
-    wait = sum(r["data_wait_frac"] for r in steady) / len(steady)
+    # Every interval after the first (which holds the first fill of the buffer), refills
+    # included, weighted by its duration: tokens over time, not a mean of rates.
+    tokens = [b["tokens"] - a["tokens"] for a, b in zip(log, log[1:])]
+    seconds = [n / r["tokens_per_s"] for n, r in zip(tokens, log[1:])]
+    rate = sum(tokens) / sum(seconds)
+    wait = sum(s * r["data_wait_frac"] for s, r in zip(seconds, log[1:])) / sum(seconds)
     bare = bare_rate(a.model, a.hook, min(a.tokens, 65_536), a.context_length, a.model_batch_size, a.device)
     print(f"{a.arch} x{a.expansion} at {a.hook}, batch {a.batch_size}, {a.tokens:,} tokens, device {a.device}, "
           f"{torch.get_num_threads()} threads")

@@ -1,8 +1,10 @@
 """Many dictionaries from one pass: several hook points and a sweep of configurations,
 each with its own folder, all resumable together."""
 
+import dataclasses
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +53,14 @@ def test_each_member_of_a_sweep_equals_the_run_that_trains_it_alone(model_dir, c
     from saekit.training.log_interval import TIMING_FIELDS as drop
     assert [{k: v for k, v in r.items() if k not in drop} for r in logged] == [
         {k: v for k, v in r.items() if k not in drop} for r in swept]
+
+
+def test_without_out_a_sweep_goes_under_runs_and_the_model_name(model_dir, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfgs = [dataclasses.replace(small_cfg(model_dir, corpus, "unused", hook="resid_post.0,resid_post.1", tokens=512,
+                                          eval_tokens=0, k=k), out=None) for k in (4, 8)]
+    results = train_many(cfgs)
+    assert {r.out.parent for r in results} == {Path("runs") / model_dir.name}
 
 
 def test_a_hook_pattern_trains_every_matching_point_in_forward_order(model_dir, corpus, tmp_path):

@@ -287,11 +287,13 @@ def _duration(seconds: float) -> str:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
+    from .activations import is_hook_pattern, parse_hook_spec
     from .io.saekit_format import REPORT_FILE
     from .training import train_many
 
     cfgs = _train_configs(ns)
-    many = len(cfgs) > 1 or (cfgs[0].hook is not None and ("," in cfgs[0].hook or any(c in cfgs[0].hook for c in "*?[")))
+    hooks = [] if cfgs[0].hook is None else parse_hook_spec(cfgs[0].hook)
+    many = len(cfgs) > 1 or len(hooks) > 1 or any(is_hook_pattern(h) for h in hooks)
     bars = _ProgressBars("train several dictionaries" if many else f"train {cfgs[0].arch}", cfgs[0].trainable_tokens())
     try:
         results = train_many(cfgs, progress=bars)

@@ -8,6 +8,7 @@ from .sources import (
     ModelActivations,
     default_hook,
     expand_hook_spec,
+    is_hook_pattern,
     open_activation_source,
     parse_hook_spec,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "cache_activations",
     "default_hook",
     "expand_hook_spec",
+    "is_hook_pattern",
     "open_activation_source",
     "parse_hook_spec",
     "read_manifest",

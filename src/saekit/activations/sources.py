@@ -83,21 +83,22 @@ def parse_hook_spec(spec: str) -> list[str]:
     if not spec.strip() or any(not part for part in parts):
         raise ConfigError(f"--hook {spec!r} has an empty name; give names separated by commas, e.g. resid_post.3,resid_post.6")
     for part in parts:
-        if not _is_pattern(part):
+        if not is_hook_pattern(part):
             HookPoint.parse(part)
     if len(set(parts)) != len(parts):
         raise ConfigError(f"--hook {spec!r} names a hook point twice")
     return parts
 
 
-def _is_pattern(name: str) -> bool:
+def is_hook_pattern(name: str) -> bool:
+    """Whether one part of a ``--hook`` value is a glob (expanded against the model) rather than a name."""
     return any(c in name for c in "*?[")
 
 
 def expand_hook_spec(spec: str, lm: LoadedModel) -> list[str]:
     """Every hook point ``spec`` names in this model, in forward order, each once."""
     for part in parse_hook_spec(spec):
-        if not _is_pattern(part):
+        if not is_hook_pattern(part):
             resolve_hook_point(lm, part)  # the model's own error: it lists the points that exist
     names = hook_point_names(lm)
     return select_hook_points(
@@ -114,7 +115,7 @@ def select_hook_points(spec: str, names: Sequence[str], refuse: Callable[[str], 
     ``names``, each once; ``refuse(part)`` is raised for the first part that names none."""
     chosen: set[str] = set()
     for part in parse_hook_spec(spec):
-        if _is_pattern(part):
+        if is_hook_pattern(part):
             matched = fnmatch.filter(names, part)
         else:
             name = HookPoint.parse(part).name

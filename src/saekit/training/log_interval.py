@@ -42,9 +42,10 @@ class LogInterval:
         self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     @torch.no_grad()
-    def add(self, x: Tensor, out: LossOutput, resampled: int) -> None:
-        """``x`` and the loss are in scaled units."""
+    def add(self, x: Tensor, out: LossOutput, resampled: int, waited: float = 0.0) -> None:
+        """``x`` and the loss are in scaled units; ``waited``: seconds spent waiting for this batch."""
         self.resampled += resampled
+        self.waited += waited
         self.steps += 1
         self.n += x.shape[0]
         self._add("err", (x - out.x_hat).pow(2).sum())

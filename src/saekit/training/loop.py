@@ -175,8 +175,7 @@ def train_loop(runs: list[MemberRun], buffer: ActivationBuffer, progress: Progre
                 break
             for run in runs:
                 out, x_scaled, resampled = run.trainer.train_step(batch[:, run.member.column])
-                run.interval.add(x_scaled, out, resampled)
-                run.interval.waited += waited
+                run.interval.add(x_scaled, out, resampled, waited)
             if lead.step % cfg.log_every == 0 or lead.tokens >= lead.total_tokens:
                 now, io = time.perf_counter(), io_rate()
                 for run in runs:

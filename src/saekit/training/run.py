@@ -25,12 +25,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 from torch import Tensor
 
-from ..activations import ActivationSource, ModelActivations, open_activation_source, parse_hook_spec
+from ..activations import ActivationSource, ModelActivations, is_hook_pattern, open_activation_source, parse_hook_spec
 from ..config import TrainConfig
 from ..dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig
 from ..errors import ConfigError, DataError, RunInterrupted
 from ..evaluation import BOS_AS_TRAINED, EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
-from ..io.checkpoint import recover_checkpoints
+from ..io.checkpoint import CHECKPOINT_FILE, PENDING_FILE, recover_checkpoints
 from ..io.files import FolderLock, atomic_write_text, make_folder, remove_if_empty
 from ..io.saekit_format import EVAL_FILE, save_dictionary
 from ..models import resolve_device
@@ -103,7 +103,7 @@ def _hooks_known_now(cfg: TrainConfig) -> list[str] | None:
     if cfg.hook is None:
         return None
     names = parse_hook_spec(cfg.hook)
-    return None if any(c in name for name in names for c in "*?[") else names
+    return None if any(is_hook_pattern(name) for name in names) else names
 
 
 def _check_folders(members: list[Member], source_from_cfg: bool) -> list[dict[str, Any] | None]:
@@ -132,8 +132,6 @@ def _check_folders(members: list[Member], source_from_cfg: bool) -> list[dict[st
 def _check_resume_covers_the_run(members: list[Member]) -> None:
     """--resume of several dictionaries: each must have its checkpoint. One without (a
     value added to the sweep) cannot join the others mid-run."""
-    from ..io.checkpoint import CHECKPOINT_FILE, PENDING_FILE
-
     have = [m for m in members if (m.out / CHECKPOINT_FILE).exists() or (m.out / PENDING_FILE).exists()]
     new = [m for m in members if m not in have]
     if have and new:
@@ -183,9 +181,12 @@ def train_many(
     device = resolve_device(cfg.device)
     source_from_cfg = source is None
     members: list[Member] | None = None
+    # The folders are checked before the slow model load when they are known by then: the
+    # hook points are named plainly and either --out is given or the source (and with it
+    # the model's name, which default folders carry) was handed in.
     hooks = _hooks_known_now(cfg) if source is None else list(source.hooks)
-    if hooks is not None and (cfg.out or len(cfgs) * len(hooks) > 1):  # before the slow model load
-        members = plan_members(cfgs, hooks, "")
+    if hooks is not None and (cfg.out or source is not None):
+        members = plan_members(cfgs, hooks, "" if source is None else source.model_name)
         states = _check_folders(members, source_from_cfg)
     if source is None:
         for c in cfgs:
@@ -194,7 +195,7 @@ def train_many(
         source = open_activation_source(cfg, device, cfg.activation_cache)
     if _one and len(source.hooks) > 1:
         raise ConfigError(f"--hook {cfg.hook} names {len(source.hooks)} hook points; train_many trains one dictionary per point")
-    if members is None or [m.cfg.hook for m in members[:: len(cfgs)]] != list(source.hooks):
+    if members is None or hooks != list(source.hooks):  # planned before the load, for other points
         members = plan_members(cfgs, list(source.hooks), source.model_name)
         states = _check_folders(members, source_from_cfg)
     if cfg.wandb:

@@ -19,10 +19,10 @@ ARCHS = sorted(ARCHITECTURES)
 RELU_LIKE = ["gated", "jumprelu", "relu"]
 
 
-def make(arch: str, d: int, F: int, k: int | None = None, seed: int = 0):
+def make(arch: str, d: int, F: int, k: int | None = None, seed: int = 0, **transcoder):
     torch.manual_seed(seed)
     uses_k = ARCHITECTURES[arch].uses_k
-    cfg = DictionaryConfig(arch=arch, d_in=d, d_sae=F, k=(k or 3) if uses_k else None)
+    cfg = DictionaryConfig(arch=arch, d_in=d, d_sae=F, k=(k or 3) if uses_k else None, **transcoder)
     sae = build_dictionary(cfg).double()
     with torch.no_grad():  # off the symmetric init, so every parameter matters
         for p in sae.parameters():
@@ -52,9 +52,12 @@ def reference(sae, x, target, params):
     """The dense objective by plain autograd: ``(loss, terms, x_hat, f)``."""
     arch, k = sae.cfg.arch, sae.cfg.k
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
-    u = (x - b_dec) @ W_enc
+    # A transcoder's input has no pre-bias; a skip transcoder adds x W_skip to x̂.
+    centred = x if sae.cfg.transcoder else x - b_dec
+    out_bias = b_dec + x @ sae.W_skip if sae.cfg.skip else b_dec
+    u = centred @ W_enc
     # addmm, as the dictionary computes it, so that top-k picks the same features.
-    pre = torch.addmm(b_enc, x - b_dec, W_enc)
+    pre = torch.addmm(b_enc, centred, W_enc)
     norms = W_dec.norm(dim=1)
     terms = {}
     if arch == "topk":
@@ -69,14 +72,14 @@ def reference(sae, x, target, params):
         terms["l1"] = (f * norms).sum(-1).mean()
     elif arch == "gated":
         gate = u + b_enc
-        mag = (x - b_dec) @ (W_enc * sae.r_mag.exp()) + sae.b_mag
+        mag = centred @ (W_enc * sae.r_mag.exp()) + sae.b_mag
         f = (gate > 0).to(x.dtype) * mag.relu()
         terms["l1"] = (gate.relu() * norms).sum(-1).mean()
-        terms["aux"] = ((target - (gate.relu() @ W_dec.detach() + b_dec.detach())) ** 2).sum(-1).mean()
+        terms["aux"] = ((target - (gate.relu() @ W_dec.detach() + out_bias.detach())) ** 2).sum(-1).mean()
     elif arch == "jumprelu":
         f, steps = _step_estimators(pre, sae.threshold, params.jumprelu_bandwidth)
         terms["l0_penalty"] = steps.sum(-1).mean()
-    x_hat = f @ W_dec + b_dec
+    x_hat = f @ W_dec + out_bias
     terms["mse"] = ((target - x_hat) ** 2).sum(-1).mean()
     loss = terms["mse"]
     if arch in ("topk", "batchtopk"):
@@ -168,6 +171,23 @@ def test_a_different_target_is_what_the_reconstruction_is_compared_with(arch, pa
     params = LossParams(sparsity_coeff=0.2, dead_mask=torch.arange(40) % 2 == 0, aux_k=3, jumprelu_bandwidth=0.4)
     out = check_against_reference(sae, x, params, target)
     assert not torch.allclose(out.terms["mse"], sae(x, params=params).terms["mse"])
+
+
+@pytest.mark.parametrize("arch,path", CASES)
+@pytest.mark.parametrize("skip", [False, True], ids=["transcoder", "skip-transcoder"])
+@pytest.mark.parametrize("size", [(1, 5, 7, 1), (9, 8, 40, 4)], ids=lambda s: "B{}-d{}-F{}-k{}".format(*s))
+def test_transcoders_match_the_dense_objective(arch, path, skip, size, monkeypatch):
+    """A transcoder (input uncentred, output of another width, optional skip path)
+    against the reference, with dead features for the aux-k term."""
+    force_path(monkeypatch, path)
+    B, d, F, k = size
+    sae = make(arch, d, F, k, transcoder=True, d_out=d + 3, skip=skip)
+    x = torch.randn(B, d, dtype=torch.float64) * 1.5
+    target = torch.randn(B, d + 3, dtype=torch.float64)
+    params = LossParams(sparsity_coeff=0.3, dead_mask=torch.arange(F) % 3 == 1, aux_k=3, jumprelu_bandwidth=0.4)
+    out = check_against_reference(sae, x, params, target)
+    assert out.x_hat.shape == (B, d + 3)
+    assert ("W_skip" in dict(sae.named_parameters())) == skip
 
 
 @pytest.mark.parametrize("arch,path", CASES)

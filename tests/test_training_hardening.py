@@ -153,7 +153,7 @@ def test_resampling_resets_only_the_features_it_resampled(monkeypatch):
     trainer.init_from_sample(gaussian(1000))
     with torch.no_grad():
         trainer.sae.b_enc[:10] = -1e6  # features 0-9 never fire
-    monkeypatch.setattr(trainer_module, "resample_dead", lambda sae, opt, x, x_hat, dead, gen: dead.nonzero().squeeze(1)[:3])
+    monkeypatch.setattr(trainer_module, "resample_dead", lambda sae, opt, x, x_hat, dead, gen, target=None: dead.nonzero().squeeze(1)[:3])
     trainer.train_step(gaussian(100, seed=1))
     counters = trainer.tracker.tokens_since_fired
     assert counters[:3].tolist() == [0, 0, 0] and bool((counters[3:10] >= 100).all())

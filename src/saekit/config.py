@@ -188,7 +188,7 @@ class CacheConfig(SourceConfig):
 # which tokens arrive in which batches, and so is shared.
 DICTIONARY_FIELDS = frozenset({
     "arch", "k", "expansion", "dict_size", "l1_coeff", "l0_coeff", "lr", "lr_warmup", "lr_decay",
-    "sparsity_warmup", "dead_after_tokens", "auxk_coeff", "resample", "jumprelu_bandwidth",
+    "sparsity_warmup", "dead_after_tokens", "auxk_coeff", "resample", "jumprelu_bandwidth", "skip",
 })
 
 
@@ -201,6 +201,15 @@ class TrainConfig(SourceConfig):
         "read activations from a folder written by `saekit cache` instead of running the model",
         default=None,
     )
+    # A transcoder instead of a sparse autoencoder.
+    target: str | None = _opt(
+        "train transcoders: the hook point each dictionary reconstructs from its --hook input (e.g. --hook "
+        "mlp_in.6 --target mlp_out.6), later in the forward pass; several or a pattern pair with --hook's points "
+        "in forward order (one target may serve every input); default: none, a sparse autoencoder reconstructs "
+        "its own input",
+        default=None,
+    )
+    skip: bool = _opt("give each transcoder a learned linear skip path from input to target (needs --target)", default=False)
     # The dictionary.
     arch: str = _opt(f"architecture: {', '.join(ARCH_CHOICES)}", default="topk", choices=ARCH_CHOICES)
     k: int | None = _opt("active features per token (topk, batchtopk; default 32)", default=None)
@@ -315,6 +324,13 @@ class TrainConfig(SourceConfig):
             _bad(f"--jumprelu-bandwidth must be positive, got {self.jumprelu_bandwidth}")
         if self.auxk_coeff < 0:
             _bad(f"--auxk-coeff must be zero or positive, got {self.auxk_coeff}")
+        if self.target is not None:
+            if not self.target.strip():
+                _bad("--target is empty; give the hook point the transcoder reconstructs, e.g. mlp_out.6")
+            if self.hook is None:
+                _bad(f"--target {self.target} needs --hook: the hook point each transcoder reads (e.g. --hook mlp_in.6)")
+        if self.skip and self.target is None:
+            _bad("--skip adds a skip path to a transcoder; give --target (the hook point it reconstructs) or drop --skip")
         if self.resume and self.overwrite:
             _bad("--resume continues the run in --out and --overwrite replaces it; choose one")
 

@@ -185,24 +185,40 @@ def evaluate_reconstruction(
     activations: Tensor | Iterable[Tensor],
     batch_size: int = 4096,
     progress: Progress | None = None,
+    targets: Tensor | Iterable[Tensor] | None = None,
 ) -> ReconstructionMetrics:
     """Reconstruction figures for raw activations ``(N, d)`` (or an iterable of such).
 
-    ``progress`` gets a record per batch (``total`` is None for an iterable, whose
-    length is not known in advance).
+    A transcoder's figures are about its ``targets`` (the same layout, one per input
+    token): FVU is the variance of the targets it leaves unexplained. ``progress`` gets
+    a record per batch (``total`` is None for an iterable, whose length is not known in
+    advance).
     """
+    if dictionary.cfg.transcoder and targets is None:
+        raise ConfigError(
+            f"a transcoder is judged on its targets ({dictionary.cfg.target or 'the hook point it reconstructs'}): "
+            "pass targets= alongside the input activations"
+        )
     total = None
+
+    def batches(acts: Tensor | Iterable[Tensor]) -> Iterable[Tensor]:
+        if isinstance(acts, Tensor):
+            return acts.reshape(-1, acts.shape[-1]).split(batch_size)
+        return acts
+
     if isinstance(activations, Tensor):
-        activations = activations.reshape(-1, activations.shape[-1])
-        total = activations.shape[0]
-        activations = activations.split(batch_size)
+        total = activations.numel() // activations.shape[-1]
     phase = _Phase(progress, "evaluating: held-out activations", total)
     sums = _ReconstructionSums(dictionary)
     device = dictionary.W_dec.device
-    for x in activations:
+    target_batches = iter(batches(targets)) if targets is not None else None
+    for x in batches(activations):
         x = x.to(device, torch.float32)
         f = dictionary.encode(x)
-        sums.add(x, f, dictionary.decode(f))
+        y = x if target_batches is None else next(target_batches).to(device, torch.float32)
+        if y.shape[0] != x.shape[0]:
+            raise DimensionError(f"{y.shape[0]} targets for {x.shape[0]} inputs: give one target per input token")
+        sums.add(y, f, dictionary.reconstruct(x, f))
         phase.advance(x.shape[0])
     return sums.result()
 
@@ -394,6 +410,9 @@ def _evaluate_regime(
     from .hooks import HookPoint, edit_activations, read_activations, skip_to_block
 
     hook = dictionary.cfg.hook
+    # What is compared and replaced: the input itself for a sparse autoencoder, the
+    # target point for a transcoder (read in the same pass; it comes after the input).
+    target = dictionary.cfg.target if dictionary.cfg.transcoder else hook
     layer = HookPoint.parse(hook).layer
     dev = lm.device
 
@@ -404,9 +423,12 @@ def _evaluate_regime(
 
     pre_name = f"resid_pre.{layer}"
 
-    def prefix(batch: Any) -> tuple[Tensor, Tensor]:
-        acts = read_activations(lm, [pre_name, hook], batch.input_ids.to(dev), batch.attention_mask.to(dev))
-        return acts[pre_name], acts[hook]
+    def prefix(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """resid_pre of the input's block (the passes below start there), the input and the target."""
+        acts = read_activations(
+            lm, list(dict.fromkeys([pre_name, hook, target])), batch.input_ids.to(dev), batch.attention_mask.to(dev)
+        )
+        return acts[pre_name], acts[hook], acts[target]
 
     # Pass 1 (prefix only): the mean activation over the evaluated tokens, for ce_mean.
     # The prefix outputs are kept for pass 2 while they fit in PREFIX_CACHE_BYTES, so
@@ -414,14 +436,14 @@ def _evaluate_regime(
     label = f"evaluating {REGIME_LABELS[regime]}"
     phase = _Phase(progress, f"{label}: mean activation", n_evaluated)
     total, count, room = None, 0, PREFIX_CACHE_BYTES
-    kept: list[tuple[Tensor, Tensor] | None] = []
+    kept: list[tuple[Tensor, Tensor, Tensor] | None] = []
     for batch in batches:
-        resid_pre, x = prefix(batch)
+        resid_pre, x, y = prefix(batch)
         _, evaluated = masks(batch)
-        s = x[evaluated].double().sum(0)
+        s = y[evaluated].double().sum(0)
         total, count = (s if total is None else total + s), count + int(evaluated.sum())
-        size = (resid_pre.numel() + x.numel()) * x.element_size()
-        kept.append((resid_pre, x) if size <= room else None)
+        size = (resid_pre.numel() + x.numel() + (y.numel() if y is not x else 0)) * x.element_size()
+        kept.append((resid_pre, x, y) if size <= room else None)
         room -= size if size <= room else 0
         phase.advance(int(evaluated.sum()))
     mean_act = (total / max(count, 1)).float()
@@ -434,15 +456,15 @@ def _evaluate_regime(
     for batch, cached in zip(batches, kept):
         ids, attn_long = batch.input_ids.to(dev), batch.attention_mask.to(dev)
         attn, evaluated = masks(batch)
-        resid_pre, x = cached if cached is not None else prefix(batch)
+        resid_pre, x, y = cached if cached is not None else prefix(batch)
         xe = x[evaluated].float()
         f = dictionary.encode(xe)
-        x_hat = dictionary.decode(f)
+        y_hat = dictionary.reconstruct(xe, f)
         positions = _positions(attn)
-        rec.add(xe, f, x_hat, positions[evaluated])
+        rec.add(y[evaluated].float(), f, y_hat, positions[evaluated])
 
-        full_hat = x.clone()
-        full_hat[evaluated] = x_hat.to(x.dtype)
+        full_hat = y.clone()
+        full_hat[evaluated] = y_hat.to(y.dtype)
         variants = {
             "clean": None,
             "spliced": lambda a: torch.where(evaluated[..., None], full_hat, a),
@@ -455,7 +477,7 @@ def _evaluate_regime(
         clean_logits: Tensor | None = None
         kl = None
         for name, fn in variants.items():
-            with skip_to_block(lm, layer, resid_pre), edit_activations(lm, {hook: fn} if fn else {}):
+            with skip_to_block(lm, layer, resid_pre), edit_activations(lm, {target: fn} if fn else {}):
                 logits = lm.model(input_ids=ids, attention_mask=attn_long, use_cache=False).logits
             z = logits[:, :-1][pred_mask]  # (n, V): padding positions dropped before any maths
             del logits
@@ -565,13 +587,22 @@ def check_dictionary_fits(dictionary: Dictionary, lm: Any, hook: str | None = No
 
     cfg = dictionary.cfg
     check_hook(dictionary, hook)
-    resolve_hook_point(lm, cfg.hook)
-    width = hook_width(lm, cfg.hook)
-    if width != cfg.d_in:
-        raise DimensionError(
-            f"the dictionary takes activations of width {cfg.d_in} but {cfg.hook} of {lm.name} has width {width}; "
-            f"it was trained on another model ({cfg.model or 'unrecorded'})"
+    if cfg.transcoder and not cfg.target:
+        raise ConfigError(
+            "this transcoder does not record the hook point it reconstructs, so it cannot be spliced into the model; "
+            "set dictionary.cfg.target (e.g. 'mlp_out.6') first"
         )
+    points = [(cfg.hook, cfg.d_in, "takes activations")]
+    if cfg.transcoder:
+        points.append((cfg.target, cfg.d_out, "writes activations"))
+    for point, expected, does in points:
+        resolve_hook_point(lm, point)
+        width = hook_width(lm, point)
+        if width != expected:
+            raise DimensionError(
+                f"the dictionary {does} of width {expected} but {point} of {lm.name} has width {width}; "
+                f"it was trained on another model ({cfg.model or 'unrecorded'})"
+            )
     check_model(dictionary, model_name)
 
 

@@ -158,7 +158,9 @@ class Evaluated:
 
     @property
     def hook(self) -> str:
-        return str(self.dictionary.get("hook") or self.evaluation.get("hook") or "not recorded")
+        """The hook point read, and for a transcoder the one reconstructed (``mlp_in.6 → mlp_out.6``)."""
+        read = str(self.dictionary.get("hook") or self.evaluation.get("hook") or "not recorded")
+        return f"{read} → {self.dictionary.get('target')}" if self.dictionary.get("transcoder") else read
 
     @property
     def model(self) -> str:
@@ -738,6 +740,15 @@ def _header_section(run: Evaluated) -> str:
     ]
     if d.get("k") is not None:
         rows.insert(2, ["k", _fmt(d.get("k"))])
+    if d.get("transcoder"):
+        # A transcoder: what it reconstructs, and the scale of that target.
+        at = [r[0] for r in rows].index("hook point")
+        rows[at] = ["input hook point", _fmt(d.get("hook"), unknown)]
+        rows.insert(at + 1, ["target hook point (reconstructed)", _fmt(d.get("target"), unknown)])
+        rows.insert(at + 2, ["skip path", "yes (learned, linear)" if d.get("skip") else "no"])
+        rows[[r[0] for r in rows].index("activation scale")] = [
+            "activation scale (input, target)", f"{_fmt(d.get('act_scale'), unknown)}, {_fmt(d.get('target_scale'), unknown)}"
+        ]
     for name in REGIMES:
         r = run.regime(name)
         rows.append([f"{name} regime", _regime_summary(r) if r else "not evaluated"])

@@ -11,6 +11,7 @@ from .sources import (
     is_hook_pattern,
     open_activation_source,
     parse_hook_spec,
+    select_hook_points,
 )
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "open_activation_source",
     "parse_hook_spec",
     "read_manifest",
+    "select_hook_points",
     "write_activation_cache",
 ]

@@ -2,11 +2,14 @@
 
 Conventions (stated once, kept everywhere; docs/metrics.md states them for users):
 
-* ``W_enc`` has shape ``d × F``; ``W_dec`` has shape ``F × d`` and its rows are the
-  features' unit-norm directions.
-* Pre-activations subtract the decoder bias first (the "tied pre-bias"):
-  ``pre = (x − b_dec) W_enc + b_enc``.
-* ``x̂ = f W_dec + b_dec``.
+* ``W_enc`` has shape ``d_in × F``; ``W_dec`` has shape ``F × d_out`` and its rows are
+  the features' unit-norm directions. A sparse autoencoder has ``d_out = d_in``.
+* A sparse autoencoder's pre-activations subtract the decoder bias first (the "tied
+  pre-bias"): ``pre = (x − b_dec) W_enc + b_enc``. A transcoder reads one hook point
+  and reconstructs another, so its ``b_dec`` lives in the other space and its
+  pre-activations are ``x W_enc + b_enc``.
+* ``x̂ = f W_dec + b_dec``, plus ``x W_skip`` for a skip transcoder (``W_skip`` is
+  ``d_in × d_out``, learned, starting at zero).
 * Every method works on any leading batch shape ``(..., d)``.
 
 A subclass states only what differs: its activation (``activate``), its training
@@ -44,9 +47,13 @@ class DictionaryConfig:
     """What is needed to rebuild and use a dictionary (not how it was trained).
 
     ``act_scale`` records the constant the raw activations were divided by during
-    training. Saved weights have it folded in, so ``encode`` takes raw activations
-    and ``decode`` returns raw activations; the number is kept for provenance and
-    for anyone who wants the normalised space back.
+    training (``target_scale`` the one a transcoder's targets were divided by). Saved
+    weights have both folded in, so ``encode`` takes raw activations and ``decode``
+    returns raw activations; the numbers are kept for provenance and for anyone who
+    wants the normalised space back.
+
+    A transcoder (``transcoder=True``) reads ``hook`` and reconstructs ``target`` (of
+    width ``d_out``, default ``d_in``); ``skip`` adds the learned linear skip path.
     """
 
     arch: str
@@ -58,6 +65,11 @@ class DictionaryConfig:
     act_scale: float = 1.0
     context_length: int | None = None
     keep_bos: bool = False
+    transcoder: bool = False
+    target: str = ""
+    d_out: int | None = None  # None: d_in
+    skip: bool = False
+    target_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -75,8 +87,29 @@ class DictionaryConfig:
                     f"k={self.k} must be smaller than the dictionary size {self.d_sae}; "
                     "lower --k or raise --expansion/--dict-size"
                 )
-        if not (math.isfinite(self.act_scale) and self.act_scale > 0):
-            raise ConfigError(f"act_scale must be a positive finite number, got {self.act_scale}")
+        for name in ("act_scale", "target_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive finite number, got {value}")
+        if self.d_out is None:
+            self.d_out = self.d_in
+        if self.d_out <= 0:
+            raise ConfigError(f"d_out must be positive, got {self.d_out}")
+        if not self.transcoder:
+            given = [f"{name}={getattr(self, name)!r}" for name in ("target", "skip") if getattr(self, name)]
+            if self.d_out != self.d_in:
+                given.append(f"d_out={self.d_out} (d_in={self.d_in})")
+            if self.target_scale != 1.0:
+                given.append(f"target_scale={self.target_scale}")
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} describe a transcoder, but transcoder=False; pass transcoder=True "
+                    "(a sparse autoencoder reconstructs its own input)"
+                )
+        elif self.target and self.target == self.hook:
+            raise ConfigError(
+                f"a transcoder from {self.hook} to itself is a sparse autoencoder; drop the target (--target)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,9 +183,10 @@ class Dictionary(nn.Module):
     # `init_from_data`: "bias" (ReLU-like: fires when pre-activation + b_enc > 0),
     # "threshold" (fires when the pre-activation exceeds `threshold`), or None (TopK).
     cutoff: ClassVar[Literal["bias", "threshold"] | None] = None
-    # Tensors that are in input units: multiplying the input by s multiplies each of
-    # them by s, and then the features f scale by s too while the unit-norm decoder
-    # rows stay unchanged. This is all `fold_activation_scale` needs to know.
+    # Tensors in the units of the features: multiplying a sparse autoencoder's input by
+    # s multiplies each of them by s, and then the features f scale by s too while the
+    # unit-norm decoder rows stay unchanged (a transcoder's features are in its target's
+    # units). This is all `fold_activation_scale` needs to know.
     input_scaled: ClassVar[tuple[str, ...]] = ("b_dec", "b_enc")
     # Whether inference needs statistics set from training inputs after training
     # (``calibrate``), as BatchTopK's threshold does.
@@ -161,12 +195,29 @@ class Dictionary(nn.Module):
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()
         self.cfg = cfg
-        d, F = cfg.d_in, cfg.d_sae
+        d, F, d_out = cfg.d_in, cfg.d_sae, cfg.d_out
         self.W_enc = nn.Parameter(torch.empty(d, F))
         self.b_enc = nn.Parameter(torch.zeros(F))
-        self.W_dec = nn.Parameter(torch.empty(F, d))
-        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.W_dec = nn.Parameter(torch.empty(F, d_out))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(d, d_out))
         self.reset_parameters()
+
+    @property
+    def input_bias(self) -> Tensor | None:
+        """What the input is centred by before the encoder: ``b_dec`` for a sparse
+        autoencoder (the tied pre-bias), nothing for a transcoder, whose ``b_dec`` is
+        in the target's space."""
+        return None if self.cfg.transcoder else self.b_dec
+
+    def centre(self, x: Tensor) -> Tensor:
+        return x if self.cfg.transcoder else x - self.b_dec
+
+    def output_bias(self, x: Tensor) -> Tensor:
+        """``b_dec``, plus the skip path ``x W_skip`` of a skip transcoder: what the
+        reconstruction adds to ``f W_dec``."""
+        return self.b_dec + x @ self.W_skip if self.cfg.skip else self.b_dec
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self) -> None:
@@ -175,20 +226,29 @@ class Dictionary(nn.Module):
         Tying the initial encoder to the decoder's transpose makes each feature start
         as a matched filter for its own direction, which is what lets short runs
         leave the ground (from a tiny or zero start they need hundreds of steps first).
+        A transcoder's encoder reads another space than its decoder writes, so its
+        columns are drawn on their own (unit norm too); the skip path starts at zero.
         """
         with torch.no_grad():
             nn.init.normal_(self.W_dec)
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
-            self.W_enc.copy_(self.W_dec.T)
+            if self.cfg.transcoder:
+                nn.init.normal_(self.W_enc)
+                self.W_enc /= self.W_enc.norm(dim=0, keepdim=True)
+            else:
+                self.W_enc.copy_(self.W_dec.T)
             self.b_enc.zero_()
             self.b_dec.zero_()
+            if self.cfg.skip:
+                self.W_skip.zero_()
 
     @torch.no_grad()
-    def init_from_data(self, x: Tensor, initial_l0: float = 64.0) -> None:
+    def init_from_data(self, x: Tensor, initial_l0: float = 64.0, target: Tensor | None = None) -> None:
         """Start from a sample of (scaled) activations instead of from nothing.
 
-        ``b_dec`` becomes the sample's geometric median, so the first reconstructions
-        already beat zero (the median is robust to rare huge-norm tokens). Where the
+        ``b_dec`` becomes the geometric median of the sample's targets (``target``, a
+        transcoder's; else ``x``), so the first reconstructions already beat zero (the
+        median is robust to rare huge-norm tokens). Where the
         architecture has a firing cut-off (``cutoff``), each feature's cut-off starts at
         the quantile of its own pre-activations above which it fires on ``initial_l0 / F``
         of the sample. Under Adam a bias or threshold moves about one learning rate
@@ -196,11 +256,12 @@ class Dictionary(nn.Module):
         sparse regime; started here, the sparsity coefficient only fine-tunes it.
         """
         x = x.reshape(-1, x.shape[-1]).float()
-        self.b_dec.copy_(geometric_median(x).to(self.b_dec))
+        y = x if target is None else target.reshape(-1, target.shape[-1]).float()
+        self.b_dec.copy_(geometric_median(y).to(self.b_dec))
         if self.cutoff is None:
             return
         sample = x[torch.linspace(0, x.shape[0] - 1, min(x.shape[0], 4096)).long()].to(self.W_enc.device)
-        pre = (sample - self.b_dec) @ self.W_enc
+        pre = self.centre(sample) @ self.W_enc
         density = min(0.5, initial_l0 / self.cfg.d_sae)
         q = pre.kthvalue(max(1, int(round((1 - density) * pre.shape[0]))), dim=0).values
         if self.cutoff == "bias":
@@ -221,7 +282,7 @@ class Dictionary(nn.Module):
     def pre_acts(self, x: Tensor, features: Tensor | None = None) -> Tensor:
         self._check_width(x)
         W, b = (self.W_enc, self.b_enc) if features is None else (self.W_enc[:, features], self.b_enc[features])
-        return (x - self.b_dec) @ W + b
+        return self.centre(x) @ W + b
 
     def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
         """Map pre-activations to feature activations (inference behaviour)."""
@@ -237,13 +298,17 @@ class Dictionary(nn.Module):
         return self.activate(self.pre_acts(x, features), features, x)
 
     def decode(self, f: Tensor, features: Tensor | None = None) -> Tensor:
-        """``x̂ = f W_dec + b_dec``; with ``features``, f holds only those features."""
+        """``f W_dec + b_dec``; with ``features``, f holds only those features. For a skip
+        transcoder this leaves out the skip path, which needs the input: ``reconstruct``
+        adds it."""
         W = self.W_dec if features is None else self.W_dec[features]
         return f @ W + self.b_dec
 
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """``x̂ = decode(encode(x))`` for ``x`` of shape ``(..., d)`` (inference)."""
-        return self.decode(self.encode(x))
+    def reconstruct(self, x: Tensor, f: Tensor | None = None) -> Tensor:
+        """The output for ``x`` of shape ``(..., d_in)`` (inference): ``x̂ = decode(encode(x))``,
+        plus ``x W_skip`` for a skip transcoder; ``f``: ``encode(x)`` when already computed."""
+        out = self.decode(self.encode(x) if f is None else f)
+        return out + x @ self.W_skip if self.cfg.skip else out
 
     def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
         """``x̂`` from sparse codes: ``values`` and their feature ``indices``, both of shape
@@ -252,27 +317,29 @@ class Dictionary(nn.Module):
         m = values.shape[-1]
         weights = values.reshape(-1, m).to(self.W_dec.dtype)
         summed = nn.functional.embedding_bag(indices.reshape(-1, m), self.W_dec, mode="sum", per_sample_weights=weights)
-        return summed.reshape(*values.shape[:-1], self.cfg.d_in) + self.b_dec
+        return summed.reshape(*values.shape[:-1], self.cfg.d_out) + self.b_dec
 
     # -------------------------------------------------------------- training
     def forward(self, x: Tensor, target: Tensor | None = None, params: LossParams | None = None) -> LossOutput:
         """The training objective on a batch of (scaled) activations ``x`` of shape ``(..., d)``.
 
         The reconstruction is compared with ``target`` (``x`` itself for a sparse
-        autoencoder; a transcoder's target is another activation of the same tokens).
-        ``params`` carries the step's hyper-parameters (default ``LossParams()``).
-        ``x_hat`` comes back flattened to ``(B, d)`` for the B tokens.
+        autoencoder; a transcoder's target is another activation of the same tokens,
+        which it must be given). ``params`` carries the step's hyper-parameters (default
+        ``LossParams()``). ``x_hat`` comes back flattened to ``(B, d_out)`` for the B tokens.
         """
         self._check_width(x)
+        d, d_out = self.cfg.d_in, self.cfg.d_out
         if target is None:
+            if self.cfg.transcoder:
+                raise DimensionError("a transcoder's objective needs its target: call forward(x, target)")
             target = x
-        elif target.shape[-1] != self.cfg.d_in or target.numel() != x.numel():
+        elif target.shape[-1] != d_out or target.numel() // d_out != x.numel() // d:
             raise DimensionError(
                 f"the target has shape {tuple(target.shape)} but the input has {tuple(x.shape)}; "
-                f"give one target vector of width {self.cfg.d_in} per input token"
+                f"give one target vector of width {d_out} per input token"
             )
-        d = self.cfg.d_in
-        return self.objective(x.reshape(-1, d), target.reshape(-1, d), params or LossParams())
+        return self.objective(x.reshape(-1, d), target.reshape(-1, d_out), params or LossParams())
 
     def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
         """Loss on ``x`` of shape ``(B, d)`` against ``target`` of shape ``(B, d)``."""
@@ -283,7 +350,7 @@ class Dictionary(nn.Module):
         """``(x − b_dec) W_enc (+ b_enc)`` of shape (B, F) without gradient, for choosing
         the active pairs. Held in ``sparse.scratch`` (reused by the next call): copy
         what must outlive the loss computation."""
-        centred = x - self.b_dec
+        centred = self.centre(x)
         if torch.is_autocast_enabled(x.device.type):
             return torch.addmm(self.b_enc, centred, self.W_enc) if with_b_enc else centred @ self.W_enc
         out = scratch((x.shape[0], self.cfg.d_sae), centred.dtype, x.device)
@@ -326,7 +393,7 @@ class Dictionary(nn.Module):
             else:
                 chosen = dead_features[pre.index_select(1, dead_features).topk(aux_k, dim=-1, sorted=False).indices]
         pattern = SparsityPattern.from_indices(chosen, self.cfg.d_sae)
-        values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.b_dec).relu()
+        values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
         e_hat = sparse_decode(values, pattern, self.W_dec)
         residual = ((x if target is None else target) - x_hat).detach()
         denom = residual.pow(2).sum(-1).mean().clamp_min(1e-8)
@@ -355,25 +422,42 @@ class Dictionary(nn.Module):
             g -= (g * self.W_dec).sum(1, keepdim=True) * self.W_dec
 
     @torch.no_grad()
-    def reset_features(self, idx: Tensor, directions: Tensor, enc_norm: float) -> None:
-        """Re-initialise features ``idx`` to point along ``directions`` (resampling)."""
-        directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        self.W_dec[idx] = directions
-        self.W_enc[:, idx] = directions.T * enc_norm
+    def reset_features(
+        self, idx: Tensor, directions: Tensor, enc_norm: float, enc_directions: Tensor | None = None
+    ) -> None:
+        """Re-initialise features ``idx`` to write along ``directions`` and read along
+        ``enc_directions`` (default: the same, as for a sparse autoencoder) (resampling)."""
+
+        def unit(v: Tensor) -> Tensor:
+            return v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+        self.W_dec[idx] = unit(directions)
+        self.W_enc[:, idx] = unit(directions if enc_directions is None else enc_directions).T * enc_norm
         self.b_enc[idx] = 0.0
 
     # ---------------------------------------------------------------- scale
     @torch.no_grad()
-    def fold_activation_scale(self, scale: float) -> None:
-        """Make weights trained on ``x / scale`` act on raw ``x``.
+    def fold_activation_scale(self, scale: float, target_scale: float | None = None) -> None:
+        """Make weights trained on ``x / scale`` (and, for a transcoder, targets
+        ``y / target_scale``) act on raw ``x`` and give raw outputs.
 
-        Every tensor in input units is multiplied by ``scale``; the feature
-        activations then come out ``scale`` times larger (raw units) and the decoder
-        rows stay unit-norm directions. ``cfg.act_scale`` records the constant.
+        With ``t = target_scale`` (default ``scale``): every tensor in ``input_scaled``
+        (the biases and cut-offs, in the units of the features) is multiplied by ``t``,
+        ``W_enc`` and ``W_skip`` by ``t / scale``. The feature activations then come out
+        ``t`` times larger (raw output units) and the decoder rows stay unit-norm
+        directions. For a sparse autoencoder ``t = scale`` and ``W_enc`` is unchanged.
+        ``cfg.act_scale`` and ``cfg.target_scale`` record the constants.
         """
+        t = float(scale if target_scale is None else target_scale)
         for name in self.input_scaled:
-            getattr(self, name).mul_(scale)
+            getattr(self, name).mul_(t)
+        if t != scale:
+            self.W_enc.mul_(t / scale)
+        if self.cfg.skip:
+            self.W_skip.mul_(t / scale)
         self.cfg.act_scale = float(scale)
+        if self.cfg.transcoder:
+            self.cfg.target_scale = t
 
     @torch.no_grad()
     def fingerprint(self) -> list[float]:
@@ -387,17 +471,19 @@ class Dictionary(nn.Module):
         """
         gen = torch.Generator().manual_seed(20240611)
         rows = torch.randint(0, 2, (4, self.cfg.d_sae), generator=gen).double() * 2 - 1
-        cols = torch.randint(0, 2, (self.cfg.d_in, 2), generator=gen).double() * 2 - 1
+        d = self.cfg.d_out  # the decoder's width (d_in for a sparse autoencoder)
+        cols = torch.randint(0, 2, (d, 2), generator=gen).double() * 2 - 1
         W = self.W_dec.detach().double().cpu()
         b = self.b_dec.detach().double().cpu()
-        dec = (rows @ W @ cols).flatten() / math.sqrt(self.cfg.d_sae * self.cfg.d_in)
-        bias = (b @ cols) / math.sqrt(self.cfg.d_in)
+        dec = (rows @ W @ cols).flatten() / math.sqrt(self.cfg.d_sae * d)
+        bias = (b @ cols) / math.sqrt(d)
         return [float(v) for v in torch.cat([dec, bias, b.norm().reshape(1), W.abs().mean().reshape(1)])]
 
     def extra_repr(self) -> str:
         c = self.cfg
         k = f", k={c.k}" if c.k is not None else ""
-        return f"arch={c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{k}, hook={c.hook!r}, model={c.model!r}"
+        to = f", target={c.target!r}, d_out={c.d_out}, skip={c.skip}" if c.transcoder else ""
+        return f"arch={c.arch}, d_in={c.d_in}, d_sae={c.d_sae}{k}, hook={c.hook!r}{to}, model={c.model!r}"
 
 
 def same_weights(a: list[float], b: list[float], tol: float = 1e-3) -> bool:

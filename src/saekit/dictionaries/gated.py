@@ -14,7 +14,8 @@ the decoder, which gives the gate a gradient the step function would deny it.
 
 Training computes the encoder product once: since ``W_gate ⊙ exp(r_mag)`` only
 rescales columns, ``mag = u ⊙ exp(r_mag) + b_mag`` with ``u = (x − b_dec) W_gate``,
-the same product the gate adds ``b_gate`` to. Only the pairs with ``π > 0`` matter to
+the same product the gate adds ``b_gate`` to. (A transcoder reads ``x`` uncentred and
+adds its skip path to both reconstructions; see ``base``.) Only the pairs with ``π > 0`` matter to
 any term (f̃, the L1 and the auxiliary reconstruction all vanish elsewhere), so a
 sparse batch runs on those pairs alone.
 """
@@ -54,7 +55,7 @@ class GatedDictionary(Dictionary):
             W, r, b = self.W_enc, self.r_mag, self.b_mag
         else:
             W, r, b = self.W_enc[:, features], self.r_mag[features], self.b_mag[features]
-        return (x - self.b_dec) @ (W * r.exp()) + b
+        return self.centre(x) @ (W * r.exp()) + b
 
     def activate(self, pre: Tensor, features: Tensor | None = None, x: Tensor | None = None) -> Tensor:
         assert x is not None, "the gated magnitude path needs the input"
@@ -64,24 +65,25 @@ class GatedDictionary(Dictionary):
         u_batch = self.batch_pre_acts(x, with_b_enc=False)
         open_gate = u_batch > -self.b_enc  # π > 0
         norms = self.W_dec.norm(dim=1)
+        bias = self.output_bias(x)
         if sparse_enough(open_gate):
             pattern = SparsityPattern.from_mask(open_gate)
             i = pattern.features
-            u = pre_acts_at(u_batch, pattern, x, self.W_enc, None, self.b_dec)
+            u = pre_acts_at(u_batch, pattern, x, self.W_enc, None, self.input_bias)
             gate_act = u + self.b_enc[i]  # π, positive on every pair of the pattern
             f = (u * self.r_mag[i].exp() + self.b_mag[i]).relu()
-            x_hat = sparse_decode(f, pattern, self.W_dec) + self.b_dec
+            x_hat = sparse_decode(f, pattern, self.W_dec) + bias
             l1 = (gate_act * norms[i]).sum() / x.shape[0]
-            gate_hat = sparse_decode(gate_act, pattern, self.W_dec.detach()) + self.b_dec.detach()
+            gate_hat = sparse_decode(gate_act, pattern, self.W_dec.detach()) + bias.detach()
             fired, n_active = activity(f, pattern)
         else:
-            u = dense_pre_acts(x, self.W_enc, None, self.b_dec, u_batch)
+            u = dense_pre_acts(x, self.W_enc, None, self.input_bias, u_batch)
             gate = u + self.b_enc
             f = (gate > 0).to(u.dtype) * (u * self.r_mag.exp() + self.b_mag).relu()
-            x_hat = f @ self.W_dec + self.b_dec
+            x_hat = f @ self.W_dec + bias
             gate_act = gate.relu()
             l1 = (gate_act * norms).sum(-1).mean()
-            gate_hat = gate_act @ self.W_dec.detach() + self.b_dec.detach()
+            gate_hat = gate_act @ self.W_dec.detach() + bias.detach()
             fired, n_active = dense_activity(f)
         recon = mse(target, x_hat)
         aux = mse(target, gate_hat)

@@ -102,16 +102,16 @@ class JumpReLUDictionary(Dictionary):
         relevant = pre_batch > (self.threshold - eps).detach()
         if sparse_enough(relevant):
             pattern = SparsityPattern.from_mask(relevant)
-            pre = pre_acts_at(pre_batch, pattern, x, self.W_enc, self.b_enc, self.b_dec)
+            pre = pre_acts_at(pre_batch, pattern, x, self.W_enc, self.b_enc, self.input_bias)
             theta = self.threshold[pattern.features]
             f = _JumpReLU.apply(pre, theta, eps)
-            x_hat = sparse_decode(f, pattern, self.W_dec) + self.b_dec
+            x_hat = sparse_decode(f, pattern, self.W_dec) + self.output_bias(x)
             l0 = _Step.apply(pre, theta, eps).sum() / x.shape[0]
             fired, n_active = activity(f, pattern)
         else:
-            pre = dense_pre_acts(x, self.W_enc, self.b_enc, self.b_dec, pre_batch)
+            pre = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre_batch)
             f = _JumpReLU.apply(pre, self.threshold, eps)
-            x_hat = f @ self.W_dec + self.b_dec
+            x_hat = f @ self.W_dec + self.output_bias(x)
             l0 = _Step.apply(pre, self.threshold, eps).sum(-1).mean()
             fired, n_active = dense_activity(f)
         recon = mse(target, x_hat)

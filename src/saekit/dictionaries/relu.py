@@ -39,13 +39,13 @@ class ReLUDictionary(Dictionary):
         if sparse_enough(active):
             pattern = SparsityPattern.from_mask(active)
             # Every entry of the pattern is positive, so the ReLU is the identity there.
-            f = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.b_dec)
-            x_hat = sparse_decode(f, pattern, self.W_dec) + self.b_dec
+            f = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias)
+            x_hat = sparse_decode(f, pattern, self.W_dec) + self.output_bias(x)
             l1 = (f * norms[pattern.features]).sum() / x.shape[0]
             fired, n_active = activity(f, pattern)
         else:
-            f = dense_pre_acts(x, self.W_enc, self.b_enc, self.b_dec, pre).relu()
-            x_hat = f @ self.W_dec + self.b_dec
+            f = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre).relu()
+            x_hat = f @ self.W_dec + self.output_bias(x)
             l1 = (f * norms).sum(-1).mean()
             fired, n_active = dense_activity(f)
         recon = mse(target, x_hat)

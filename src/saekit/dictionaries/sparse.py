@@ -250,7 +250,7 @@ def _bias_gradients(G_features: Tensor, W_enc: Tensor, needs_b_enc: bool, needs_
     pre-activations as ``−b_dec W_enc``, so its gradient needs only the batch sum of
     the pre-activation gradients, never the (B, d) input gradient."""
     grad_b_enc = G_features if needs_b_enc else None
-    grad_b_dec = -(W_enc @ G_features.to(W_enc.dtype)) if needs_b_dec else None
+    grad_b_dec = -(W_enc @ G_features.to(W_enc.dtype)) if needs_b_dec else None  # False when b_dec is None
     return grad_b_enc, grad_b_dec
 
 
@@ -270,7 +270,7 @@ class _PreActsAt(torch.autograd.Function):
         grad_x = grad_W = None
         if needs_W:
             order, starts = pattern.by_feature()
-            centred = (x - b_dec).to(W_enc.dtype)
+            centred = (x if b_dec is None else x - b_dec).to(W_enc.dtype)
             # (F, d) rows summed feature by feature, returned as the d × F gradient.
             grad_W = _weighted_row_sums(
                 centred, pattern.tokens_by_feature(), starts, grad.index_select(0, order)
@@ -283,10 +283,11 @@ class _PreActsAt(torch.autograd.Function):
 
 
 def pre_acts_at(
-    pre: Tensor, pattern: SparsityPattern, x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor
+    pre: Tensor, pattern: SparsityPattern, x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor | None
 ) -> Tensor:
     """The entries of ``pre`` at ``pattern``, differentiable as the entries of
-    ``(x − b_dec) W_enc + b_enc`` (without ``+ b_enc`` when it is None).
+    ``(x − b_dec) W_enc + b_enc`` (without ``+ b_enc`` when it is None, and without
+    ``− b_dec`` when that is None: a transcoder's input has no pre-bias).
 
     ``pre`` must hold that product for the batch, computed without gradient (every
     architecture computes it anyway to choose its active pairs); the backward pass
@@ -298,7 +299,7 @@ def pre_acts_at(
 class _DensePreActs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, pre: Tensor | None) -> Tensor:
-        centred = x - b_dec
+        centred = x if b_dec is None else x - b_dec
         ctx.save_for_backward(centred, W_enc)
         if pre is not None:
             return pre.clone()
@@ -317,10 +318,10 @@ class _DensePreActs(torch.autograd.Function):
 
 
 def dense_pre_acts(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor, pre: Tensor | None = None
+    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor | None, pre: Tensor | None = None
 ) -> Tensor:
-    """``(x − b_dec) W_enc + b_enc`` of shape (B, F) (without ``+ b_enc`` when it is
-    None), whose backward gives ``b_dec`` its gradient by a matrix–vector product
+    """``(x − b_dec) W_enc + b_enc`` of shape (B, F) (without ``+ b_enc`` or ``− b_dec``
+    when it is None), whose backward gives ``b_dec`` its gradient by a matrix–vector product
     instead of the (B, F)·(F, d) input gradient (2·d·F FLOPs per token saved).
 
     ``pre``, when given, is that product already computed without gradient (to choose

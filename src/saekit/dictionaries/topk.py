@@ -97,8 +97,8 @@ class TopKDictionary(Dictionary):
         pre = self.batch_pre_acts(x)
         pattern = self.select(pre)
         # The ReLU after the selection: a selected pre-activation ≤ 0 contributes 0.
-        values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.b_dec).relu()
-        x_hat = sparse_decode(values, pattern, self.W_dec) + self.b_dec
+        values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
+        x_hat = sparse_decode(values, pattern, self.W_dec) + self.output_bias(x)
         recon = mse(target, x_hat)
         aux = self.auxk_loss(x, x_hat, pre, params, target)
         loss = recon + params.auxk_coeff * aux

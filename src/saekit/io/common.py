@@ -119,6 +119,11 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "act_scale": (lambda v: isinstance(v, float) or is_int(v) and abs(v) < 1e300, "a number"),
     "context_length": (lambda v: v is None or is_int(v) and v > 0, "a positive integer or null"),
     "keep_bos": (lambda v: isinstance(v, bool), "true or false"),
+    "transcoder": (lambda v: isinstance(v, bool), "true or false"),
+    "target": (lambda v: isinstance(v, str), "a string"),
+    "d_out": (lambda v: v is None or is_int(v), "an integer or null"),
+    "skip": (lambda v: isinstance(v, bool), "true or false"),
+    "target_scale": (lambda v: isinstance(v, float) or is_int(v) and abs(v) < 1e300, "a number"),
 }
 
 
@@ -128,8 +133,9 @@ def make_config(path: Path, **fields: Any) -> DictionaryConfig:
         ok, expected = _FIELD_TYPES[key]
         if not ok(value):
             raise FormatError(f"{path}: {key!r} must be {expected}, got {value!r}")
-    if "act_scale" in fields:
-        fields["act_scale"] = float(fields["act_scale"])
+    for key in ("act_scale", "target_scale"):
+        if key in fields:
+            fields[key] = float(fields[key])
     try:
         return DictionaryConfig(**fields)
     except ConfigError as e:

@@ -1,5 +1,6 @@
 """dictionary_learning: ``config.json`` + ``ae.pt`` (``AutoEncoder``, ``GatedAutoEncoder``,
-``JumpReluAutoEncoder``, ``AutoEncoderTopK``, ``BatchTopKSAE``).
+``JumpReluAutoEncoder``, ``AutoEncoderTopK``, ``BatchTopKSAE``). Sparse autoencoders only:
+none of these classes has an output space of its own, so transcoders are refused.
 
 Nothing is unpickled with code execution: ``torch.load(weights_only=True)``.
 """
@@ -131,6 +132,12 @@ def load_dictionary_learning(folder: str | os.PathLike) -> Dictionary:
 def save_dictionary_learning(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
     """Write ``ae.pt`` (a plain dict of tensors) + ``config.json`` in dictionary_learning's layout."""
     c = dictionary.cfg
+    if c.transcoder:
+        raise FormatError(
+            "dictionary_learning has no transcoder format (its dictionary classes reconstruct their own "
+            "input), so this transcoder cannot be written as it. Formats that take transcoders: saekit's own, "
+            "sparsify (topk, output width = input width) and SAELens (relu, jumprelu, batchtopk)"
+        )
     w = weights_of(dictionary)
     cls = {v: k for k, v in DL_CLASSES.items()}.get(c.arch)
     if cls is None:

@@ -17,6 +17,11 @@ Formats (the files that identify them):
 * dictionary_learning: ``config.json`` + ``ae.pt`` (``AutoEncoder``, ``GatedAutoEncoder``,
   ``JumpReluAutoEncoder``, ``AutoEncoderTopK``, ``BatchTopKSAE``).
 
+Transcoders live in the same files: saekit's own format, SAELens (its ``transcoder``,
+``skip_transcoder``, ``jumprelu_transcoder``, ``jumprelu_skip_transcoder``) and sparsify
+(``transcode``, ``skip_connection``; output width = input width) read and write them;
+dictionary_learning has none, and its writer refuses one.
+
 Local files only: a Hub name is resolved by ``saekit.loading.load`` (what ``saekit.load``
 is), which sits above this module and ``saekit.hub``. A loaded dictionary is for use,
 not training: its parameters do not require gradients (``requires_grad_(True)`` turns

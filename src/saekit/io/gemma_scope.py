@@ -1,4 +1,9 @@
-"""Gemma Scope: one ``params.npz`` per JumpReLU dictionary, read with ``allow_pickle=False``."""
+"""Gemma Scope: one ``params.npz`` per JumpReLU dictionary, read with ``allow_pickle=False``.
+
+Gemma Scope's transcoders (gemma-scope-2b-pt-transcoders) use the same file, and nothing
+in it tells them apart: pass ``target=`` to load one as a transcoder. saekit writes no
+Gemma Scope files (for transcoders: saekit's own format, sparsify or SAELens).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from ..errors import FormatError
 from .common import GEMMA_SCOPE_ARRAYS, GEMMA_SCOPE_PARAMS, build_checked, checked_tensor, dictionary_folder, make_config
 
 
-def load_gemma_scope(path: str | os.PathLike, hook: str = "", model: str = "") -> Dictionary:
+def load_gemma_scope(path: str | os.PathLike, hook: str = "", model: str = "", target: str = "") -> Dictionary:
     """Load a Gemma Scope ``params.npz`` (the file or its folder) as a JumpReLU dictionary.
 
     Gemma Scope computes ``pre = x W_enc + b_enc`` without subtracting ``b_dec`` and
@@ -26,7 +31,9 @@ def load_gemma_scope(path: str | os.PathLike, hook: str = "", model: str = "") -
     encoder bias becomes ``b_enc + b_dec W_enc``, and clamps a negative threshold to 0
     (exact, given the ReLU). The file records neither hook point nor model
     (they live in the release's folder names): pass them, or set ``cfg.hook`` later.
-    Read with ``allow_pickle=False``: nothing in the file can execute.
+    ``target``, the hook point a Gemma Scope transcoder writes, loads the file as a
+    transcoder (which reads ``x`` uncentred, so ``b_enc`` is kept as it is; ``W_dec``
+    may then be F × d_out). Read with ``allow_pickle=False``: nothing in the file can execute.
     """
     p = Path(path)
     file = p if p.is_file() else dictionary_folder(p) / GEMMA_SCOPE_PARAMS
@@ -37,15 +44,21 @@ def load_gemma_scope(path: str | os.PathLike, hook: str = "", model: str = "") -
     if "W_enc" not in arrays or arrays["W_enc"].ndim != 2:
         raise FormatError(f"{file} lacks a 2-D 'W_enc' (found: {sorted(found)})")
     d, F = arrays["W_enc"].shape
-    what = "Gemma Scope JumpReLU dictionary"
+    # A transcoder's output width is its decoder's; a sparse autoencoder's is its input's.
+    W_dec_found = arrays.get("W_dec")
+    d_out = W_dec_found.shape[-1] if target and W_dec_found is not None and W_dec_found.ndim == 2 else d
+    what = f"Gemma Scope JumpReLU {'transcoder' if target else 'dictionary'}"
     W_enc = checked_tensor(arrays, "W_enc", (d, F), file, what)
-    W_dec = checked_tensor(arrays, "W_dec", (F, d), file, what)
+    W_dec = checked_tensor(arrays, "W_dec", (F, d_out), file, what)
     b_enc = checked_tensor(arrays, "b_enc", (F,), file, what)
-    b_dec = checked_tensor(arrays, "b_dec", (d,), file, what)
+    b_dec = checked_tensor(arrays, "b_dec", (d_out,), file, what)
     threshold = checked_tensor(arrays, "threshold", (F,), file, what)
-    cfg = make_config(file, arch="jumprelu", d_in=d, d_sae=F, hook=hook, model=model)
+    transcoder = {"transcoder": True, "target": target, "d_out": d_out} if target else {}
+    cfg = make_config(file, arch="jumprelu", d_in=d, d_sae=F, hook=hook, model=model, **transcoder)
     return build_checked(cfg, {
-        "W_enc": W_enc, "W_dec": W_dec, "b_dec": b_dec, "b_enc": b_enc + b_dec @ W_enc,
+        "W_enc": W_enc, "W_dec": W_dec, "b_dec": b_dec,
+        # A transcoder does not centre its input either: Gemma Scope's bias as it is.
+        "b_enc": b_enc if target else b_enc + b_dec @ W_enc,
         "threshold": threshold.clamp_min(0.0),
     }, file)
 

@@ -3,6 +3,12 @@
 Architectures ``standard``, ``topk``, ``jumprelu`` and ``gated``; saekit's BatchTopK is
 written as SAELens writes its own BatchTopK for inference: a ``jumprelu`` with the global
 threshold per feature.
+
+Transcoders: ``transcoder`` and ``skip_transcoder`` (ReLU), ``jumprelu_transcoder`` and
+``jumprelu_skip_transcoder``. The config adds ``d_out`` and the target hook point as
+``metadata.hook_name_out``; ``W_dec`` is F × d_out, ``b_dec`` d_out, and ``W_skip`` is
+d_out × d_in, applied as ``x W_skipᵀ``. The input is never centred by ``b_dec`` (SAELens
+requires ``apply_b_dec_to_input`` false for them), as in saekit's transcoders.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from .files import atomic_save_tensors, atomic_write_text
 # SAELens writes its own for inference: a jumprelu with the global threshold per feature.
 SAELENS_ARCHS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 SAELENS_ARCH_WRITTEN = {**{ours: theirs for theirs, ours in SAELENS_ARCHS.items()}, "batchtopk": "jumprelu"}
+# SAELens transcoder architecture → (saekit architecture, skip path), and what each saekit
+# architecture is written as (SAELens has no TopK or gated transcoder).
+SAELENS_TRANSCODERS = {
+    "transcoder": ("relu", False), "skip_transcoder": ("relu", True),
+    "jumprelu_transcoder": ("jumprelu", False), "jumprelu_skip_transcoder": ("jumprelu", True),
+}
+SAELENS_TRANSCODER_WRITTEN = {"relu": "transcoder", "jumprelu": "jumprelu_transcoder", "batchtopk": "jumprelu_transcoder"}
+SAELENS_SKIP_WRITTEN = {"transcoder": "skip_transcoder", "jumprelu_transcoder": "jumprelu_skip_transcoder"}
 # The SAELens version written into saved configs: >= 6 so that SAELens reads the
 # config as its 6.x layout (hook/model names under "metadata").
 SAELENS_VERSION_WRITTEN = "6.0.0"
@@ -45,6 +59,16 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
     if "architecture" not in raw and raw.get("activation_fn_str", raw.get("activation_fn")) == "topk":
         arch = "topk"
     d, F = require_key(raw, "d_in", cfg_path), require_key(raw, "d_sae", cfg_path)
+    if raw.get("reshape_activations", "none") not in ("none", None):
+        raise FormatError(
+            f"{cfg_path} sets reshape_activations={raw['reshape_activations']!r} (per-head hook_z "
+            "inputs); saekit does not support it yet"
+        )
+    for key in ("hook_head_index", "hook_head_index_out"):
+        if raw.get(key, meta.get(key)) is not None:
+            raise FormatError(f"{cfg_path} sets {key} (a single attention head); saekit does not support it yet")
+    if isinstance(arch, str) and arch in SAELENS_TRANSCODERS:
+        return _load_saelens_transcoder(raw, meta, arch, d, F, cfg_path, w_path)
     k = None
     if arch == "topk":
         fn_kwargs = raw.get("activation_fn_kwargs")
@@ -55,7 +79,7 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
     elif not isinstance(arch, str) or arch not in SAELENS_ARCHS:
         raise FormatError(
             f"{cfg_path} names SAELens architecture {arch!r}; saekit reads 'standard', 'topk', "
-            "'jumprelu' and 'gated'"
+            f"'jumprelu' and 'gated', and the transcoders {', '.join(map(repr, SAELENS_TRANSCODERS))}"
         )
     norm = raw.get("normalize_activations", "none")
     if norm is False or norm is None:
@@ -78,31 +102,13 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
             f"{cfg_path} sets normalize_activations={norm!r}, a per-token (or whitening) normalisation "
             "that cannot be folded exactly into a dictionary's weights; saekit does not support it"
         )
-    if raw.get("reshape_activations", "none") not in ("none", None):
-        raise FormatError(
-            f"{cfg_path} sets reshape_activations={raw['reshape_activations']!r} (per-head hook_z "
-            "inputs); saekit does not support it yet"
-        )
-    if raw.get("hook_head_index", meta.get("hook_head_index")) is not None:
-        raise FormatError(f"{cfg_path} sets hook_head_index (a single attention head); saekit does not support it yet")
 
-    cfg = make_config(
-        cfg_path, arch=SAELENS_ARCHS[arch], d_in=d, d_sae=F, k=k,
-        hook=str(meta.get("hook_name", raw.get("hook_name", raw.get("hook_point", ""))) or ""),
-        model=str(meta.get("model_name", raw.get("model_name", "")) or ""),
-        context_length=meta.get("context_size", raw.get("context_size")),
-        keep_bos=_saelens_keep_bos(raw, meta),
-    )
+    cfg = make_config(cfg_path, arch=SAELENS_ARCHS[arch], d_in=d, d_sae=F, k=k, **_provenance(raw, meta))
     w = read_safetensors(w_path)
     what = f"SAELens {arch} SAE"
     W_enc = checked_tensor(w, "W_enc", (d, F), w_path, what)
-    W_dec = checked_tensor(w, "W_dec", (F, d), w_path, what)
+    W_dec = _decoder(w, F, d, w_path, what)
     b_dec = checked_tensor(w, "b_dec", (d,), w_path, what)
-    if "scaling_factor" in w:
-        # Old "finetuning scaling factor": f is multiplied by it before decoding; folding
-        # it into the decoder rows gives the same reconstruction with the same f.
-        s = checked_tensor(w, "scaling_factor", (F,), w_path, what)
-        W_dec = W_dec * s[:, None]
     apply_b_dec = raw.get("apply_b_dec_to_input", True)
     # SAELens computes pre = (x − b_dec·[apply_b_dec_to_input]) W_enc + b_enc; saekit always
     # subtracts b_dec. Without the subtraction, pre = x W_enc + b_enc = (x − b_dec) W_enc +
@@ -118,15 +124,7 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
     else:
         tensors["b_enc"] = checked_tensor(w, "b_enc", (F,), w_path, what) + shift
         if arch == "jumprelu":
-            if "threshold" in w:
-                theta = checked_tensor(w, "threshold", (F,), w_path, what)
-            elif "log_threshold" in w:
-                theta = checked_tensor(w, "log_threshold", (F,), w_path, what).exp()
-            else:
-                raise FormatError(f"{w_path} lacks the tensor 'threshold' needed by a {what}")
-            # SAELens: f = ReLU(pre)·1[pre > θ]; saekit: f = pre·1[pre > θ]. They agree
-            # for θ ≥ 0, and a negative θ behaves as θ = 0 under SAELens' ReLU.
-            tensors["threshold"] = theta.clamp_min(0.0)
+            tensors["threshold"] = _threshold(w, F, w_path, what)
         elif arch == "topk" and raw.get("rescale_acts_by_decoder_norm", False):
             # SAELens ranks pre·‖W_dec[i]‖ and decodes f/‖W_dec[i]‖; scaling the
             # encoder column and bias by the norm and the decoder row by its inverse
@@ -138,6 +136,75 @@ def load_saelens(folder: str | os.PathLike, norm_scaling_factor: float | None = 
         # The SAE saw x·s, i.e. x / (1/s): saekit's fold makes it act on raw x.
         dictionary.fold_activation_scale(1.0 / scale)
     return dictionary
+
+
+def _load_saelens_transcoder(
+    raw: dict, meta: dict, arch: str, d: int, F: int, cfg_path: Path, w_path: Path
+) -> Dictionary:
+    """A SAELens transcoder folder as a saekit transcoder (see the module docstring)."""
+    base, skip = SAELENS_TRANSCODERS[arch]
+    d_out = require_key(raw, "d_out", cfg_path)
+    norm = raw.get("normalize_activations", "none")
+    if norm not in ("none", None, False):
+        # SAELens normalises a transcoder's input but not its output, and records no
+        # constant for the target; no fold into the weights reproduces that.
+        raise FormatError(
+            f"{cfg_path} sets normalize_activations={norm!r} on a transcoder; saekit reads SAELens "
+            "transcoders only with normalize_activations='none'"
+        )
+    # SAELens' Transcoder never subtracts b_dec from its input (its process_sae_in skips
+    # it, whatever apply_b_dec_to_input says), and neither does a saekit transcoder.
+    target = meta.get("hook_name_out", raw.get("hook_name_out"))
+    cfg = make_config(
+        cfg_path, arch=base, d_in=d, d_sae=F, transcoder=True, d_out=d_out, skip=skip,
+        target=str(target or ""), **_provenance(raw, meta),
+    )
+    w = read_safetensors(w_path)
+    what = f"SAELens {arch}"
+    tensors = {
+        "W_enc": checked_tensor(w, "W_enc", (d, F), w_path, what),
+        "b_enc": checked_tensor(w, "b_enc", (F,), w_path, what),
+        "W_dec": _decoder(w, F, d_out, w_path, what),
+        "b_dec": checked_tensor(w, "b_dec", (d_out,), w_path, what),
+    }
+    if base == "jumprelu":
+        tensors["threshold"] = _threshold(w, F, w_path, what)
+    if skip:
+        # SAELens adds x W_skipᵀ with W_skip d_out × d_in; saekit adds x W_skip, d_in × d_out.
+        tensors["W_skip"] = checked_tensor(w, "W_skip", (d_out, d), w_path, what).T.contiguous()
+    return build_checked(cfg, tensors, w_path)
+
+
+def _provenance(raw: dict, meta: dict) -> dict[str, Any]:
+    """The config fields that say where a SAELens dictionary's inputs come from."""
+    return {
+        "hook": str(meta.get("hook_name", raw.get("hook_name", raw.get("hook_point", ""))) or ""),
+        "model": str(meta.get("model_name", raw.get("model_name", "")) or ""),
+        "context_length": meta.get("context_size", raw.get("context_size")),
+        "keep_bos": _saelens_keep_bos(raw, meta),
+    }
+
+
+def _decoder(w: dict, F: int, width: int, w_path: Path, what: str) -> torch.Tensor:
+    W_dec = checked_tensor(w, "W_dec", (F, width), w_path, what)
+    if "scaling_factor" in w:
+        # Old "finetuning scaling factor": f is multiplied by it before decoding; folding
+        # it into the decoder rows gives the same reconstruction with the same f.
+        s = checked_tensor(w, "scaling_factor", (F,), w_path, what)
+        W_dec = W_dec * s[:, None]
+    return W_dec
+
+
+def _threshold(w: dict, F: int, w_path: Path, what: str) -> torch.Tensor:
+    if "threshold" in w:
+        theta = checked_tensor(w, "threshold", (F,), w_path, what)
+    elif "log_threshold" in w:
+        theta = checked_tensor(w, "log_threshold", (F,), w_path, what).exp()
+    else:
+        raise FormatError(f"{w_path} lacks the tensor 'threshold' needed by a {what}")
+    # SAELens: f = ReLU(pre)·1[pre > θ]; saekit: f = pre·1[pre > θ]. They agree
+    # for θ ≥ 0, and a negative θ behaves as θ = 0 under SAELens' ReLU.
+    return theta.clamp_min(0.0)
 
 
 def _saelens_keep_bos(raw: dict, meta: dict) -> bool:
@@ -162,12 +229,25 @@ def _saelens_keep_bos(raw: dict, meta: dict) -> bool:
 
 
 def save_saelens(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
-    """Write a SAELens 6.x folder that ``SAE.load_from_disk`` opens."""
+    """Write a SAELens 6.x folder that ``SAE.load_from_disk`` opens (a transcoder as one of
+    SAELens' transcoder classes)."""
     c = dictionary.cfg
     w = weights_of(dictionary)
-    arch = SAELENS_ARCH_WRITTEN.get(c.arch)
-    if arch is None:
-        raise unsupported("SAELens", c.arch, list(SAELENS_ARCH_WRITTEN))
+    if c.transcoder:
+        arch = SAELENS_TRANSCODER_WRITTEN.get(c.arch)
+        if arch is None:
+            raise FormatError(
+                f"a {c.arch} transcoder cannot be written as SAELens; SAELens has transcoders for "
+                f"{sorted(SAELENS_TRANSCODER_WRITTEN)} (batchtopk as its jumprelu_transcoder). "
+                + ("Write it as sparsify (topk transcoders) or saekit's own format"
+                   if c.arch == "topk" else "Write it as saekit's own format")
+            )
+        if c.skip:
+            arch = SAELENS_SKIP_WRITTEN[arch]
+    else:
+        arch = SAELENS_ARCH_WRITTEN.get(c.arch)
+        if arch is None:
+            raise unsupported("SAELens", c.arch, list(SAELENS_ARCH_WRITTEN))
     out = {"W_enc": w["W_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
     if c.arch == "gated":
         out.update(b_gate=w["b_enc"], r_mag=w["r_mag"], b_mag=w["b_mag"])
@@ -182,6 +262,8 @@ def save_saelens(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
                 + "; SAELens applies a ReLU before the threshold and cannot represent it"
             )
         out["threshold"] = theta
+    if c.skip:
+        out["W_skip"] = w["W_skip"].T.contiguous()  # SAELens' W_skip is d_out × d_in
     cfg: dict[str, Any] = {
         "d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
@@ -192,6 +274,10 @@ def save_saelens(dictionary: Dictionary, folder: str | os.PathLike) -> Path:
         },
         "architecture": arch,
     }
+    if c.transcoder:
+        # SAELens refuses apply_b_dec_to_input for transcoders; they read x uncentred, as saekit's do.
+        cfg.update(apply_b_dec_to_input=False, d_out=c.d_out)
+        cfg["metadata"].update(hook_name_out=c.target or None, saekit_target_scale=c.target_scale)
     if arch == "topk":
         cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
     folder = writable_folder_for("saelens", folder)

@@ -37,11 +37,14 @@ class DeadFeatureTracker:
 
 @torch.no_grad()
 def resample_dead(
-    sae: Dictionary, opt: torch.optim.Adam, x: Tensor, x_hat: Tensor, dead: Tensor, gen: torch.Generator
+    sae: Dictionary, opt: torch.optim.Adam, x: Tensor, x_hat: Tensor, dead: Tensor, gen: torch.Generator,
+    target: Tensor | None = None,
 ) -> Tensor:
     """Point dead features at badly reconstructed inputs (Bricken et al. 2023); return their indices.
 
-    Inputs are drawn with probability proportional to their squared error; the
+    Inputs are drawn with probability proportional to their squared error (against
+    ``target``, a transcoder's; else ``x``). A resampled feature writes along the drawn
+    token's target (minus ``b_dec``) and, for a transcoder, reads along its input; the
     new encoder rows get 0.2 × the mean alive encoder norm, and Adam's moments for
     the touched slices (``sae.feature_axes``) are zeroed so old statistics do not push
     them back. The generator stays on the CPU so checkpoints do not depend on the device.
@@ -50,13 +53,14 @@ def resample_dead(
     none = idx[:0]
     if idx.numel() == 0:
         return none
-    err = (x - x_hat).pow(2).sum(-1).double().cpu()
+    y = x if target is None else target
+    err = (y - x_hat).pow(2).sum(-1).double().cpu()
     if float(err.sum()) <= 0:
         return none
     picks = torch.multinomial(err / err.sum(), idx.numel(), replacement=True, generator=gen).to(x.device)
     alive = ~dead
     enc_norm = 0.2 * (sae.W_enc[:, alive].norm(dim=0).mean().item() if bool(alive.any()) else 1.0)
-    sae.reset_features(idx, x[picks] - sae.b_dec, enc_norm)
+    sae.reset_features(idx, y[picks] - sae.b_dec, enc_norm, None if target is None else x[picks])
     for name, axis in sae.feature_axes.items():
         state = opt.state.get(getattr(sae, name))
         for key in ("exp_avg", "exp_avg_sq"):

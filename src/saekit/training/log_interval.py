@@ -43,7 +43,8 @@ class LogInterval:
 
     @torch.no_grad()
     def add(self, x: Tensor, out: LossOutput, resampled: int, waited: float = 0.0) -> None:
-        """``x`` and the loss are in scaled units; ``waited``: seconds spent waiting for this batch."""
+        """``x`` is what ``out.x_hat`` reconstructs (the input, or a transcoder's target);
+        it and the loss are in scaled units; ``waited``: seconds spent waiting for this batch."""
         self.resampled += resampled
         self.waited += waited
         self.steps += 1
@@ -77,7 +78,7 @@ class LogInterval:
             "step": trainer.step,
             "tokens": trainer.tokens,
             **{name: float(total) / self.steps for name, total in sums.items()},  # loss and loss_*
-            "mse": err / self.n * trainer.scale**2,  # raw units, as in eval.json
+            "mse": err / self.n * trainer.output_scale**2,  # raw units, as in eval.json
             "fvu": fvu,
             "l0": l0,
             "dead_frac": trainer.tracker.dead_fraction(trainer.tokens),

@@ -93,14 +93,16 @@ def start_members(
         buffer.set_norm_cap(norm_caps(sample, cfg.max_norm_ratio))
         sample = buffer.peek_sample()
         for run in runs:
-            run.trainer.init_from_sample(sample[:, run.member.column])
+            target = run.member.target_column
+            run.trainer.init_from_sample(sample[:, run.member.column], None if target is None else sample[:, target])
     for run, state in zip(runs, states):
         out, mcfg = run.member.out, run.member.cfg
         fresh = {"config": mcfg.to_dict(), "resolved": run.resolved, "wandb_id": uuid.uuid4().hex[:12]}
         info = (read_run_info(out) or fresh) if resuming else fresh
         # What may change on a resume (where and how it runs) is recorded as it now is.
         info["config"] = {**info.get("config", {}), **{k: getattr(mcfg, k) for k in EXECUTION_ONLY}}
-        info["resolved"] = {**run.resolved, "act_scale": run.trainer.scale}
+        info["resolved"] = {**run.resolved, "act_scale": run.trainer.scale,
+                            **({"target_scale": run.trainer.target_scale} if run.trainer.transcoder else {})}
         write_run_info(out, info)
         run.run_log = RunLog(out / LOG_FILE, mcfg, {"train": mcfg.to_dict(), "dictionary": run.trainer.sae.cfg.to_dict()},
                              info.get("wandb_id"), resume_at_step=run.trainer.step if resuming else None)
@@ -174,8 +176,11 @@ def train_loop(runs: list[MemberRun], buffer: ActivationBuffer, progress: Progre
             if batch is None:
                 break
             for run in runs:
-                out, x_scaled, resampled = run.trainer.train_step(batch[:, run.member.column])
-                run.interval.add(x_scaled, out, resampled, waited)
+                target = run.member.target_column
+                out, y_scaled, resampled = run.trainer.train_step(
+                    batch[:, run.member.column], None if target is None else batch[:, target]
+                )
+                run.interval.add(y_scaled, out, resampled, waited)
             if lead.step % cfg.log_every == 0 or lead.tokens >= lead.total_tokens:
                 now, io = time.perf_counter(), io_rate()
                 for run in runs:

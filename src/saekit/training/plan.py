@@ -25,17 +25,19 @@ _NAME_PARTS = {
     "arch": "{}", "k": "k{}", "expansion": "x{}", "dict_size": "F{}", "l1_coeff": "l1_{}", "l0_coeff": "l0_{}",
     "lr": "lr{}", "lr_warmup": "warmup{}", "lr_decay": "decay{}", "sparsity_warmup": "swarmup{}",
     "dead_after_tokens": "dead{}", "auxk_coeff": "auxk{}", "resample": "resample{}", "jumprelu_bandwidth": "bw{}",
+    "skip": "skip",
 }
 assert set(_NAME_PARTS) == DICTIONARY_FIELDS
 
 
 @dataclass
 class Member:
-    """One dictionary of a run: its own config (one hook point, its own folder) and where
-    its activations sit in the source's rows."""
+    """One dictionary of a run: its own config (one hook point, a transcoder's one target,
+    its own folder) and where its activations sit in the source's rows."""
 
     cfg: TrainConfig
     column: int  # index of cfg.hook in the source's hook points
+    target_column: int | None = None  # index of cfg.target (a transcoder's), else None
 
     @property
     def out(self) -> Path:
@@ -66,9 +68,42 @@ def check_one_pass(cfgs: Sequence[TrainConfig]) -> None:
         raise ConfigError("two of the configurations are the same dictionary; give each sweep value once")
 
 
-def default_out(cfg: TrainConfig, model_name: str, hook: str) -> Path:
-    """``runs/<model>-<hook>-<arch>`` for one dictionary."""
-    return Path("runs") / f"{_model_stem(model_name)}-{hook}-{cfg.arch}"
+def pair_hook_points(inputs: Sequence[str], targets: Sequence[str] | None) -> list[tuple[str, str | None]]:
+    """(input, target) per dictionary: ``(hook, None)`` for sparse autoencoders; for
+    transcoders the inputs and targets paired in forward order (the first input with
+    the first target), or one target for every input, or one input for every target.
+    Each target must come after its input in the forward pass."""
+    from ..hooks import HookPoint
+
+    if targets is None:
+        return [(h, None) for h in inputs]
+    inputs, targets = list(inputs), list(targets)
+    if len(targets) == 1:
+        targets = targets * len(inputs)
+    elif len(inputs) == 1:
+        inputs = inputs * len(targets)
+    elif len(inputs) != len(targets):
+        raise ConfigError(
+            f"--hook names {len(inputs)} points ({', '.join(inputs)}) and --target {len(targets)} "
+            f"({', '.join(targets)}); give one target per input (paired in forward order), or one target for all"
+        )
+    for source, target in zip(inputs, targets):
+        if not HookPoint.parse(source) < HookPoint.parse(target):
+            raise ConfigError(
+                f"a transcoder reads its input and reconstructs a later point, but --target {target} is "
+                f"{'the same point as' if source == target else 'before'} --hook {source} in the forward pass; "
+                "swap them or pick a later target"
+            )
+    return list(zip(inputs, targets))
+
+
+def _point_name(hook: str, target: str | None) -> str:
+    return hook if target is None else f"{hook}-to-{target}"
+
+
+def default_out(cfg: TrainConfig, model_name: str, hook: str, target: str | None = None) -> Path:
+    """``runs/<model>-<hook>-<arch>`` (``<hook>-to-<target>`` for a transcoder) for one dictionary."""
+    return Path("runs") / f"{_model_stem(model_name)}-{_point_name(hook, target)}-{cfg.arch}"
 
 
 def _model_stem(model_name: str) -> str:
@@ -79,27 +114,35 @@ def _value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def plan_members(cfgs: Sequence[TrainConfig], hooks: Sequence[str], model_name: str) -> list[Member]:
-    """One member per (configuration, hook point), each with its folder.
+def plan_members(
+    cfgs: Sequence[TrainConfig], pairs: Sequence[tuple[str, str | None]], source_hooks: Sequence[str], model_name: str
+) -> list[Member]:
+    """One member per (configuration, (input, target) pair), each with its folder.
 
-    One member: ``--out`` is its folder (``default_out`` without one). Several: ``--out``
-    (default ``runs/<model>``) holds one folder per member, named by its hook point, its
-    architecture and each of its settings that differs from the default, e.g.
-    ``resid_post.6-topk-k32-x16``. A name depends on the member alone, never on which
-    other members the run has, so the same member finds the same folder again even
-    when a later command sweeps fewer values.
+    ``pairs`` come from ``pair_hook_points``; ``source_hooks`` are the source's hook
+    points, whose positions are the members' columns. One member: ``--out`` is its
+    folder (``default_out`` without one). Several: ``--out`` (default ``runs/<model>``)
+    holds one folder per member, named by its hook point (``<hook>-to-<target>`` for a
+    transcoder), its architecture and each of its settings that differs from the
+    default, e.g. ``resid_post.6-topk-k32-x16``. A name depends on the member alone,
+    never on which other members the run has, so the same member finds the same folder
+    again even when a later command sweeps fewer values.
     """
-    if len(cfgs) == 1 and len(hooks) == 1:
-        cfg = cfgs[0]
-        out = Path(cfg.out) if cfg.out else default_out(cfg, model_name, hooks[0])
-        return [Member(dataclasses.replace(cfg, hook=hooks[0], out=str(out)), 0)]
+    source_hooks = list(source_hooks)
+
+    def member(cfg: TrainConfig, hook: str, target: str | None, out: Path) -> Member:
+        cfg = dataclasses.replace(cfg, hook=hook, target=target, out=str(out))
+        return Member(cfg, source_hooks.index(hook), None if target is None else source_hooks.index(target))
+
+    if len(cfgs) == 1 and len(pairs) == 1:
+        cfg, (hook, target) = cfgs[0], pairs[0]
+        return [member(cfg, hook, target, Path(cfg.out) if cfg.out else default_out(cfg, model_name, hook, target))]
     parent = Path(cfgs[0].out) if cfgs[0].out else Path("runs") / _model_stem(model_name)
-    members = []
-    for column, hook in enumerate(hooks):
-        for cfg in cfgs:
-            name = "-".join([hook, cfg.arch, *_setting_parts(cfg)])
-            members.append(Member(dataclasses.replace(cfg, hook=hook, out=str(parent / name)), column))
-    return members
+    return [
+        member(cfg, hook, target, parent / "-".join([_point_name(hook, target), cfg.arch, *_setting_parts(cfg)]))
+        for hook, target in pairs
+        for cfg in cfgs
+    ]
 
 
 def _setting_parts(cfg: TrainConfig) -> list[str]:

@@ -16,6 +16,7 @@ is in raw activation units, as in eval.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from contextlib import ExitStack, contextmanager
@@ -25,7 +26,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 from torch import Tensor
 
-from ..activations import ActivationSource, ModelActivations, is_hook_pattern, open_activation_source, parse_hook_spec
+from ..activations import (
+    ActivationSource,
+    ModelActivations,
+    is_hook_pattern,
+    open_activation_source,
+    parse_hook_spec,
+    select_hook_points,
+)
 from ..config import TrainConfig
 from ..dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig
 from ..errors import ConfigError, DataError, RunInterrupted
@@ -35,7 +43,7 @@ from ..io.files import FolderLock, atomic_write_text, make_folder, remove_if_emp
 from ..io.saekit_format import EVAL_FILE, save_dictionary
 from ..models import resolve_device
 from .loop import MemberRun, start_members, train_loop
-from .plan import Member, check_one_pass, plan_members
+from .plan import Member, check_one_pass, pair_hook_points, plan_members
 from .run_folder import RUN_FILES, check_resolved, check_run_folder, clear_run_files
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,7 @@ def resolved_settings(cfg: TrainConfig, source: ActivationSource, d_sae: int) ->
         "model": source.model_name,
         **({"activation_cache": str(Path(cfg.activation_cache).expanduser().resolve())} if cfg.activation_cache else {}),
         "hook": cfg.hook,
+        **({"target": cfg.target} if cfg.target else {}),
         "dataset": source.dataset_name,
         "context_length": source.context_length,
         "keep_bos": source.keep_bos,
@@ -97,13 +106,54 @@ def _source_hint(cfg: TrainConfig, source: ActivationSource) -> str:
     return f"the model itself produced them in --dtype {cfg.dtype}; check its weights with another tool."
 
 
-def _hooks_known_now(cfg: TrainConfig) -> list[str] | None:
-    """The hook points, when ``--hook`` names them plainly (no pattern, no default to
-    resolve): then the folders can be checked before the model loads."""
-    if cfg.hook is None:
+def _plain_names(spec: str | None) -> list[str] | None:
+    """The hook points ``spec`` names, in forward order, when it names them plainly (no
+    pattern, no default to resolve)."""
+    from ..hooks import HookPoint
+
+    if spec is None:
         return None
-    names = parse_hook_spec(cfg.hook)
-    return None if any(is_hook_pattern(name) for name in names) else names
+    names = parse_hook_spec(spec)
+    return None if any(is_hook_pattern(name) for name in names) else sorted(names, key=HookPoint.parse)
+
+
+def _pairs_known_now(cfg: TrainConfig) -> tuple[list[tuple[str, str | None]], list[str]] | None:
+    """The (input, target) pairs and the hook points to read, when ``--hook`` (and
+    ``--target``) name them plainly: then the folders can be checked before the model loads."""
+    from ..hooks import HookPoint
+
+    inputs, targets = _plain_names(cfg.hook), _plain_names(cfg.target)
+    if inputs is None or (cfg.target is not None and targets is None):
+        return None
+    return pair_hook_points(inputs, targets), sorted(set(inputs) | set(targets or []), key=HookPoint.parse)
+
+
+def _source_spec(cfg: TrainConfig) -> str | None:
+    """The ``--hook`` value for the source: the inputs, and a transcoder's targets too
+    (each point once; the source reads them all in one pass)."""
+    if cfg.target is None:
+        return cfg.hook
+    parts = parse_hook_spec(cfg.hook) + parse_hook_spec(cfg.target)
+    return ",".join(dict.fromkeys(parts))
+
+
+def _pairs_from_source(cfg: TrainConfig, source: ActivationSource) -> list[tuple[str, str | None]]:
+    """The (input, target) pairs among the source's hook points: every point of a source
+    handed in (or a cache read whole) for sparse autoencoders without --hook."""
+    if cfg.target is None:
+        if cfg.hook is None:
+            return pair_hook_points(list(source.hooks), None)
+        return pair_hook_points(_select(cfg.hook, source, "--hook"), None)
+    return pair_hook_points(_select(cfg.hook, source, "--hook"), _select(cfg.target, source, "--target"))
+
+
+def _select(spec: str, source: ActivationSource, flag: str) -> list[str]:
+    return select_hook_points(
+        spec, list(source.hooks),
+        lambda part: ConfigError(
+            f"{flag} {part} is not among the activations' hook points ({', '.join(source.hooks)})"
+        ),
+    )
 
 
 def _check_folders(members: list[Member], source_from_cfg: bool) -> list[dict[str, Any] | None]:
@@ -184,20 +234,24 @@ def train_many(
     # The folders are checked before the slow model load when they are known by then: the
     # hook points are named plainly and either --out is given or the source (and with it
     # the model's name, which default folders carry) was handed in.
-    hooks = _hooks_known_now(cfg) if source is None else list(source.hooks)
-    if hooks is not None and (cfg.out or source is not None):
-        members = plan_members(cfgs, hooks, "" if source is None else source.model_name)
+    known = _pairs_known_now(cfg) if source is None else (_pairs_from_source(cfg, source), list(source.hooks))
+    if known is not None and (cfg.out or source is not None):
+        members = plan_members(cfgs, *known, "" if source is None else source.model_name)
         states = _check_folders(members, source_from_cfg)
     if source is None:
         for c in cfgs:
             _check_k_fits(c)
         status("loading the model" if not cfg.activation_cache else "opening the activation cache")
-        source = open_activation_source(cfg, device, cfg.activation_cache)
-    if _one and len(source.hooks) > 1:
-        raise ConfigError(f"--hook {cfg.hook} names {len(source.hooks)} hook points; train_many trains one dictionary per point")
-    if members is None or hooks != list(source.hooks):  # planned before the load, for other points
-        members = plan_members(cfgs, list(source.hooks), source.model_name)
-        states = _check_folders(members, source_from_cfg)
+        source = open_activation_source(dataclasses.replace(cfg, hook=_source_spec(cfg)), device, cfg.activation_cache)
+    pairs = _pairs_from_source(cfg, source)
+    if _one and len(pairs) > 1:
+        raise ConfigError(f"--hook {cfg.hook} names {len(pairs)} hook points; train_many trains one dictionary per point")
+    planned = plan_members(cfgs, pairs, list(source.hooks), source.model_name)
+    if members is None or [(m.out, m.cfg.hook, m.cfg.target) for m in members] != [
+        (m.out, m.cfg.hook, m.cfg.target) for m in planned
+    ]:  # planned before the load, for other points
+        states = _check_folders(planned, source_from_cfg)
+    members = planned
     if cfg.wandb:
         try:
             import wandb  # noqa: F401
@@ -208,6 +262,7 @@ def train_many(
             arch=m.cfg.arch, d_in=source.d, d_sae=m.cfg.dictionary_size(source.d),
             k=m.cfg.k,  # None for architectures without k (TrainConfig refuses one)
             hook=m.cfg.hook, model=source.model_name, context_length=source.context_length, keep_bos=source.keep_bos,
+            transcoder=m.cfg.target is not None, target=m.cfg.target or "", d_out=source.d, skip=m.cfg.skip,
         )
         for m in members
     ]
@@ -299,8 +354,12 @@ def _finish(
         if cfg.eval_tokens > 0:
             status("evaluating on held-out text" + (f" ({run.member.name})" if len(runs) > 1 else ""))
             try:
-                held = None if heldout is None else heldout[:, run.member.column]
-                metrics, evaluation = _evaluate_run(cfg, final, source, held, out, progress)
+                held = held_targets = None
+                if heldout is not None:
+                    held = heldout[:, run.member.column]
+                    if run.member.target_column is not None:
+                        held_targets = heldout[:, run.member.target_column]
+                metrics, evaluation = _evaluate_run(cfg, final, source, held, held_targets, out, progress)
             except KeyboardInterrupt:
                 raise RunInterrupted(
                     f"interrupted during the final evaluation or report; the trained dictionary is saved in {out}: "
@@ -311,8 +370,8 @@ def _finish(
 
 
 def _evaluate_run(
-    cfg: TrainConfig, final: Dictionary, source: ActivationSource, heldout: Tensor | None, out: Path,
-    progress: ProgressCallback | None,
+    cfg: TrainConfig, final: Dictionary, source: ActivationSource, heldout: Tensor | None,
+    heldout_targets: Tensor | None, out: Path, progress: ProgressCallback | None,
 ) -> tuple[ReconstructionMetrics, EvalResult | None]:
     """Write eval.json and report.html for a finished run.
 
@@ -330,7 +389,7 @@ def _evaluate_run(
         )
         metrics, record = evaluation.fixed.reconstruction, evaluation.to_dict()
     else:
-        metrics = evaluate_reconstruction(final, heldout, progress=progress)
+        metrics = evaluate_reconstruction(final, heldout, progress=progress, targets=heldout_targets)
         record = {
             "dictionary": final.cfg.to_dict(), "fingerprint": final.fingerprint(), "model": source.model_name,
             "hook": final.cfg.hook, "dataset": source.dataset_name,

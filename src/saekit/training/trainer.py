@@ -78,28 +78,50 @@ class DictionaryTrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.total_tokens = cfg.trainable_tokens()
         self.calibration = CalibrationSample(cfg.batch_size, dict_cfg.d_in, device) if self.sae.calibrated else None
+        self.transcoder = dict_cfg.transcoder
+        # Inputs are divided by `scale`; a transcoder's targets by their own `target_scale`.
         self.scale = 1.0
+        self.target_scale = 1.0
         self.step = 0
         self.tokens = 0
         self.resamples = cfg.resample and type(self.sae).revive_dead == "resample"
         # What to say when an input batch holds NaN (where the activations come from).
         self.source_hint = source_hint
 
-    def init_from_sample(self, sample: Tensor) -> None:
-        """Estimate the activation scale and start ``b_dec`` at the data's centre."""
-        self.scale = estimate_scale(sample)
-        self.sae.init_from_data(sample.to(self.sae.W_dec.device, torch.float32) / self.scale)
+    @property
+    def output_scale(self) -> float:
+        """The constant the reconstruction target was divided by (``scale`` unless a transcoder)."""
+        return self.target_scale if self.transcoder else self.scale
 
-    def train_step(self, x_raw: Tensor) -> tuple[LossOutput, Tensor, int]:
-        """One optimiser step on a full batch of raw activations; returns the loss, the
-        scaled batch and the number of features resampled."""
-        cfg, sae = self.cfg, self.sae
-        x = x_raw.to(sae.W_dec.device, torch.float32)
+    def init_from_sample(self, sample: Tensor, target_sample: Tensor | None = None) -> None:
+        """Estimate the activation scales and start ``b_dec`` at the targets' centre."""
+        device = self.sae.W_dec.device
+        self.scale = estimate_scale(sample)
+        target = None
+        if self.transcoder:
+            assert target_sample is not None, "a transcoder starts from a sample of its targets too"
+            self.target_scale = estimate_scale(target_sample)
+            target = target_sample.to(device, torch.float32) / self.target_scale
+        self.sae.init_from_data(sample.to(device, torch.float32) / self.scale, target=target)
+
+    def _scaled(self, raw: Tensor, scale: float, hook: str) -> Tensor:
+        x = raw.to(self.sae.W_dec.device, torch.float32)
         if not torch.isfinite(x).all():
             raise TrainingDivergedError(
-                f"the activations at {sae.cfg.hook} contain NaN or Inf (step {self.step}); {self.source_hint}"
+                f"the activations at {hook} contain NaN or Inf (step {self.step}); {self.source_hint}"
             )
-        x = x / self.scale
+        return x / scale
+
+    def train_step(self, x_raw: Tensor, target_raw: Tensor | None = None) -> tuple[LossOutput, Tensor, int]:
+        """One optimiser step on a full batch of raw activations (and a transcoder's raw
+        targets); returns the loss, the scaled reconstruction target and the number of
+        features resampled."""
+        cfg, sae = self.cfg, self.sae
+        x = self._scaled(x_raw, self.scale, sae.cfg.hook)
+        target = None
+        if self.transcoder:
+            assert target_raw is not None, "a transcoder steps on its inputs and their targets"
+            target = self._scaled(target_raw, self.target_scale, sae.cfg.target)
         # Schedules are read at the middle of the step's tokens: the first step then
         # learns (a warm-up read at 0 would make it a step of size zero) and so does the last.
         progress = (self.tokens + x.shape[0] / 2) / self.total_tokens
@@ -111,7 +133,7 @@ class DictionaryTrainer:
             auxk_coeff=cfg.auxk_coeff,
             jumprelu_bandwidth=cfg.jumprelu_bandwidth,
         )
-        out = sae(x, params=params)
+        out = sae(x, target, params)
         if not torch.isfinite(out.loss):
             raise TrainingDivergedError(
                 f"the loss became {float(out.loss)} at step {self.step} ({self.tokens} tokens) with lr "
@@ -132,12 +154,12 @@ class DictionaryTrainer:
         window = self.tracker.window
         if self.resamples and self.tokens // window > (self.tokens - x.shape[0]) // window:
             if self.tokens < RESAMPLE_STOP_FRACTION * self.total_tokens:
-                idx = resample_dead(sae, self.opt, x, out.x_hat.detach(), self.tracker.dead, self.gen)
+                idx = resample_dead(sae, self.opt, x, out.x_hat.detach(), self.tracker.dead, self.gen, target=target)
                 # Only the resampled features start a new window; a dead feature that
                 # was not resampled stays dead (and is counted as such).
                 self.tracker.tokens_since_fired[idx] = 0
                 resampled = idx.numel()
-        return out, x, resampled
+        return out, x if target is None else target, resampled
 
     def state_finite(self) -> bool:
         """Weights and Adam's moments all finite (checked before every checkpoint)."""
@@ -151,7 +173,7 @@ class DictionaryTrainer:
         final = copy.deepcopy(self.sae).eval()
         if self.calibration is not None and self.calibration.filled:
             final.calibrate(self.calibration.sample())
-        final.fold_activation_scale(self.scale)
+        final.fold_activation_scale(self.scale, self.target_scale if self.transcoder else None)
         final.requires_grad_(False)
         return final
 
@@ -162,6 +184,7 @@ class DictionaryTrainer:
             "tokens_since_fired": self.tracker.tokens_since_fired,
             "generator": self.gen.get_state(),
             "act_scale": self.scale,
+            "target_scale": self.target_scale,
             "step": self.step,
             "tokens_done": self.tokens,
             "calibration": None if self.calibration is None else self.calibration.state(),
@@ -173,6 +196,7 @@ class DictionaryTrainer:
         self.tracker.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.gen.set_state(state["generator"])
         self.scale, self.step, self.tokens = state["act_scale"], state["step"], state["tokens_done"]
+        self.target_scale = state.get("target_scale", 1.0)  # absent from checkpoints written before transcoders
         if self.calibration is not None:
             self.calibration.load(state["calibration"])
 

@@ -291,14 +291,25 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from .io.saekit_format import REPORT_FILE
     from .training import train_many
 
+    from .training.distributed import close, ranks_from_environment
+
     cfgs = _train_configs(ns)
     hooks = [] if cfgs[0].hook is None else parse_hook_spec(cfgs[0].hook)
     many = len(cfgs) > 1 or len(hooks) > 1 or any(is_hook_pattern(h) for h in hooks)
-    bars = _ProgressBars("train several dictionaries" if many else f"train {cfgs[0].arch}", cfgs[0].trainable_tokens())
+    ranks = ranks_from_environment()  # under torchrun: this process's rank
+    # In a data-parallel run rank 0 speaks for all (the others hold the same figures).
+    quiet = ranks.distributed and cfgs[0].parallel == "data" and not ranks.main
+    bars = None if quiet else _ProgressBars(
+        "train several dictionaries" if many else f"train {cfgs[0].arch}", cfgs[0].trainable_tokens()
+    )
     try:
         results = train_many(cfgs, progress=bars)
     finally:
-        bars.close()
+        if bars is not None:
+            bars.close()
+        close(ranks)
+    if quiet:
+        return 0
     for result in results:
         c = result.dictionary.cfg
         print(f"\nsaved {c.arch} dictionary ({c.d_sae} features, {c.hook} of {c.model}) to {result.out}")

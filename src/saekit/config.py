@@ -252,6 +252,12 @@ class TrainConfig(SourceConfig):
         default=None,
     )
     # Where and how.
+    parallel: str = _opt(
+        "under torchrun: 'data' trains every dictionary on all ranks, each stepping on its share of every "
+        "global batch (DDP; --batch-size stays the global batch); 'dictionaries' deals the dictionaries out to "
+        "the ranks, each running its own model pass",
+        default="data", choices=("data", "dictionaries"),
+    )
     out: str | None = _opt("output folder; default runs/<model>-<hook>-<arch>", default=None)
     resume: bool = _opt("continue the run in --out from its last checkpoint", default=False)
     overwrite: bool = _opt("replace an --out folder that holds a different run", default=False)
@@ -331,6 +337,8 @@ class TrainConfig(SourceConfig):
                 _bad(f"--target {self.target} needs --hook: the hook point each transcoder reads (e.g. --hook mlp_in.6)")
         if self.skip and self.target is None:
             _bad("--skip adds a skip path to a transcoder; give --target (the hook point it reconstructs) or drop --skip")
+        if self.parallel not in ("data", "dictionaries"):
+            _bad(f"--parallel must be data or dictionaries, got {self.parallel!r}")
         if self.resume and self.overwrite:
             _bad("--resume continues the run in --out and --overwrite replaces it; choose one")
 

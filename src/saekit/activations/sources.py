@@ -164,6 +164,9 @@ class ModelActivations:
             )
         self._stream: ContextStream | None = None
         self.read_seconds = 0.0  # in read_chunk: tokenising and the forward passes
+        # The ranks of a data-parallel run (``training.distributed.Ranks``): each runs the
+        # model on its share of every chunk's batches and all gather the whole chunk.
+        self.ranks: Any = None
 
     def _contexts(self, split: str, start: int, repeat: bool) -> ContextStream:
         return ContextStream(
@@ -195,7 +198,10 @@ class ModelActivations:
         # resume), since rebuilding re-tokenises everything before that position.
         if self._stream is None or self._stream.contexts_done != position["contexts"]:
             self._stream = self._contexts("train", position["contexts"], repeat=True)
-        rows = self._collect(self._stream, min_tokens, "reading activations from the model")
+        if self.ranks is not None and self.ranks.distributed:
+            rows = self._collect_shared(self._stream, min_tokens, "reading activations from the model")
+        else:
+            rows = self._collect(self._stream, min_tokens, "reading activations from the model")
         # No device sync needed for the timing: selecting the kept tokens by a boolean
         # mask already waits for the forward pass (the row count must reach the host).
         self.read_seconds += time.perf_counter() - started
@@ -212,6 +218,37 @@ class ModelActivations:
             if n >= min_tokens:
                 break
         return torch.cat(parts) if parts else torch.empty(0, len(self.hooks), self.d, device=self.lm.device)
+
+    def _collect_shared(self, stream: ContextStream, min_tokens: int, phase: str) -> Tensor:
+        """``_collect``'s chunk, for 1/N of its forward passes: every rank takes the same
+        batches from the stream (their token counts come from the masks, before any
+        forward pass), runs the model on every N-th one (batch i on rank i mod N), and
+        all gather the results back into stream order."""
+        from ..training.distributed import gather_rows
+
+        ranks = self.ranks
+        batches, counts, n = [], [], 0
+        for batch in stream:
+            batches.append(batch)
+            counts.append(int(batch.token_mask(self.keep_bos).sum()))
+            n += counts[-1]
+            if n >= min_tokens:
+                break
+        mine = [self.activations(b) for b in batches[ranks.rank :: ranks.world]]
+        local = torch.cat(mine) if mine else torch.empty(0, len(self.hooks), self.d, device=self.lm.device)
+        everyone = gather_rows(local, ranks, sizes=[sum(counts[r :: ranks.world]) for r in range(ranks.world)])
+        if self.progress:
+            self.progress({"phase": phase, "done": min(n, min_tokens), "total": min_tokens, "unit": "tok"})
+        # Rank r's block holds batches r, r + N, ...: put every batch back in its place.
+        starts = np.cumsum([0] + [sum(counts[r :: ranks.world]) for r in range(ranks.world)])
+        taken = [0] * ranks.world
+        pieces = []
+        for i, count in enumerate(counts):
+            r = i % ranks.world
+            lo = int(starts[r]) + taken[r]
+            pieces.append(everyone[lo : lo + count])
+            taken[r] += count
+        return torch.cat(pieces) if pieces else local
 
     def check_heldout(self) -> None:
         """Raise `DataError` now if the held-out split is empty (reads one batch)."""

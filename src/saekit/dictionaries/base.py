@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -134,6 +134,21 @@ class LossOutput:
     n_active: Tensor
 
 
+class TokenGroup(Protocol):
+    """The processes that share one global batch in data-parallel training
+    (``training.distributed.RankGroup``). ``forward`` gets this process's share of the
+    tokens; the few quantities of a step that are not means over tokens are computed
+    over the whole batch through it, so that N processes compute the step of one."""
+
+    def sum(self, t: Tensor) -> Tensor:
+        """``t`` summed over the group (no gradient)."""
+        ...
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Every process's ``t`` concatenated along dim 0 (no gradient)."""
+        ...
+
+
 @dataclass
 class LossParams:
     """Per-step hyper-parameters the trainer hands to ``forward``.
@@ -141,6 +156,7 @@ class LossParams:
     ``sparsity_coeff`` is λ after its warm-up (the L1 coefficient for ReLU/gated,
     the L0 coefficient for JumpReLU; unused by the TopK family). ``dead_mask`` marks
     features silent for longer than the dead window, for the auxiliary-k loss.
+    ``group``: the processes sharing the global batch (None: this process has all of it).
     """
 
     sparsity_coeff: float = 0.0
@@ -148,6 +164,7 @@ class LossParams:
     auxk_coeff: float = 1 / 32
     aux_k: int | None = None
     jumprelu_bandwidth: float = 0.05
+    group: TokenGroup | None = None
 
 
 def register(cls: type["Dictionary"]) -> type["Dictionary"]:
@@ -396,7 +413,12 @@ class Dictionary(nn.Module):
         values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
         e_hat = sparse_decode(values, pattern, self.W_dec)
         residual = ((x if target is None else target) - x_hat).detach()
-        denom = residual.pow(2).sum(-1).mean().clamp_min(1e-8)
+        sq = residual.pow(2).sum()
+        if params.group is not None:  # the mean over the whole global batch
+            sq, n = params.group.sum(torch.stack([sq, sq.new_tensor(float(residual.shape[0]))])).unbind()
+            denom = (sq / n).clamp_min(1e-8)
+        else:
+            denom = (sq / residual.shape[0]).clamp_min(1e-8)
         return (e_hat - residual).pow(2).sum(-1).mean() / denom
 
     @torch.no_grad()

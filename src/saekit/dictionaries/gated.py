@@ -91,7 +91,9 @@ class GatedDictionary(Dictionary):
         return LossOutput(loss, x_hat, {"mse": recon, "l1": l1, "aux": aux}, fired, n_active)
 
     @torch.no_grad()
-    def reset_features(self, idx: Tensor, directions: Tensor, enc_norm: float) -> None:
-        super().reset_features(idx, directions, enc_norm)
+    def reset_features(
+        self, idx: Tensor, directions: Tensor, enc_norm: float, enc_directions: Tensor | None = None
+    ) -> None:
+        super().reset_features(idx, directions, enc_norm, enc_directions)
         self.r_mag[idx] = 0.0
         self.b_mag[idx] = 0.0

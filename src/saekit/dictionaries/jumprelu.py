@@ -124,6 +124,8 @@ class JumpReLUDictionary(Dictionary):
         self.threshold.clamp_(min=MIN_THRESHOLD)
 
     @torch.no_grad()
-    def reset_features(self, idx: Tensor, directions: Tensor, enc_norm: float) -> None:
-        super().reset_features(idx, directions, enc_norm)
+    def reset_features(
+        self, idx: Tensor, directions: Tensor, enc_norm: float, enc_directions: Tensor | None = None
+    ) -> None:
+        super().reset_features(idx, directions, enc_norm, enc_directions)
         self.threshold[idx] = INITIAL_THRESHOLD

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, mse, register
+from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, TokenGroup, mse, register
 from .sparse import SparsityPattern, activity, pre_acts_at, sparse_decode
 
 
@@ -82,7 +82,7 @@ class TopKDictionary(Dictionary):
         return vals.relu(), idx
 
     @torch.no_grad()
-    def select(self, pre: Tensor) -> SparsityPattern:
+    def select(self, pre: Tensor, group: TokenGroup | None = None) -> SparsityPattern:
         """The training-time active pairs of a batch's pre-activations ``(B, F)``."""
         # Plain topk per row, unlike BatchTopK's ``largest_entries``: at B = 4096,
         # F = 4608, k = 32 it took 60 ms of CPU time on one thread (a twelfth of the
@@ -95,7 +95,7 @@ class TopKDictionary(Dictionary):
 
     def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
         pre = self.batch_pre_acts(x)
-        pattern = self.select(pre)
+        pattern = self.select(pre, params.group)
         # The ReLU after the selection: a selected pre-activation ≤ 0 contributes 0.
         values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
         x_hat = sparse_decode(values, pattern, self.W_dec) + self.output_bias(x)
@@ -146,13 +146,25 @@ class BatchTopKDictionary(TopKDictionary):
         return f.topk(m, dim=-1, sorted=False)
 
     @torch.no_grad()
-    def select(self, pre: Tensor) -> SparsityPattern:
+    def select(self, pre: Tensor, group: TokenGroup | None = None) -> SparsityPattern:
         """The ``k·B`` largest pre-activations of the whole batch (their ReLU is the
         activation: where fewer than ``k·B`` are positive, the selected ones ≤ 0 give 0
-        and pass no gradient, whichever of them are selected)."""
+        and pass no gradient, whichever of them are selected).
+
+        With a ``group``, ``pre`` is this process's share and B is the global batch: each
+        process offers its own ``k·B`` largest values, the cut-off is the ``k·B``-th
+        largest of all offers, and each keeps its entries at or above it (exactly the
+        one-process selection, but for entries tied with the cut-off)."""
         B, F = pre.shape
-        chosen = largest_entries(pre.reshape(-1), min(self.cfg.k * B, B * F))
-        return SparsityPattern.from_flat(chosen, B, F)
+        flat = pre.reshape(-1)
+        if group is None:
+            return SparsityPattern.from_flat(largest_entries(flat, min(self.cfg.k * B, B * F)), B, F)
+        total_tokens, total_entries = (int(v) for v in group.sum(torch.tensor([B, B * F], device=pre.device)))
+        n = min(self.cfg.k * total_tokens, total_entries)
+        offered = flat[largest_entries(flat, min(n, flat.numel()))] if flat.numel() else flat
+        everyone = group.gather(offered)
+        cut = everyone.topk(n, sorted=False).values.min()
+        return SparsityPattern.from_flat((flat >= cut).nonzero().squeeze(1), B, F)
 
     @torch.no_grad()
     def calibrate(self, x: Tensor) -> None:

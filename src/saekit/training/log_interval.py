@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..dictionaries import LossOutput
+from ..dictionaries import TokenGroup
 
 # Log fields that measure time, not training: a resumed run writes every other field
 # exactly as an uninterrupted one would.
 TIMING_FIELDS = ("tokens_per_s", "data_wait_frac", "read_gb_per_s")
 
 if TYPE_CHECKING:
-    from .trainer import DictionaryTrainer
+    from .trainer import DictionaryTrainer, StepResult
 
 
 class LogInterval:
@@ -42,20 +42,37 @@ class LogInterval:
         self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     @torch.no_grad()
-    def add(self, x: Tensor, out: LossOutput, resampled: int, waited: float = 0.0) -> None:
-        """``x`` is what ``out.x_hat`` reconstructs (the input, or a transcoder's target);
-        it and the loss are in scaled units; ``waited``: seconds spent waiting for this batch."""
-        self.resampled += resampled
+    def add(self, step: StepResult, waited: float = 0.0, group: TokenGroup | None = None) -> None:
+        """One step: ``step.reconstructed`` is what ``step.out.x_hat`` reconstructs (the
+        input, or a transcoder's target), in scaled units like the loss; ``waited``:
+        seconds spent waiting for this batch. With a ``group`` (data parallel) the step's
+        figures are summed over every rank's share, one collective per step, so every
+        rank holds the whole batch's sums (and any rank's checkpoint has them)."""
+        x, out = step.reconstructed, step.out
+        self.resampled += step.resampled
         self.waited += waited
         self.steps += 1
-        self.n += x.shape[0]
-        self._add("err", (x - out.x_hat).pow(2).sum())
-        self._add("sum_sq", x.pow(2).sum())
-        self._add("sum_x", x.sum(0))
-        self._add("l0", out.n_active)
-        self._add("loss", out.loss)
-        for name, value in out.terms.items():
-            self._add(f"loss_{name}", value)
+        loss_terms = {"loss": out.loss, **{f"loss_{name}": value for name, value in out.terms.items()}}
+        if group is None:
+            self.n += x.shape[0]
+            figures = {"err": (x - out.x_hat).pow(2).sum(), "sum_sq": x.pow(2).sum(), "l0": out.n_active, **loss_terms}
+            sum_x = x.sum(0)
+        else:
+            # The loss terms are means over each share: weighted by the share's tokens,
+            # summed over the ranks and divided by the batch's tokens, the batch's means.
+            n_share = float(x.shape[0])
+            local = [(x - out.x_hat).pow(2).sum(), x.pow(2).sum(), out.n_active.to(x.dtype), x.new_tensor(n_share)]
+            local += [v.detach().to(x.dtype) * n_share for v in loss_terms.values()]
+            total = group.sum(torch.cat([torch.stack(local), x.sum(0)]).double())
+            names = ["err", "sum_sq", "l0", "n", *loss_terms]
+            figures = dict(zip(names, total[: len(names)]))
+            n_batch = figures.pop("n")
+            figures.update({name: figures[name] / n_batch for name in loss_terms})
+            self.n += int(n_batch)
+            sum_x = total[len(names):]
+        for name, value in figures.items():
+            self._add(name, value)
+        self._add("sum_x", sum_x)
 
     def state(self) -> dict[str, Any]:
         """The sums so far (checkpointed, so the first record after a resume covers the

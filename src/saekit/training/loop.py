@@ -29,6 +29,7 @@ from ..errors import CheckpointError, DataError, OutputError, RunInterrupted, Tr
 from ..io.checkpoint import save_checkpoints
 from ..io.saekit_format import LOG_FILE
 from .log_interval import LogInterval
+from .distributed import SINGLE, Ranks
 from .plan import Member
 from .run_folder import EXECUTION_ONLY, RunLog, given_settings, read_run_info, write_run_info
 from .trainer import DictionaryTrainer
@@ -58,11 +59,16 @@ class MemberRun:
 def start_members(
     members: list[Member], dict_cfgs: list[DictionaryConfig], resolved: list[dict[str, Any]],
     states: list[dict[str, Any] | None], source: ActivationSource, device: torch.device, source_hint: str,
-    status: Callable[[str], None],
+    status: Callable[[str], None], ranks: Ranks = SINGLE, writes: bool = True,
 ) -> tuple[list[MemberRun], ActivationBuffer]:
-    """Build every trainer (restored from its checkpoint on resume) and the shared buffer."""
+    """Build every trainer (restored from its checkpoint on resume) and the shared buffer.
+
+    ``ranks``: those of a data-parallel run (every rank builds the same trainers and
+    buffer); ``writes``: whether this process writes the run folders (rank 0's job).
+    """
     cfg = members[0].cfg  # the pass settings (buffer, batch, seed) are the same in every member
-    runs = [MemberRun(m, DictionaryTrainer(m.cfg, d, device, source_hint), r) for m, d, r in zip(members, dict_cfgs, resolved)]
+    runs = [MemberRun(m, DictionaryTrainer(m.cfg, d, device, source_hint, ranks), r)
+            for m, d, r in zip(members, dict_cfgs, resolved)]
     resuming = states[0] is not None
     if resuming:
         steps = {(s["step"], s["tokens_done"]) for s in states if s is not None}
@@ -96,6 +102,8 @@ def start_members(
             target = run.member.target_column
             run.trainer.init_from_sample(sample[:, run.member.column], None if target is None else sample[:, target])
     for run, state in zip(runs, states):
+        if not writes:
+            continue
         out, mcfg = run.member.out, run.member.cfg
         fresh = {"config": mcfg.to_dict(), "resolved": run.resolved, "wandb_id": uuid.uuid4().hex[:12]}
         info = (read_run_info(out) or fresh) if resuming else fresh
@@ -119,8 +127,12 @@ def norm_caps(sample: torch.Tensor, ratio: float | None) -> list[float] | None:
     return [float(ratio * sample[:, h].float().norm(dim=-1).median()) for h in range(sample.shape[1])]
 
 
-def train_loop(runs: list[MemberRun], buffer: ActivationBuffer, progress: ProgressCallback | None) -> None:
-    """Step every trainer on every batch until the budget is spent; log and checkpoint on the way."""
+def train_loop(
+    runs: list[MemberRun], buffer: ActivationBuffer, progress: ProgressCallback | None, writes: bool = True
+) -> None:
+    """Step every trainer on every batch until the budget is spent; log and checkpoint on
+    the way (``writes``: this process writes the logs and checkpoints; in a data-parallel
+    run only rank 0 does, the others keep the same state)."""
     cfg = runs[0].member.cfg
     lead = runs[0].trainer  # every trainer is at the same step and token count
     every = cfg.checkpoint_interval()
@@ -135,7 +147,8 @@ def train_loop(runs: list[MemberRun], buffer: ActivationBuffer, progress: Progre
                 raise TrainingDivergedError(
                     f"the weights of {run.member.name} became non-finite by step {run.trainer.step}; lower --lr."
                 )
-        save_checkpoints({run.member.out: run.checkpoint_state(buffer) for run in runs})
+        if writes:
+            save_checkpoints({run.member.out: run.checkpoint_state(buffer) for run in runs})
         last_good = lead.tokens
 
     def kept() -> str:
@@ -160,10 +173,12 @@ def train_loop(runs: list[MemberRun], buffer: ActivationBuffer, progress: Progre
 
     def record(run: MemberRun, now: float, io: dict[str, float]) -> None:
         entry = {**run.interval.record(run.trainer, now), **io}
-        assert run.run_log is not None
-        run.run_log.write(entry)
         run.last_fvu = entry["fvu"]
         run.interval.reset(now)
+        if not writes:
+            return
+        assert run.run_log is not None
+        run.run_log.write(entry)
         if progress:
             progress({**entry, "run": run.member.name} if many else entry)
 
@@ -177,10 +192,8 @@ def train_loop(runs: list[MemberRun], buffer: ActivationBuffer, progress: Progre
                 break
             for run in runs:
                 target = run.member.target_column
-                out, y_scaled, resampled = run.trainer.train_step(
-                    batch[:, run.member.column], None if target is None else batch[:, target]
-                )
-                run.interval.add(y_scaled, out, resampled, waited)
+                step = run.trainer.train_step(batch[:, run.member.column], None if target is None else batch[:, target])
+                run.interval.add(step, waited, run.trainer.group)
             if lead.step % cfg.log_every == 0 or lead.tokens >= lead.total_tokens:
                 now, io = time.perf_counter(), io_rate()
                 for run in runs:

@@ -42,6 +42,7 @@ from ..io.checkpoint import CHECKPOINT_FILE, PENDING_FILE, recover_checkpoints
 from ..io.files import FolderLock, atomic_write_text, make_folder, remove_if_empty
 from ..io.saekit_format import EVAL_FILE, save_dictionary
 from ..models import resolve_device
+from .distributed import SINGLE, Ranks, rank_device, ranks_from_environment
 from .loop import MemberRun, start_members, train_loop
 from .plan import Member, check_one_pass, pair_hook_points, plan_members
 from .run_folder import RUN_FILES, check_resolved, check_run_folder, clear_run_files
@@ -228,14 +229,24 @@ def train_many(
     cfg = cfgs[0]
     if _one and cfg.hook is not None and len(parse_hook_spec(cfg.hook)) > 1:
         raise ConfigError(f"--hook {cfg.hook} names several hook points; train_many trains one dictionary per point")
-    device = resolve_device(cfg.device)
+    ranks = ranks_from_environment()
+    # Data parallel: every rank trains every dictionary and rank 0 alone writes. Dealt
+    # out: each rank trains (and writes) its own dictionaries as a one-process run.
+    data_parallel = ranks.distributed and cfg.parallel == "data"
+    writes = ranks.main or not data_parallel
+    if data_parallel and cfg.batch_size < ranks.world:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch, split over {ranks.world} ranks: it must give each "
+            f"rank a token; raise it to at least {ranks.world} (or start fewer ranks)"
+        )
+    device = resolve_device(rank_device(ranks, cfg.device))
     source_from_cfg = source is None
     members: list[Member] | None = None
     # The folders are checked before the slow model load when they are known by then: the
     # hook points are named plainly and either --out is given or the source (and with it
     # the model's name, which default folders carry) was handed in.
     known = _pairs_known_now(cfg) if source is None else (_pairs_from_source(cfg, source), list(source.hooks))
-    if known is not None and (cfg.out or source is not None):
+    if known is not None and (cfg.out or source is not None) and writes and not ranks.distributed:
         members = plan_members(cfgs, *known, "" if source is None else source.model_name)
         states = _check_folders(members, source_from_cfg)
     if source is None:
@@ -247,7 +258,12 @@ def train_many(
     if _one and len(pairs) > 1:
         raise ConfigError(f"--hook {cfg.hook} names {len(pairs)} hook points; train_many trains one dictionary per point")
     planned = plan_members(cfgs, pairs, list(source.hooks), source.model_name)
-    if members is None or [(m.out, m.cfg.hook, m.cfg.target) for m in members] != [
+    if ranks.distributed and not data_parallel:
+        planned, source = _deal_out(planned, source, ranks)
+        ranks = SINGLE  # from here on, this rank's dictionaries are a run of their own
+    if not writes:
+        states = [None] * len(planned)  # rank 0's checks decide; it sends the checkpoints
+    elif members is None or [(m.out, m.cfg.hook, m.cfg.target) for m in members] != [
         (m.out, m.cfg.hook, m.cfg.target) for m in planned
     ]:  # planned before the load, for other points
         states = _check_folders(planned, source_from_cfg)
@@ -270,9 +286,11 @@ def train_many(
     for m, state, r in zip(members, states, resolved):
         if state is not None:
             check_resolved(m.out, state, r)
+    if data_parallel and isinstance(source, ModelActivations):
+        source.ranks = ranks  # each rank runs 1/N of the forward passes
 
     heldout = None  # held-out activations, for sources without a model to run
-    if cfg.eval_tokens > 0:
+    if cfg.eval_tokens > 0 and writes:
         status("checking the held-out split")
         try:
             if isinstance(source, ModelActivations):
@@ -290,32 +308,67 @@ def train_many(
     # sorted order, so two runs sharing folders cannot each hold one the other waits
     # for). Under the locks the folders are checked again, since another run may have
     # written to them meanwhile, after finishing a group commit a crash interrupted.
-    created = [m.out for m in members if not m.out.exists()]
+    created = [m.out for m in members if not m.out.exists()] if writes else []
     try:
         with ExitStack() as stack:
-            for m in sorted(members, key=lambda m: str(m.out)):
-                make_folder(m.out)
-                stack.enter_context(FolderLock(m.out, "train"))
-            stack.enter_context(_model_reads_reported(source, progress))
-            recover_checkpoints([m.out for m in members])
-            states = _check_folders(members, source_from_cfg)
-            for m, state, r in zip(members, states, resolved):
-                if state is None:
-                    clear_run_files(m.out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
-                else:
-                    check_resolved(m.out, state, r)
+            if writes:
+                for m in sorted(members, key=lambda m: str(m.out)):
+                    make_folder(m.out)
+                    stack.enter_context(FolderLock(m.out, "train"))
+                recover_checkpoints([m.out for m in members])
+                states = _check_folders(members, source_from_cfg)
+                for m, state, r in zip(members, states, resolved):
+                    if state is None:
+                        clear_run_files(m.out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
+                    else:
+                        check_resolved(m.out, state, r)
+            if data_parallel:
+                # Rank 0's checkpoints (read under its locks) reach every rank, so the ranks
+                # need not share a file system. A rank 0 that failed its checks has raised,
+                # and torchrun stops the others.
+                states = ranks.broadcast(states)
+            stack.enter_context(_model_reads_reported(source, progress if writes else None))
             runs, buffer = start_members(members, dict_cfgs, resolved, states, source, device,
-                                         _source_hint(cfg, source), status)
+                                         _source_hint(cfg, source), status, ranks, writes)
             if runs[0].trainer.total_tokens < cfg.tokens:
                 log.info("training on %d of the %d tokens asked for: the rest does not fill a batch of %d",
                          runs[0].trainer.total_tokens, cfg.tokens, cfg.batch_size)
             status("training")
-            train_loop(runs, buffer, progress)
+            train_loop(runs, buffer, progress if writes else None, writes)
+            if not writes:  # rank 0 saves and evaluates the dictionaries every rank holds
+                return [TrainResult(r.trainer.finished_dictionary(), r.member.out, r.trainer.tokens, r.trainer.step, None)
+                        for r in runs]
             return _finish(runs, source, heldout, progress, status)
     except BaseException:
         for folder in created:
             remove_if_empty(folder)  # a run that failed before writing anything leaves no folder
         raise
+
+
+def _deal_out(members: list[Member], source: ActivationSource, ranks: Ranks) -> tuple[list[Member], ActivationSource]:
+    """This rank's dictionaries when they are dealt out (``--parallel dictionaries``):
+    members r, r + N, ... of the plan, with a model pass that stops after their own hook
+    points (a cache or array source is read as it is)."""
+    mine = members[ranks.rank :: ranks.world]
+    if not mine:
+        raise ConfigError(
+            f"--parallel dictionaries: {ranks.world} ranks for {len(members)} dictionaries leaves rank {ranks.rank} "
+            "without one; start fewer ranks (torchrun --nproc_per_node) or use --parallel data"
+        )
+    if isinstance(source, ModelActivations):
+        needed = {h for m in mine for h in (m.cfg.hook, m.cfg.target) if h is not None}
+        hooks = [h for h in source.hooks if h in needed]
+        source = ModelActivations(
+            source.lm, hooks, dataset=source.dataset, text_field=source.text_field,
+            context_length=source.context_length, model_batch_size=source.model_batch_size,
+            seed=source.seed, keep_bos=source.keep_bos,
+        )
+    columns = list(source.hooks)
+    return [
+        dataclasses.replace(m, column=columns.index(m.cfg.hook),
+                            target_column=None if m.cfg.target is None else columns.index(m.cfg.target))
+        for m in mine
+    ], source
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from ..config import RESAMPLE_STOP_FRACTION, TrainConfig
 from ..dictionaries import Dictionary, DictionaryConfig, LossOutput, LossParams, build_dictionary
 from ..errors import TrainingDivergedError
 from .dead_features import DeadFeatureTracker, resample_dead
+from .distributed import SINGLE, RankGroup, Ranks, gather_rows
 from .schedules import lr_multiplier, sparsity_multiplier
 
 
@@ -64,13 +66,53 @@ class CalibrationSample:
         self.data[: self.filled] = data.to(self.data.device)
 
 
-class DictionaryTrainer:
-    """One dictionary's optimisation: weights, Adam, schedules, dead features, scale."""
+@dataclass
+class StepResult:
+    """One step as this process saw it: the loss output of its share of the global
+    batch, what that share's ``x_hat`` reconstructs (scaled), the features resampled,
+    and the share's weight in the global batch's mean (``n_share · world / B``; 1 for
+    one process)."""
 
-    def __init__(self, cfg: TrainConfig, dict_cfg: DictionaryConfig, device: torch.device, source_hint: str = ""):
+    out: LossOutput
+    reconstructed: Tensor
+    resampled: int
+    weight: float = 1.0
+
+
+class DictionaryTrainer:
+    """One dictionary's optimisation: weights, Adam, schedules, dead features, scale.
+
+    With ``ranks`` of a data-parallel run (``distributed``), every rank builds the same
+    trainer, is handed the same whole global batch and steps on its own share of it; the
+    gradients are averaged by DDP, and everything else a step decides (the dead-feature
+    record, resampling, the calibration sample) is decided on the whole batch, so every
+    rank holds the same state as a one-process trainer.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, dict_cfg: DictionaryConfig, device: torch.device, source_hint: str = "",
+        ranks: Ranks = SINGLE,
+    ):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.sae = build_dictionary(dict_cfg).to(device)
+        self.ranks = ranks
+        self.group = RankGroup(ranks) if ranks.distributed else None
+        # What the step calls: the dictionary itself, or DDP around it (its forward returns
+        # the loss, so DDP needs nothing else). Buffers (BatchTopK's threshold) are set
+        # identically on every rank, so DDP need not broadcast them.
+        self.model: torch.nn.Module = self.sae
+        if ranks.distributed:
+            import inspect
+
+            from torch.nn.parallel import DistributedDataParallel
+
+            # torch ≥ 2.12 names the option forward_sync_buffers; earlier ones broadcast_buffers.
+            known = inspect.signature(DistributedDataParallel.__init__).parameters
+            no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers": False}
+            self.model = DistributedDataParallel(
+                self.sae, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
+            )
         self.base_lr = cfg.learning_rate(dict_cfg.d_sae)
         # fused: one kernel for all parameters (an unfused step took ~10% of a sparse training step)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=(0.9, 0.999), fused=True)
@@ -112,19 +154,22 @@ class DictionaryTrainer:
             )
         return x / scale
 
-    def train_step(self, x_raw: Tensor, target_raw: Tensor | None = None) -> tuple[LossOutput, Tensor, int]:
-        """One optimiser step on a full batch of raw activations (and a transcoder's raw
-        targets); returns the loss, the scaled reconstruction target and the number of
-        features resampled."""
-        cfg, sae = self.cfg, self.sae
-        x = self._scaled(x_raw, self.scale, sae.cfg.hook)
-        target = None
+    def train_step(self, x_raw: Tensor, target_raw: Tensor | None = None) -> StepResult:
+        """One optimiser step on a full (global) batch of raw activations (and a
+        transcoder's raw targets)."""
+        cfg, sae, ranks = self.cfg, self.sae, self.ranks
+        x_all = self._scaled(x_raw, self.scale, sae.cfg.hook)
+        target_all = None
         if self.transcoder:
             assert target_raw is not None, "a transcoder steps on its inputs and their targets"
-            target = self._scaled(target_raw, self.target_scale, sae.cfg.target)
+            target_all = self._scaled(target_raw, self.target_scale, sae.cfg.target)
+        B = x_all.shape[0]
+        share = ranks.share(B)
+        x = x_all[share] if ranks.distributed else x_all
+        target = target_all[share] if ranks.distributed and target_all is not None else target_all
         # Schedules are read at the middle of the step's tokens: the first step then
         # learns (a warm-up read at 0 would make it a step of size zero) and so does the last.
-        progress = (self.tokens + x.shape[0] / 2) / self.total_tokens
+        progress = (self.tokens + B / 2) / self.total_tokens
         for group in self.opt.param_groups:
             group["lr"] = self.base_lr * lr_multiplier(progress, cfg.lr_warmup, cfg.lr_decay)
         params = LossParams(
@@ -132,34 +177,49 @@ class DictionaryTrainer:
             dead_mask=self.tracker.dead if type(sae).revive_dead == "auxk" else None,
             auxk_coeff=cfg.auxk_coeff,
             jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+            group=self.group,
         )
-        out = sae(x, target, params)
-        if not torch.isfinite(out.loss):
+        out = self.model(x, target, params)
+        # A share's mean loss, weighted so that DDP's average over ranks is the global
+        # batch's mean (shares differ by a token when B does not divide).
+        weight = x.shape[0] * ranks.world / B
+        fired = out.fired
+        if self.group is not None:
+            # Which features fired anywhere in the batch, and whether the loss is finite
+            # on every rank: one collective, so all ranks raise together or none does.
+            flags = self.group.sum(torch.cat([fired.float(), torch.isfinite(out.loss).float().reshape(1)]))
+            fired, finite = flags[:-1] > 0, bool(flags[-1] == ranks.world)
+        else:
+            finite = bool(torch.isfinite(out.loss))
+        if not finite:
             raise TrainingDivergedError(
                 f"the loss became {float(out.loss)} at step {self.step} ({self.tokens} tokens) with lr "
                 f"{self.opt.param_groups[0]['lr']:.2e}; lower --lr."
             )
         self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        (out.loss * weight if weight != 1.0 else out.loss).backward()
         sae.remove_parallel_decoder_grad()
         self.opt.step()
         sae.after_step()
-        self.tracker.update(out.fired, x.shape[0])
+        self.tracker.update(fired, B)
         if self.calibration is not None:
-            self.calibration.add(x)
+            self.calibration.add(x_all)
         self.step += 1
-        self.tokens += x.shape[0]
+        self.tokens += B
 
         resampled = 0
         window = self.tracker.window
-        if self.resamples and self.tokens // window > (self.tokens - x.shape[0]) // window:
+        if self.resamples and self.tokens // window > (self.tokens - B) // window:
             if self.tokens < RESAMPLE_STOP_FRACTION * self.total_tokens:
-                idx = resample_dead(sae, self.opt, x, out.x_hat.detach(), self.tracker.dead, self.gen, target=target)
+                x_hat = out.x_hat.detach()
+                if ranks.distributed:  # the whole batch's reconstructions, every rank alike
+                    x_hat = gather_rows(x_hat, ranks, sizes=ranks.share_sizes(B))
+                idx = resample_dead(sae, self.opt, x_all, x_hat, self.tracker.dead, self.gen, target=target_all)
                 # Only the resampled features start a new window; a dead feature that
                 # was not resampled stays dead (and is counted as such).
                 self.tracker.tokens_since_fired[idx] = 0
                 resampled = idx.numel()
-        return out, x if target is None else target, resampled
+        return StepResult(out, x if target is None else target, resampled, weight)
 
     def state_finite(self) -> bool:
         """Weights and Adam's moments all finite (checked before every checkpoint)."""

@@ -273,3 +273,24 @@ def test_a_transcoder_trains_from_an_activation_cache(model_dir, corpus, tmp_pat
     with pytest.raises(ConfigError, match="resid_post.1"):
         train(small_cfg(model_dir, corpus, tmp_path / "run2", hook="mlp_in.1", target="resid_post.1",
                         activation_cache=str(tmp_path / "c"), tokens=2560))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reset_features_reads_and_writes_along_their_own_directions(arch):
+    tc = build_dictionary(DictionaryConfig(arch=arch, d_in=6, d_sae=20, k=3 if ARCHITECTURES[arch].uses_k else None,
+                                           transcoder=True, d_out=4))
+    idx = torch.tensor([2, 7])
+    writes, reads = torch.randn(2, 4), torch.randn(2, 6)
+    tc.reset_features(idx, writes, 0.5, reads)
+    torch.testing.assert_close(tc.W_dec[idx].detach(), writes / writes.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(tc.W_enc[:, idx].detach().T, 0.5 * reads / reads.norm(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("arch", ["relu", "gated"])
+def test_a_transcoders_dead_features_are_resampled_along_input_and_target(arch, tmp_path):
+    """Resampling points a dead feature's decoder at a badly reconstructed token's target
+    and its encoder at that token's input (two different spaces for a transcoder)."""
+    source, _, _ = linear_source()
+    train(tiny_linear_cfg(tmp_path, arch=arch, expansion=16, dead_after_tokens=600, l1_coeff=40.0), source=source)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum(r.get("resampled", 0) for r in records) > 0

@@ -100,7 +100,7 @@ class SaekitRunner:
         # The dictionary as a user gets it at the end of a run: calibrated (BatchTopK's
         # threshold), the activation scale folded in, acting on raw activations.
         final = self.trainer.finished_dictionary()
-        return lambda x: final.decode(final.encode(x))
+        return final.reconstruct  # as users call it (TopK: through the sparse codes)
 
     @staticmethod
     def load() -> str:

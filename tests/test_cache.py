@@ -105,6 +105,12 @@ def test_a_hook_or_model_the_cache_lacks_is_refused_by_name(three_hook_cache, tm
     cfg = TrainConfig(activation_cache=str(three_hook_cache), model="HuggingFaceTB/other-model", tokens=1000, batch_size=100)
     with pytest.raises(ConfigError, match=r"--model HuggingFaceTB/other-model contradicts the activation cache.*tiny-llama"):
         open_activation_source(cfg, torch.device("cpu"), cfg.activation_cache)
+    written = json.loads((three_hook_cache / "manifest.json").read_text())["context_length"]
+    cfg = TrainConfig(activation_cache=str(three_hook_cache), context_length=written + 1, tokens=1000, batch_size=100)
+    with pytest.raises(ConfigError, match=rf"--context-length {written + 1} contradicts the activation cache.* {written} tokens"):
+        open_activation_source(cfg, torch.device("cpu"), cfg.activation_cache)
+    cfg = TrainConfig(activation_cache=str(three_hook_cache), context_length=written, tokens=1000, batch_size=100)
+    assert open_activation_source(cfg, torch.device("cpu"), cfg.activation_cache).context_length == written
 
 
 def test_training_on_one_hook_point_of_a_three_hook_cache(three_hook_cache, tmp_path):

@@ -245,3 +245,29 @@ def test_eval_json_carries_the_fingerprint_of_the_weights(lm, corpus):
     sae = linear_dictionary(lm, 0.9)
     d = json.loads(json.dumps(run(sae, lm, corpus, regimes="fixed", tokens=100).to_dict()))
     assert d["fingerprint"] == sae.fingerprint() and len(d["fingerprint"]) > 4
+
+
+def test_evaluate_many_gives_each_dictionary_its_own_figures(lm, corpus):
+    """A sweep evaluated together (sharing the clean, zero and mean runs per hook point)
+    gets exactly the figures each dictionary gets alone, in the order given, across two
+    hook points and a transcoder."""
+    def made(seed, **kw):
+        torch.manual_seed(seed)
+        d = build_dictionary(DictionaryConfig(d_in=lm.d_model, d_sae=48, model=lm.name, context_length=12, **kw))
+        with torch.no_grad():
+            d.b_enc.sub_(0.2)
+        return d
+
+    dicts = [made(0, arch="relu", hook="resid_post.1"), made(1, arch="topk", k=5, hook="resid_post.0"),
+             made(2, arch="topk", k=3, hook="resid_post.1"),
+             made(3, arch="relu", hook="mlp_in.1", target="mlp_out.1", transcoder=True, skip=True)]
+    kw = dict(dataset=str(corpus), tokens=200, batch_tokens=128)
+    together = saekit.evaluate_many(dicts, lm, **kw)
+    for d, got in zip(dicts, together):
+        alone = saekit.evaluate(d, lm, **kw)
+        assert got.fingerprint == alone.fingerprint
+        for regime in ("fixed", "documents"):
+            a, b = alone.to_dict()[regime], got.to_dict()[regime]
+            assert a.keys() == b.keys()
+            for key, value in a.items():
+                assert b[key] == (pytest.approx(value, rel=1e-9, abs=1e-12) if isinstance(value, float) else value), key

@@ -13,7 +13,7 @@ The Python API mirrors the CLI::
 from .config import TrainConfig
 from .dictionaries import Dictionary, DictionaryConfig
 from .errors import SaekitError
-from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
+from .evaluation import EvalResult, ReconstructionMetrics, evaluate, evaluate_many, evaluate_reconstruction
 from .hooks import edit_activations, hook_point_names, read_activations
 from .loading import load
 from .models import load_model
@@ -36,6 +36,7 @@ __all__ = [
     "save",
     "load_model",
     "evaluate",
+    "evaluate_many",
     "evaluate_reconstruction",
     "read_activations",
     "edit_activations",

@@ -30,6 +30,7 @@ ARCH_CHOICES = tuple(sorted(ARCHITECTURES))
 # λ=2 → L0 56, jumprelu λ=1 → L0 77 (see benchmarks/architectures.py).
 DEFAULT_SPARSITY_COEFF = {"l1": 2.0, "l0": 1.0}
 DEFAULT_K = 32  # active features per token, for the TopK family
+DEFAULT_CONTEXT_LENGTH = 128  # tokens per training context, BOS included
 
 # Fraction of the run after which dead-feature resampling stops, so the learning-rate
 # decay phase is not disturbed by fresh features.
@@ -127,7 +128,11 @@ class SourceConfig:
         default=None,
     )
     text_field: str = _opt("field/column holding the text in .jsonl/.parquet/HF data", default="text")
-    context_length: int = _opt("tokens per context (BOS included)", default=128)
+    context_length: int | None = _opt(
+        f"tokens per context (BOS included); default {DEFAULT_CONTEXT_LENGTH}, or with --activation-cache the "
+        "cache's (another value contradicts the cache)",
+        default=None,
+    )
     model_batch_size: int = _opt("contexts per forward pass of the language model", default=32)
     keep_bos: bool = _opt("keep the BOS position (excluded by default: it carries no information about the text)", default=False)
     seed: int = _opt("random seed (init, data order, shuffling)", default=0)
@@ -137,9 +142,9 @@ class SourceConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         for name in ("context_length", "model_batch_size"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 _bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
+        if self.context_length is not None and self.context_length < 2:
             _bad("--context-length must be at least 2 (a BOS token and one more)")
         if self.seed < 0:
             _bad(f"--seed must be zero or positive, got {self.seed}")
@@ -154,6 +159,10 @@ class SourceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def context_tokens(self) -> int:
+        """The context length to cut text into (``--context-length``, default 128)."""
+        return self.context_length if self.context_length is not None else DEFAULT_CONTEXT_LENGTH
 
 
 @dataclass

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -396,7 +396,7 @@ def _kl(z_clean: Tensor, lse_clean: Tensor, z_other: Tensor, lse_other: Tensor) 
 
 @torch.no_grad()
 def _evaluate_regime(
-    dictionary: Dictionary,
+    dictionaries: list[Dictionary],
     lm: Any,
     batches: list[Any],
     regime: Regime,
@@ -406,13 +406,21 @@ def _evaluate_regime(
     splice_bos: bool,
     n_evaluated: int,
     progress: Progress | None = None,
-) -> RegimeResult:
+) -> list[RegimeResult]:
+    """One regime's figures for dictionaries that read and replace the same points.
+
+    What does not depend on the dictionary runs once for all of them: the passes to the
+    hook points, the mean activation, and the clean, zero-ablated and mean-ablated runs
+    of the model; each dictionary adds its reconstruction and its spliced run.
+    """
     from .hooks import HookPoint, edit_activations, read_activations, skip_to_block
 
-    hook = dictionary.cfg.hook
+    first = dictionaries[0].cfg
+    hook = first.hook
     # What is compared and replaced: the input itself for a sparse autoencoder, the
     # target point for a transcoder (read in the same pass; it comes after the input).
-    target = dictionary.cfg.target if dictionary.cfg.transcoder else hook
+    target = first.target if first.transcoder else hook
+    assert all((d.cfg.hook, d.cfg.target if d.cfg.transcoder else d.cfg.hook) == (hook, target) for d in dictionaries)
     layer = HookPoint.parse(hook).layer
     dev = lm.device
 
@@ -448,82 +456,94 @@ def _evaluate_regime(
         phase.advance(int(evaluated.sum()))
     mean_act = (total / max(count, 1)).float()
 
-    phase = _Phase(progress, f"{label}: clean, spliced, zero and mean passes", n_evaluated)
+    many = len(dictionaries) > 1
+    phase = _Phase(progress, f"{label}: clean, spliced, zero and mean passes" + (
+        f" ({len(dictionaries)} dictionaries)" if many else ""), n_evaluated)
 
-    rec = _ReconstructionSums(dictionary, bucket)
-    ce = _CEAccumulator(bucket)
+    recs = [_ReconstructionSums(d, bucket) for d in dictionaries]
+    ces = [_CEAccumulator(bucket) for _ in dictionaries]
     n_seq = 0
     for batch, cached in zip(batches, kept):
         ids, attn_long = batch.input_ids.to(dev), batch.attention_mask.to(dev)
         attn, evaluated = masks(batch)
         resid_pre, x, y = cached if cached is not None else prefix(batch)
-        xe = x[evaluated].float()
-        f = dictionary.encode(xe)
-        y_hat = dictionary.reconstruct(xe, f)
+        xe, ye = x[evaluated].float(), y[evaluated].float()
         positions = _positions(attn)
-        rec.add(y[evaluated].float(), f, y_hat, positions[evaluated])
-
-        full_hat = y.clone()
-        full_hat[evaluated] = y_hat.to(y.dtype)
-        variants = {
-            "clean": None,
-            "spliced": lambda a: torch.where(evaluated[..., None], full_hat, a),
-            "zero": lambda a: torch.where(evaluated[..., None], torch.zeros_like(a), a),
-            "mean": lambda a: torch.where(evaluated[..., None], mean_act.to(a.dtype).expand_as(a), a),
-        }
+        spliced_edits = []
+        for d, rec in zip(dictionaries, recs):
+            f = d.encode(xe)
+            y_hat = d.reconstruct(xe, f)
+            rec.add(ye, f, y_hat, positions[evaluated])
+            full_hat = y.clone()
+            full_hat[evaluated] = y_hat.to(y.dtype)
+            spliced_edits.append(lambda a, h=full_hat: torch.where(evaluated[..., None], h, a))
         pred_mask = attn[:, :-1] & attn[:, 1:]
         targets = ids[:, 1:][pred_mask]
-        ces: dict[str, Tensor] = {}
-        clean_logits: Tensor | None = None
-        kl = None
-        for name, fn in variants.items():
-            with skip_to_block(lm, layer, resid_pre), edit_activations(lm, {target: fn} if fn else {}):
+
+        def run(edit: Callable[[Tensor], Tensor] | None) -> Tensor:
+            with skip_to_block(lm, layer, resid_pre), edit_activations(lm, {target: edit} if edit else {}):
                 logits = lm.model(input_ids=ids, attention_mask=attn_long, use_cache=False).logits
-            z = logits[:, :-1][pred_mask]  # (n, V): padding positions dropped before any maths
-            del logits
+            return logits[:, :-1][pred_mask]  # (n, V): padding positions dropped before any maths
+
+        def cross_entropy(z: Tensor, clean: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+            """Per-position CE of logits ``z``, and the KL from ``clean`` when given, in chunks."""
             parts, kls = [], []
             for i in range(0, z.shape[0], CE_CHUNK):
                 zc = z[i : i + CE_CHUNK].float()
                 ce_c, lse = _next_token_ce(zc, targets[i : i + CE_CHUNK])
                 parts.append(ce_c)
-                if name == "spliced":
-                    zk = clean_logits[i : i + CE_CHUNK].float()
+                if clean is not None:
+                    zk = clean[i : i + CE_CHUNK].float()
                     kls.append(_kl(zk, torch.logsumexp(zk, dim=-1), zc, lse))
-            ces[name] = torch.cat(parts)
-            if name == "clean":
-                clean_logits = z
-            elif name == "spliced":
-                kl = torch.cat(kls)
-                clean_logits = None  # needed for the KL only
+            return torch.cat(parts), (torch.cat(kls) if clean is not None else None)
+
+        # The clean logits are kept while the spliced runs need them (for the KL), then
+        # dropped: at most two (positions × vocabulary) tensors live at once, however many
+        # dictionaries there are.
+        clean = run(None)
+        shared = {"clean": cross_entropy(clean)[0]}
+        spliced = []
+        for edit in spliced_edits:
+            z = run(edit)
+            spliced.append(cross_entropy(z, clean))
             del z
-        ce.add(ces, kl, positions[:, :-1][pred_mask])
+        del clean
+        shared["zero"] = cross_entropy(run(lambda a: torch.where(evaluated[..., None], torch.zeros_like(a), a)))[0]
+        shared["mean"] = cross_entropy(
+            run(lambda a: torch.where(evaluated[..., None], mean_act.to(a.dtype).expand_as(a), a))
+        )[0]
+        for acc, (ce_spliced, kl) in zip(ces, spliced):
+            acc.add({**shared, "spliced": ce_spliced}, kl, positions[:, :-1][pred_mask])
         n_seq += ids.shape[0]
         phase.advance(int(evaluated.sum()))
 
-    metrics = rec.result()
-    rec_buckets = rec.bucket_fvu()
-    by_position = []
-    for b in sorted(set(rec_buckets) | set(ce.by_bucket)):
-        n_rec, fvu = rec_buckets.get(b, (0, math.nan))
-        n_ce, diff = ce.by_bucket.get(b, (0, 0.0))
-        by_position.append({
-            "start": b * bucket, "end": (b + 1) * bucket - 1, "n_tokens": n_rec, "fvu": _finite_or_text(fvu),
-            "n_ce_tokens": n_ce, "ce_diff": _finite_or_text(diff / n_ce if n_ce else math.nan),
-        })
-    return RegimeResult(
-        regime=regime,
-        context_length=context_length,
-        n_sequences=n_seq,
-        requested_tokens=requested,
-        reconstruction=metrics,
-        n_ce_tokens=ce.n,
-        ce_clean=ce.mean("clean"),
-        ce_spliced=ce.mean("spliced"),
-        ce_zero=ce.mean("zero"),
-        ce_mean=ce.mean("mean"),
-        kl=ce.mean("kl"),
-        by_position=by_position,
-    )
+    results = []
+    for rec, ce in zip(recs, ces):
+        metrics = rec.result()
+        rec_buckets = rec.bucket_fvu()
+        by_position = []
+        for b in sorted(set(rec_buckets) | set(ce.by_bucket)):
+            n_rec, fvu = rec_buckets.get(b, (0, math.nan))
+            n_ce, diff = ce.by_bucket.get(b, (0, 0.0))
+            by_position.append({
+                "start": b * bucket, "end": (b + 1) * bucket - 1, "n_tokens": n_rec, "fvu": _finite_or_text(fvu),
+                "n_ce_tokens": n_ce, "ce_diff": _finite_or_text(diff / n_ce if n_ce else math.nan),
+            })
+        results.append(RegimeResult(
+            regime=regime,
+            context_length=context_length,
+            n_sequences=n_seq,
+            requested_tokens=requested,
+            reconstruction=metrics,
+            n_ce_tokens=ce.n,
+            ce_clean=ce.mean("clean"),
+            ce_spliced=ce.mean("spliced"),
+            ce_zero=ce.mean("zero"),
+            ce_mean=ce.mean("mean"),
+            kl=ce.mean("kl"),
+            by_position=by_position,
+        ))
+    return results
 
 
 def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool, phase: _Phase | None = None) -> tuple[list[Any], int]:
@@ -641,9 +661,46 @@ def evaluate(
     model batch of each phase (reading the text, the mean-activation pass, the four
     spliced passes), per regime.
     """
+    return evaluate_many(
+        [dictionary], model, dataset=dataset, tokens=tokens, regimes=regimes, context_length=context_length,
+        max_length=max_length, batch_tokens=batch_tokens, split=split, splice_bos=splice_bos, text_field=text_field,
+        allow_other_model=allow_other_model, bucket_tokens=bucket_tokens, progress=progress,
+    )[0]
+
+
+@torch.no_grad()
+def evaluate_many(
+    dictionaries: Sequence[Dictionary],
+    model: Any = None,
+    *,
+    dataset: str | None = None,
+    tokens: int = 32_768,
+    regimes: Regime | Iterable[Regime] = REGIMES,
+    context_length: int | None = None,
+    max_length: int = 1024,
+    batch_tokens: int = 2048,
+    split: Literal["train", "heldout"] = "heldout",
+    splice_bos: bool | None = None,
+    text_field: str = "text",
+    allow_other_model: bool = False,
+    bucket_tokens: int = POSITION_BUCKET,
+    progress: Progress | None = None,
+) -> list[EvalResult]:
+    """``evaluate`` for several dictionaries of one model (a sweep), in the order given,
+    each with the figures it would get alone.
+
+    Dictionaries that read and replace the same hook points on the same text share
+    every model run that does not depend on the dictionary (the mean activation, the
+    clean, zero- and mean-ablated runs): a sweep of M dictionaries at one hook point
+    costs M + 3 runs of the model per batch instead of 4·M. ``model`` defaults to the
+    model the first dictionary records; the rest are checked against it.
+    """
     from .data import ContextStream, describe_source, document_batches, validate_source
     from .models import LoadedModel, load_model
 
+    dictionaries = list(dictionaries)
+    if not dictionaries:
+        raise ConfigError("evaluate_many needs at least one dictionary")
     regimes = (regimes,) if isinstance(regimes, str) else tuple(regimes)
     unknown = [r for r in regimes if r not in REGIMES]
     if unknown or not regimes:
@@ -652,56 +709,83 @@ def evaluate(
         raise ConfigError(f"tokens must be positive, got {tokens}")
     if splice_bos is not None and not isinstance(splice_bos, bool):
         raise ConfigError(f"splice_bos must be True, False or None (as the dictionary was trained), got {splice_bos!r}")
-    trained_keep_bos = dictionary.cfg.keep_bos
-    keep_bos = trained_keep_bos if splice_bos is None else splice_bos
-    ctx = context_length or dictionary.cfg.context_length or 128
     if bucket_tokens <= 0:
         raise ConfigError(f"bucket_tokens must be positive, got {bucket_tokens}")
-    if ctx < 2 or max_length < 2 or batch_tokens < 2:
-        raise ConfigError(
-            f"context_length ({ctx}), max_length ({max_length}) and batch_tokens ({batch_tokens}) must be at least 2"
-        )
+
+    def settings(d: Dictionary) -> tuple[bool, int]:
+        """(keep_bos, context length): what decides the evaluated tokens."""
+        return (d.cfg.keep_bos if splice_bos is None else splice_bos), (context_length or d.cfg.context_length or 128)
+
+    for d in dictionaries:
+        ctx = settings(d)[1]
+        if ctx < 2 or max_length < 2 or batch_tokens < 2:
+            raise ConfigError(
+                f"context_length ({ctx}), max_length ({max_length}) and batch_tokens ({batch_tokens}) must be at least 2"
+            )
     validate_source(dataset, text_field)
     asked_name = model if isinstance(model, str) else None
+    first = dictionaries[0]
+    device = first.W_dec.device
     if not isinstance(model, LoadedModel):
-        model = load_model(model or dictionary.cfg.model or None, device=dictionary.W_dec.device)
+        model = load_model(model or first.cfg.model or None, device=device)
     lm = model
-    if lm.device != dictionary.W_dec.device:
-        raise ConfigError(
-            f"the dictionary is on {dictionary.W_dec.device} and the model on {lm.device}; "
-            f"move one, e.g. dictionary.to('{lm.device}')"
-        )
-    check_dictionary_fits(dictionary, lm, model_name=None if allow_other_model else (asked_name or lm.name))
+    for d in dictionaries:
+        if lm.device != d.W_dec.device:
+            raise ConfigError(
+                f"the dictionary is on {d.W_dec.device} and the model on {lm.device}; "
+                f"move one, e.g. dictionary.to('{lm.device}')"
+            )
+        check_dictionary_fits(d, lm, model_name=None if allow_other_model else (asked_name or lm.name))
     max_len = min(max_length, lm.max_length)
-    results: dict[str, RegimeResult] = {}
-    for regime in regimes:
-        if regime == "fixed":
-            stream: Iterator[Any] = ContextStream(
-                dataset, lm.tokenizer, context_length=ctx, batch_size=max(1, batch_tokens // ctx),
-                split=split, text_field=text_field,
-            )
-            length = ctx
-        else:
-            stream = document_batches(
-                dataset, lm.tokenizer, max_length=max_len, batch_size=batch_tokens,
-                split=split, text_field=text_field, max_batch_tokens=batch_tokens,
-            )
-            length = max_len
-        reading = _Phase(progress, f"evaluating {REGIME_LABELS[regime]}: reading text", tokens)
-        batches, n = _take_tokens(stream, tokens, keep_bos, reading)
-        if n < tokens:
-            log.warning("%s regime: the data holds only %d of the %d tokens asked for; evaluating those", regime, n, tokens)
-        results[regime] = _evaluate_regime(
-            dictionary, lm, batches, regime, length, tokens, bucket_tokens, keep_bos, n, progress,
-        )
-    return EvalResult(
-        dictionary=dictionary.cfg.to_dict(),
-        model=lm.name,
-        hook=dictionary.cfg.hook,
-        dataset=describe_source(dataset),  # resolved: a relative path means nothing elsewhere
-        fixed=results.get("fixed"),
-        documents=results.get("documents"),
-        fingerprint=dictionary.fingerprint(),
-        keep_bos=keep_bos,
-        keep_bos_source=BOS_AS_TRAINED if keep_bos == trained_keep_bos else BOS_OVERRIDDEN,
-    )
+
+    # Groups that see the same tokens (BOS policy, context length), and within them the
+    # dictionaries that read and replace the same points.
+    results: list[dict[str, RegimeResult]] = [{} for _ in dictionaries]
+    groups: dict[tuple[bool, int], list[int]] = {}
+    for i, d in enumerate(dictionaries):
+        groups.setdefault(settings(d), []).append(i)
+    for (keep_bos, ctx), members in groups.items():
+        for regime in regimes:
+            if regime == "fixed":
+                stream: Iterator[Any] = ContextStream(
+                    dataset, lm.tokenizer, context_length=ctx, batch_size=max(1, batch_tokens // ctx),
+                    split=split, text_field=text_field,
+                )
+                length = ctx
+            else:
+                stream = document_batches(
+                    dataset, lm.tokenizer, max_length=max_len, batch_size=batch_tokens,
+                    split=split, text_field=text_field, max_batch_tokens=batch_tokens,
+                )
+                length = max_len
+            reading = _Phase(progress, f"evaluating {REGIME_LABELS[regime]}: reading text", tokens)
+            batches, n = _take_tokens(stream, tokens, keep_bos, reading)
+            if n < tokens:
+                log.warning("%s regime: the data holds only %d of the %d tokens asked for; evaluating those",
+                            regime, n, tokens)
+            points: dict[tuple[str, str], list[int]] = {}
+            for i in members:
+                c = dictionaries[i].cfg
+                points.setdefault((c.hook, c.target if c.transcoder else c.hook), []).append(i)
+            for same_points in points.values():
+                found = _evaluate_regime(
+                    [dictionaries[i] for i in same_points], lm, batches, regime, length, tokens, bucket_tokens,
+                    keep_bos, n, progress,
+                )
+                for i, result in zip(same_points, found):
+                    results[i][regime] = result
+    out = []
+    for d, found in zip(dictionaries, results):
+        keep_bos = settings(d)[0]
+        out.append(EvalResult(
+            dictionary=d.cfg.to_dict(),
+            model=lm.name,
+            hook=d.cfg.hook,
+            dataset=describe_source(dataset),  # resolved: a relative path means nothing elsewhere
+            fixed=found.get("fixed"),
+            documents=found.get("documents"),
+            fingerprint=d.fingerprint(),
+            keep_bos=keep_bos,
+            keep_bos_source=BOS_AS_TRAINED if keep_bos == d.cfg.keep_bos else BOS_OVERRIDDEN,
+        ))
+    return out

@@ -447,6 +447,12 @@ def open_activation_source(cfg: SourceConfig, device: torch.device, activation_c
                 f"--model {model} contradicts the activation cache {activation_cache}, which holds activations of "
                 f"{source.model_name}; drop --model or point --activation-cache at a cache of the right activations"
             )
+        if cfg.context_length is not None and cfg.context_length != source.context_length:
+            raise ConfigError(
+                f"--context-length {cfg.context_length} contradicts the activation cache {activation_cache}, whose "
+                f"activations were read in contexts of {source.context_length} tokens; drop --context-length or "
+                "write a cache with the length you want"
+            )
         source.verify()  # reads every file: after the cheap checks above
         return source
     if cfg.hook is not None:
@@ -458,7 +464,7 @@ def open_activation_source(cfg: SourceConfig, device: torch.device, activation_c
         expand_hook_spec(cfg.hook, lm) if cfg.hook else default_hook(lm.n_layers),
         dataset=cfg.dataset,
         text_field=cfg.text_field,
-        context_length=cfg.context_length,
+        context_length=cfg.context_tokens(),
         model_batch_size=cfg.model_batch_size,
         seed=cfg.seed,
         keep_bos=cfg.keep_bos,

@@ -37,7 +37,7 @@ from ..activations import (
 from ..config import TrainConfig
 from ..dictionaries import ARCHITECTURES, Dictionary, DictionaryConfig
 from ..errors import ConfigError, DataError, RunInterrupted
-from ..evaluation import BOS_AS_TRAINED, EvalResult, ReconstructionMetrics, evaluate, evaluate_reconstruction
+from ..evaluation import BOS_AS_TRAINED, EvalResult, ReconstructionMetrics, evaluate_many, evaluate_reconstruction
 from ..io.checkpoint import CHECKPOINT_FILE, PENDING_FILE, recover_checkpoints
 from ..io.files import FolderLock, atomic_write_text, make_folder, remove_if_empty
 from ..io.saekit_format import EVAL_FILE, save_dictionary
@@ -388,7 +388,14 @@ def _finish(
     runs: list[MemberRun], source: ActivationSource, heldout: Tensor | None, progress: ProgressCallback | None,
     status: Callable[[str], None],
 ) -> list[TrainResult]:
-    """Save every finished dictionary, then evaluate each (eval.json, report.html)."""
+    """Save every finished dictionary, then evaluate them (eval.json, report.html).
+
+    With a model to run, every figure in both regimes (BOS policy as trained, recorded
+    in the dictionary), all dictionaries in one evaluation (``evaluate_many``: those at
+    the same hook points share the model runs that do not depend on the dictionary);
+    from cached or in-memory activations, the reconstruction figures on the held-out
+    activations only.
+    """
     finals = []
     for run in runs:
         if run.last_fvu is not None and run.last_fvu > 1:
@@ -400,55 +407,52 @@ def _finish(
         final = run.trainer.finished_dictionary()
         save_dictionary(final, run.member.out)
         finals.append(final)
-    results = []
-    for run, final in zip(runs, finals):
-        metrics, evaluation = None, None
-        out, cfg = run.member.out, run.member.cfg
-        if cfg.eval_tokens > 0:
-            status("evaluating on held-out text" + (f" ({run.member.name})" if len(runs) > 1 else ""))
-            try:
-                held = held_targets = None
-                if heldout is not None:
-                    held = heldout[:, run.member.column]
-                    if run.member.target_column is not None:
-                        held_targets = heldout[:, run.member.target_column]
-                metrics, evaluation = _evaluate_run(cfg, final, source, held, held_targets, out, progress)
-            except KeyboardInterrupt:
-                raise RunInterrupted(
-                    f"interrupted during the final evaluation or report; the trained dictionary is saved in {out}: "
-                    f"`saekit eval {out}` evaluates it"
-                ) from None
-        results.append(TrainResult(final, out, run.trainer.tokens, run.trainer.step, metrics, evaluation))
-    return results
+    cfg = runs[0].member.cfg  # the evaluation settings are pass settings, shared by every member
+    evaluated: list[tuple[ReconstructionMetrics | None, EvalResult | None]] = [(None, None)] * len(runs)
+    if cfg.eval_tokens > 0:
+        status("evaluating on held-out text" + (f" ({len(runs)} dictionaries)" if len(runs) > 1 else ""))
+        try:
+            evaluated = _evaluate_runs(runs, finals, source, heldout, progress)
+        except KeyboardInterrupt:
+            where = runs[0].member.out if len(runs) == 1 else f"the folders under {runs[0].member.out.parent}"
+            raise RunInterrupted(
+                f"interrupted during the final evaluation or report; the trained dictionaries are saved in {where}: "
+                "`saekit eval FOLDER` evaluates one"
+            ) from None
+    return [TrainResult(final, run.member.out, run.trainer.tokens, run.trainer.step, metrics, evaluation)
+            for run, final, (metrics, evaluation) in zip(runs, finals, evaluated)]
 
 
-def _evaluate_run(
-    cfg: TrainConfig, final: Dictionary, source: ActivationSource, heldout: Tensor | None,
-    heldout_targets: Tensor | None, out: Path, progress: ProgressCallback | None,
-) -> tuple[ReconstructionMetrics, EvalResult | None]:
-    """Write eval.json and report.html for a finished run.
-
-    With a model to run, every figure in both regimes (BOS policy as trained, recorded
-    in the dictionary); from cached or in-memory activations, the reconstruction
-    figures on the held-out activations only.
-    """
+def _evaluate_runs(
+    runs: list[MemberRun], finals: list[Dictionary], source: ActivationSource, heldout: Tensor | None,
+    progress: ProgressCallback | None,
+) -> list[tuple[ReconstructionMetrics, EvalResult | None]]:
+    """Each finished run's figures, written to its eval.json and report.html."""
     from ..report import write_report
 
-    evaluation = None
+    cfg = runs[0].member.cfg
+    out: list[tuple[ReconstructionMetrics, EvalResult | None]] = []
     if isinstance(source, ModelActivations):
-        evaluation = evaluate(
-            final, source.lm, dataset=cfg.dataset, tokens=cfg.eval_tokens, context_length=cfg.context_length,
+        evaluations = evaluate_many(
+            finals, source.lm, dataset=cfg.dataset, tokens=cfg.eval_tokens, context_length=cfg.context_tokens(),
             text_field=cfg.text_field, progress=progress,
         )
-        metrics, record = evaluation.fixed.reconstruction, evaluation.to_dict()
+        records = [e.to_dict() for e in evaluations]
+        out = [(e.fixed.reconstruction, e) for e in evaluations]
     else:
-        metrics = evaluate_reconstruction(final, heldout, progress=progress, targets=heldout_targets)
-        record = {
-            "dictionary": final.cfg.to_dict(), "fingerprint": final.fingerprint(), "model": source.model_name,
-            "hook": final.cfg.hook, "dataset": source.dataset_name,
-            "keep_bos": final.cfg.keep_bos, "keep_bos_source": BOS_AS_TRAINED,
-            "fixed": {"context_length": source.context_length, **metrics.to_dict(with_distributions=True)},
-        }
-    atomic_write_text(out / EVAL_FILE, json.dumps(record, indent=2) + "\n")
-    write_report(out)
-    return metrics, evaluation
+        records = []
+        for run, final in zip(runs, finals):
+            held_targets = None if run.member.target_column is None else heldout[:, run.member.target_column]
+            metrics = evaluate_reconstruction(final, heldout[:, run.member.column], progress=progress,
+                                              targets=held_targets)
+            records.append({
+                "dictionary": final.cfg.to_dict(), "fingerprint": final.fingerprint(), "model": source.model_name,
+                "hook": final.cfg.hook, "dataset": source.dataset_name,
+                "keep_bos": final.cfg.keep_bos, "keep_bos_source": BOS_AS_TRAINED,
+                "fixed": {"context_length": source.context_length, **metrics.to_dict(with_distributions=True)},
+            })
+            out.append((metrics, None))
+    for run, record in zip(runs, records):
+        atomic_write_text(run.member.out / EVAL_FILE, json.dumps(record, indent=2) + "\n")
+        write_report(run.member.out)
+    return out

@@ -45,7 +45,8 @@ EXECUTION_ONLY = frozenset(
 # Options whose default is filled in, or whose value is a path, once the model and data
 # are known: compared by their resolved values (``resolved_settings``) instead.
 RESOLVED_LATER = frozenset(
-    {"model", "hook", "dataset", "activation_cache", "expansion", "dict_size", "lr", "dead_after_tokens", "l1_coeff", "l0_coeff"}
+    {"model", "hook", "dataset", "activation_cache", "expansion", "dict_size", "lr", "dead_after_tokens", "l1_coeff", "l0_coeff",
+     "context_length"}
 )
 
 

@@ -117,17 +117,19 @@ def tiny_tokenizer(add_bos: bool = True) -> PreTrainedTokenizerFast:
 
 
 def random_dictionary(arch: str = "topk", d_in: int = 8, d_sae: int = 24, seed: int = 0,
-                      hook: str = "blocks.1.hook_resid_post", model: str = "tiny"):  # -> Dictionary
-    """A small dictionary with every weight perturbed (so no two conventions agree by
-    accident) and thresholds in the range real ones take; the same for a given seed."""
+                      hook: str = "blocks.1.hook_resid_post", model: str = "tiny", scale: float = 0.1,
+                      **config: Any):  # -> Dictionary
+    """A small dictionary with every weight perturbed by ``scale`` (so no two conventions
+    agree by accident) and thresholds in the range real ones take; the same for a given
+    seed. ``config``: further DictionaryConfig fields (a transcoder's, say)."""
     from saekit.dictionaries import ARCHITECTURES, DictionaryConfig, build_dictionary
 
     torch.manual_seed(seed)
     k = 4 if ARCHITECTURES[arch].uses_k else None
-    sae = build_dictionary(DictionaryConfig(arch=arch, d_in=d_in, d_sae=d_sae, k=k, hook=hook, model=model))
+    sae = build_dictionary(DictionaryConfig(arch=arch, d_in=d_in, d_sae=d_sae, k=k, hook=hook, model=model, **config))
     with torch.no_grad():
         for p in sae.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+            p.add_(scale * torch.randn_like(p))
         if arch == "jumprelu":
             sae.threshold.copy_(torch.rand(d_sae) * 0.3)
         if arch == "batchtopk":

@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import saekit
-from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import FormatError
 from saekit.io.formats import (
     convert,
@@ -29,6 +28,8 @@ from saekit.io.formats import (
 )
 from saekit.io.saekit_format import save_dictionary
 
+from conftest import random_dictionary
+
 D_IN, D_OUT, F = 8, 6, 24
 HOOK, TARGET = "mlp_in.1", "mlp_out.1"
 PEERS = Path(__file__).resolve().parents[1] / ".peers"
@@ -37,19 +38,9 @@ PEERS = Path(__file__).resolve().parents[1] / ".peers"
 def transcoder(arch="topk", d_out=D_OUT, skip=True, seed=0):
     """A small saekit transcoder with every tensor perturbed, so that a tensor dropped,
     transposed or read in the wrong convention changes the outputs."""
-    torch.manual_seed(seed)
-    k = 4 if arch in ("topk", "batchtopk") else None
-    cfg = DictionaryConfig(arch=arch, d_in=D_IN, d_sae=F, k=k, hook=HOOK, model="tiny", transcoder=True,
-                           target=TARGET, d_out=d_out, skip=skip)
-    tc = build_dictionary(cfg)
-    with torch.no_grad():
-        for p in tc.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        if arch == "jumprelu":
-            tc.threshold.copy_(torch.rand(F) * 0.3)
-        if arch == "batchtopk":
-            tc.threshold.fill_(0.2)
-    return tc.requires_grad_(False).eval()
+    tc = random_dictionary(arch, D_IN, F, seed, hook=HOOK, model="tiny", scale=0.3, transcoder=True, target=TARGET,
+                           d_out=d_out, skip=skip)
+    return tc.requires_grad_(False)
 
 
 def inputs(n=64, seed=1):

@@ -244,3 +244,20 @@ def test_fingerprints_tell_decoders_apart_beside_a_large_decoder_bias():
         b.load_state_dict(a.state_dict())
         b.W_dec.add_(1e-7 * torch.randn_like(b.W_dec))  # what a format conversion moves
     assert same_weights(a.fingerprint(), b.fingerprint())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reconstruct_in_blocks_is_reconstruct_at_once(arch, monkeypatch):
+    """Many tokens are reconstructed in blocks of rows; the result is the one-block result."""
+    from saekit.dictionaries import base
+
+    sae = make(arch)
+    if arch == "batchtopk":
+        sae.calibrate(torch.randn(300, 16))
+    x = torch.randn(3, 37, 16)
+    whole = sae.reconstruct(x)
+    monkeypatch.setattr(base, "RECONSTRUCT_BLOCK", 64 * 5)  # blocks of 5 rows for F = 64
+    blocks = sae.reconstruct(x)
+    assert blocks.shape == x.shape
+    torch.testing.assert_close(blocks, whole)
+    torch.testing.assert_close(blocks, sae.decode(sae.encode(x)), atol=1e-5, rtol=1e-5)

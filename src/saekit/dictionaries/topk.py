@@ -81,12 +81,8 @@ class TopKDictionary(Dictionary):
         vals, idx = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
         return vals.relu(), idx
 
-    def reconstruct(self, x: Tensor, f: Tensor | None = None) -> Tensor:
-        """As ``Dictionary.reconstruct``, through the sparse codes when ``f`` is not given:
-        the (..., F) activations are never formed (for 4,096 tokens of a 18,432-feature
-        dictionary they alone are 300 MB)."""
-        if f is not None:
-            return super().reconstruct(x, f)
+    def _reconstruct_rows(self, x: Tensor) -> Tensor:
+        """Through the sparse codes: no (rows, F) activations beside the pre-activations."""
         out = self.decode_sparse(*self.encode_sparse(x))
         return out + x @ self.W_skip if self.cfg.skip else out
 

@@ -440,6 +440,40 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_steer(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .interpret import AddFeature, ClampFeatures, generate_with_and_without
+    from .io.files import atomic_write_text, check_writable_file
+    from .loading import load
+    from .models import load_model, parse_dtype, resolve_device
+
+    out = check_writable_file(Path(ns.json), "--json") if ns.json else None
+    sae = load(ns.folder, ns.format, device=resolve_device(ns.device))
+    if not sae.cfg.hook:
+        raise ConfigError(f"{ns.folder} does not record its hook point, so saekit cannot tell where to steer")
+    # Built before the model loads: a feature out of range fails here.
+    intervention = (ClampFeatures(sae, [ns.feature], ns.clamp) if ns.clamp is not None
+                    else AddFeature(sae, ns.feature, ns.scale))
+    lm = load_model(ns.model or sae.cfg.model or None, device=sae.W_dec.device, dtype=parse_dtype(ns.dtype))
+    result = generate_with_and_without(lm, ns.prompt, intervention, max_new_tokens=ns.max_new_tokens,
+                                       temperature=ns.temperature, seed=ns.seed, allow_other_model=ns.allow_other_model)
+    what = f"feature {ns.feature} clamped to {ns.clamp:g}" if ns.clamp is not None else f"{ns.scale:g} x feature {ns.feature}"
+    where = sae.cfg.target if sae.cfg.transcoder else sae.cfg.hook
+    print(f"prompt: {result.prompt}\n")
+    print(f"without: {result.without}\n")
+    print(f"with {what} at {where}: {result.steered}")
+    if out is not None:
+        record = {"prompt": result.prompt, "without": result.without, "with": result.steered,
+                  "dictionary": str(ns.folder), "hook": where, "feature": ns.feature,
+                  "scale": None if ns.clamp is not None else ns.scale, "clamp": ns.clamp,
+                  "max_new_tokens": ns.max_new_tokens, "temperature": ns.temperature, "seed": ns.seed}
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="saekit", description="Sparse dictionary learning on language-model activations.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -523,6 +557,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-checkpoint", action="store_true",
                    help="also upload checkpoint.safetensors (optimizer state, for resuming; ~3x the weights)")
     p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser(
+        "steer",
+        help="generate with and without a feature added or clamped",
+        description="Continue a prompt twice, without and with an intervention on one feature: its decoder "
+        "direction added at every position (--scale), or the feature clamped to a value (--clamp, keeping the "
+        "dictionary's error term so only that feature changes). Greedy by default; --temperature samples, with "
+        "the same --seed both times.",
+    )
+    p.add_argument("folder", help=DICTIONARY_ARG_HELP)
+    p.add_argument("--feature", type=int, required=True, help="the feature's index")
+    p.add_argument("--scale", type=float, default=8.0, help="add scale × its decoder direction (default 8)")
+    p.add_argument("--clamp", type=float, default=None, help="instead, clamp the feature to this value")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0: sampled")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="the model to run (default: the one the dictionary records)")
+    p.add_argument("--allow-other-model", action="store_true", help="steer a model other than the recorded one")
+    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folder's format, if detection is wrong")
+    p.add_argument("--json", default=None, help="also write both continuations to this JSON file")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="model dtype")
+    p.set_defaults(func=_cmd_steer)
 
     p = sub.add_parser("report", help="a self-contained HTML page of a run's figures and plots")
     p.add_argument("folder", help="a run or dictionary folder (any format) or a Hub name, holding eval.json "

@@ -1,0 +1,10 @@
+"""Putting features to work: interventions with them on a running model (steering), and codes
+found by inference-time optimisation (``ito``)."""
+
+from .ito import fista, gradient_pursuit, matching_pursuit, orthogonal_matching_pursuit
+from .steering import AblateFeatures, AddFeature, ClampFeatures, SteeredGeneration, generate_with_and_without, steer
+
+__all__ = [
+    "AblateFeatures", "AddFeature", "ClampFeatures", "SteeredGeneration", "fista", "generate_with_and_without",
+    "gradient_pursuit", "matching_pursuit", "orthogonal_matching_pursuit", "steer",
+]

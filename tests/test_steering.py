@@ -15,6 +15,8 @@ from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import ConfigError, DimensionError
 from saekit.interpret import AblateFeatures, AddFeature, ClampFeatures, steer
 
+from conftest import random_dictionary
+
 ARCHS = ["relu", "topk", "batchtopk", "gated", "jumprelu"]
 
 
@@ -30,18 +32,10 @@ def ids(lm):
 
 
 def dictionary(lm, arch="relu", hook="resid_post.0", seed=0, **kw):
-    torch.manual_seed(seed)
-    k = 4 if arch in ("topk", "batchtopk") else None
-    d = build_dictionary(DictionaryConfig(arch=arch, d_in=lm.d_model, d_sae=40, k=k, hook=hook, model=lm.name, **kw))
+    d = random_dictionary(arch, lm.d_model, 40, seed, hook=hook, model=lm.name, scale=0.2, **kw)
     with torch.no_grad():
-        for p in d.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-        d.after_step()
-        if arch == "batchtopk":
-            d.threshold.fill_(0.1)
-        if arch == "jumprelu":
-            d.threshold.uniform_(0.0, 0.3)
-    return d.requires_grad_(False).eval()
+        d.after_step()  # unit-norm decoder rows, as trained ones have
+    return d.requires_grad_(False)
 
 
 def logits(lm, ids):

@@ -191,3 +191,37 @@ def test_saekit_steer_prints_and_writes_both_continuations(lm, model_dir, tmp_pa
     assert direct.without != direct.steered  # a scale this large changes a greedy continuation
     assert main(["steer", str(tmp_path / "d"), "--feature", "40", "--prompt", "x"]) == 2
     assert "feature 40 is not a feature of this dictionary" in capsys.readouterr().err
+
+
+def test_a_scale_sweep_follows_the_next_token_and_plots_it(lm, model_dir, tmp_path, capsys):
+    import json
+
+    from saekit.cli import main
+    from saekit.interpret import scale_sweep
+
+    last = f"resid_post.{lm.n_layers - 1}"
+    d = dictionary(lm, "relu", hook=last)
+    W_U = lm.model.get_output_embeddings().weight.detach()
+    # the token the feature points to most, among those whose text encodes back to them
+    ranked = (W_U @ d.W_dec[4]).argsort(descending=True).tolist()
+    target = next(t for t in ranked if lm.tokenizer.encode(lm.tokenizer.decode([t]), add_special_tokens=False) == [t])
+    word = lm.tokenizer.decode([target])
+    sweep = scale_sweep(lm, "the river city", d, 4, [0, 10, 40], [word])
+    ids = lm.tokenizer("the river city", return_tensors="pt").input_ids
+    clean = torch.log_softmax(logits(lm, ids)[0, -1], -1)[target]
+    assert sweep.logprobs[0][0] == pytest.approx(float(clean), abs=1e-5)
+    assert sweep.logprobs[2][0] > sweep.logprobs[0][0]  # steering along the feature raises its top token
+    default = scale_sweep(lm, "the river city", d, 4, [0, 40])
+    assert 1 <= len(default.tokens) <= 6 and len(default.logprobs) == 2
+    with pytest.raises(ConfigError, match="not one"):
+        scale_sweep(lm, "the river city", d, 4, [0, 1], ["the river"])
+
+    saekit.save(d, tmp_path / "d")
+    args = ["steer", str(tmp_path / "d"), "--model", str(model_dir), "--feature", "4", "--sweep", "0,40",
+            "--prompt", "the river city", "--plot", str(tmp_path / "p.png"), "--json", str(tmp_path / "s.json")]
+    assert main(args) == 0
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["scales"] == [0.0, 40.0] and len(record["logprobs"]) == 2
+    assert "next-token log-probabilities" in capsys.readouterr().out
+    assert main(["steer", str(tmp_path / "d"), "--feature", "4", "--sweep", "0,4", "--clamp", "1", "--prompt", "x"]) == 2

@@ -1209,3 +1209,25 @@ def compare(folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
     atomic_write_text(target, _page(f"saekit compare: {len(entries)} dictionaries", sections, banner))
     log.info("wrote %s", target)
     return text, target
+
+
+def write_sweep_plot(path: Path, sweep: Any) -> Path:
+    """A PNG of a steering sweep (``interpret.ScaleSweep``): each watched token's
+    next-token log-probability against the steering scale."""
+    from matplotlib.figure import Figure
+
+    from .io.files import atomic_write_bytes
+
+    fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for j, token in enumerate(sweep.tokens):
+        ax.plot(sweep.scales, [row[j] for row in sweep.logprobs], marker="o", label=repr(token))
+    ax.set_xlabel(f"scale α (α · W_dec[{sweep.feature}] added at every position)")
+    ax.set_ylabel("log-probability of the next token")
+    ax.set_title(f"after {sweep.prompt[-60:]!r}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -2,9 +2,19 @@
 found by inference-time optimisation (``ito``)."""
 
 from .ito import fista, gradient_pursuit, matching_pursuit, orthogonal_matching_pursuit
-from .steering import AblateFeatures, AddFeature, ClampFeatures, SteeredGeneration, generate_with_and_without, steer
+from .steering import (
+    AblateFeatures,
+    AddFeature,
+    ClampFeatures,
+    ScaleSweep,
+    SteeredGeneration,
+    generate_with_and_without,
+    scale_sweep,
+    steer,
+)
 
 __all__ = [
-    "AblateFeatures", "AddFeature", "ClampFeatures", "SteeredGeneration", "fista", "generate_with_and_without",
-    "gradient_pursuit", "matching_pursuit", "orthogonal_matching_pursuit", "steer",
+    "AblateFeatures", "AddFeature", "ClampFeatures", "ScaleSweep", "SteeredGeneration", "fista",
+    "generate_with_and_without", "gradient_pursuit", "matching_pursuit", "orthogonal_matching_pursuit", "scale_sweep",
+    "steer",
 ]

@@ -249,3 +249,57 @@ def generate_with_and_without(
     with steer(lm, interventions, allow_other_model=allow_other_model):
         steered = continuation()
     return SteeredGeneration(prompt, without, steered, max_new_tokens)
+
+
+@dataclass
+class ScaleSweep:
+    """Next-token log-probabilities after a prompt, per steering scale (rows) and watched
+    token (columns)."""
+
+    prompt: str
+    feature: int
+    scales: list[float]
+    tokens: list[str]
+    logprobs: list[list[float]]
+
+
+@torch.no_grad()
+def scale_sweep(
+    lm: Any, prompt: str, dictionary: Dictionary, feature: int, scales: Sequence[float],
+    tokens: Sequence[str] | None = None, allow_other_model: bool = False,
+) -> ScaleSweep:
+    """For each scale α, the log-probability of each watched token being the next token
+    after ``prompt`` with ``α · W_dec[feature]`` added at every position.
+
+    ``tokens`` are strings that must each be one token of the model's vocabulary (say
+    ``" Paris"`` with its leading space); by default, the three likeliest next tokens
+    without steering and the three likeliest at the largest scale.
+    """
+    scales = [float(a) for a in scales]
+    if not scales or not all(math.isfinite(a) for a in scales):
+        raise ConfigError(f"give one or more finite scales to sweep, got {scales}")
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.device)
+    if ids.shape[1] == 0 or ids.shape[1] > lm.max_length:
+        raise ConfigError(f"the prompt must have 1 to {lm.max_length} tokens, it has {ids.shape[1]}")
+
+    def next_logprobs(alpha: float) -> Tensor:
+        with steer(lm, AddFeature(dictionary, feature, alpha), allow_other_model=allow_other_model):
+            return torch.log_softmax(lm.model(input_ids=ids).logits[0, -1].float(), dim=-1)
+
+    rows = [next_logprobs(a) for a in scales]
+    if tokens is None:
+        clean = next_logprobs(0.0)
+        picked = dict.fromkeys(clean.topk(3).indices.tolist() + rows[max(range(len(scales)), key=lambda i: abs(scales[i]))].topk(3).indices.tolist())
+        token_ids = list(picked)
+        names = [lm.tokenizer.decode([t]) for t in token_ids]
+    else:
+        token_ids, names = [], list(tokens)
+        for text in tokens:
+            pieces = lm.tokenizer.encode(text, add_special_tokens=False)
+            if len(pieces) != 1:
+                raise ConfigError(
+                    f"{text!r} is {len(pieces)} tokens of this model ({[lm.tokenizer.decode([p]) for p in pieces]}), "
+                    "not one; watch single tokens (mind the leading space, e.g. ' Paris')"
+                )
+            token_ids.append(pieces[0])
+    return ScaleSweep(prompt, feature, scales, names, [[float(r[t]) for t in token_ids] for r in rows])

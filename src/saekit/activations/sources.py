@@ -168,6 +168,13 @@ class ModelActivations:
         # model on its share of every chunk's batches and all gather the whole chunk.
         self.ranks: Any = None
 
+    def with_hooks(self, hooks: Sequence[str]) -> "ModelActivations":
+        """The same model and text, read at other hook points (the pass stops after the last)."""
+        return ModelActivations(
+            self.lm, hooks, dataset=self.dataset, text_field=self.text_field, context_length=self.context_length,
+            model_batch_size=self.model_batch_size, seed=self.seed, keep_bos=self.keep_bos,
+        )
+
     def _contexts(self, split: str, start: int, repeat: bool) -> ContextStream:
         return ContextStream(
             self.dataset,

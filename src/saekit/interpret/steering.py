@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
@@ -89,15 +89,17 @@ class ClampFeatures:
     features: int | Sequence[int]
     values: Values
     positions: Positions = None
+    # ``features`` checked and listed once, when built (not on every forward pass).
+    indices: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _feature_list(self.dictionary, self.features, "ClampFeatures")
+        object.__setattr__(self, "indices", tuple(_feature_list(self.dictionary, self.features, type(self).__name__)))
 
     def targets(self, f: Tensor) -> Tensor:
         return torch.as_tensor(self.values, dtype=f.dtype, device=f.device).expand_as(f)
 
     def change(self, read: Tensor, write: Tensor) -> Tensor:
-        idx = torch.tensor(_feature_list(self.dictionary, self.features, "ClampFeatures"), device=read.device)
+        idx = torch.tensor(self.indices, device=read.device)
         f = self.dictionary.encode(read, features=idx)
         return (self.targets(f) - f) @ self.dictionary.W_dec[idx].to(f.dtype)
 
@@ -121,8 +123,7 @@ class AblateFeatures(ClampFeatures):
     def targets(self, f: Tensor) -> Tensor:
         if self.mean is None:
             return torch.zeros_like(f)
-        idx = _feature_list(self.dictionary, self.features, "AblateFeatures")
-        return self.mean[idx].to(f.dtype).to(f.device).expand_as(f)
+        return self.mean[list(self.indices)].to(f.dtype).to(f.device).expand_as(f)
 
 
 Intervention = Union[AddFeature, ClampFeatures, AblateFeatures]

@@ -43,13 +43,11 @@ from ..io.files import FolderLock, atomic_write_text, make_folder, remove_if_emp
 from ..io.saekit_format import EVAL_FILE, save_dictionary
 from ..models import resolve_device
 from .distributed import SINGLE, Ranks, rank_device, ranks_from_environment
-from .loop import MemberRun, start_members, train_loop
+from .loop import MemberRun, ProgressCallback, start_members, train_loop
 from .plan import Member, check_one_pass, pair_hook_points, plan_members
 from .run_folder import RUN_FILES, check_resolved, check_run_folder, clear_run_files
 
 log = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -357,12 +355,7 @@ def _deal_out(members: list[Member], source: ActivationSource, ranks: Ranks) -> 
         )
     if isinstance(source, ModelActivations):
         needed = {h for m in mine for h in (m.cfg.hook, m.cfg.target) if h is not None}
-        hooks = [h for h in source.hooks if h in needed]
-        source = ModelActivations(
-            source.lm, hooks, dataset=source.dataset, text_field=source.text_field,
-            context_length=source.context_length, model_batch_size=source.model_batch_size,
-            seed=source.seed, keep_bos=source.keep_bos,
-        )
+        source = source.with_hooks([h for h in source.hooks if h in needed])
     columns = list(source.hooks)
     return [
         dataclasses.replace(m, column=columns.index(m.cfg.hook),

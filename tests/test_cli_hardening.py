@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import D_MODEL
-from saekit.cli import _ProgressBars, main
+from saekit.cli import main
+from saekit.cli.progress import ProgressBars as _ProgressBars
 from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import RunInterrupted
 from saekit.io.saekit_format import save_dictionary

@@ -1,0 +1,98 @@
+"""What every verb's parser shares: the argparse subclass, flags generated from config dataclasses, list-valued flags, and the help said wherever a verb takes a dictionary."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Callable, Sequence
+
+from ..config import field_type, flag_name
+
+
+# The formats `saekit.io.formats` reads and writes (kept here so --help needs no torch import).
+FORMAT_CHOICES = ("saekit", "saelens", "sparsify", "dictionary_learning", "gemma_scope")
+WRITE_FORMATS = FORMAT_CHOICES[:4]  # Gemma Scope is read-only
+# Said wherever a verb takes a dictionary.
+DICTIONARY_ARG_HELP = (
+    "a dictionary: a local folder in any format saekit reads (saekit, SAELens, sparsify, dictionary_learning, "
+    "Gemma Scope params.npz; detected), or a Hub name OWNER/REPO[@REVISION]/PATH/INSIDE (downloaded and cached)"
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with short usage errors: the one line that says what is wrong, and where
+    to read more, instead of the whole usage text (thirty lines for ``saekit train``)."""
+
+    _verbs: Any = None  # the sub-parsers action, once added
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help`\n")
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self._verbs = super().add_subparsers(**kwargs)
+        return self._verbs
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        # argparse reports a verb's unknown flags from the top-level parser ("saekit: error");
+        # the verb's own parser names the verb and its --help.
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            where = self if self._verbs is None else self._verbs.choices.get(getattr(ns, self._verbs.dest, None), self)
+            where.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, sweepable: frozenset[str] = frozenset()) -> None:
+    """One flag per config field; a field in ``sweepable`` takes comma-separated values
+    (``--k 16,32,64``), parsed into a list."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        base, _ = field_type(hints[field.name])
+        help_text = field.metadata.get("help", "")
+        default = field.default
+        if base is bool:
+            parser.add_argument(flag_name(field), dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        shown = " (required)" if field.metadata.get("required") else "" if default is None else f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+        choices = field.metadata.get("choices")
+        many = field.name in sweepable
+        if many:
+            shown += "; comma-separated values train one dictionary each"
+        parser.add_argument(
+            flag_name(field),
+            dest=field.name,
+            type=values_type(base, choices, flag_name(field)) if many else base,
+            default=default,
+            choices=None if many else choices,
+            required=field.metadata.get("required", False),
+            help=help_text + shown,
+            metavar=("{" + ",".join(choices) + "}[,...]" if choices else f"{field.name.upper()}[,...]") if many
+            else field.name.upper() if choices is None else None,
+        )
+
+
+def values_type(base: type, choices: Sequence[str] | None, flag: str) -> Callable[[str], list[Any]]:
+    """The argparse type of a sweepable flag: comma-separated values of ``base``."""
+
+    def parse(text: str) -> list[Any]:
+        parts = [part.strip() for part in text.split(",")]
+        if any(not part for part in parts):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty value; separate values with commas, e.g. 16,32")
+        try:
+            values = [base(part) for part in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: each value must be {base.__name__}") from None
+        bad = [v for v in values if choices and v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"invalid choice: {bad[0]!r} (choose from {', '.join(choices)})")
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} gives a value twice")
+        return values
+
+    parse.__name__ = f"{base.__name__} list"  # what argparse names in its own messages
+    return parse
+
+
+def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})

@@ -1,0 +1,87 @@
+"""``saekit eval``: every figure of docs/metrics.md, in both context regimes."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import ConfigError, OutputError
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES
+from .progress import ProgressBars
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="every figure of docs/metrics.md for a dictionary, in both context regimes",
+        description="Evaluate a dictionary on held-out text: reconstruction, sparsity and downstream figures "
+        "(the model with the dictionary spliced in), for fixed contexts as in training and for whole documents, "
+        "with FVU and CE diff by position. Prints a table and writes JSON (default FOLDER/eval.json).",
+    )
+    p.add_argument("folder", help=DICTIONARY_ARG_HELP)
+    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folder's format, if detection is wrong")
+    p.add_argument("--tokens", type=int, default=32_768, help="evaluated tokens per regime (default 32,768)")
+    p.add_argument("--dataset", default=None, help="as for saekit train; its held-out split is used (default: embedded corpus)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--model", default=None, help="the model to run (default: the one the dictionary records)")
+    p.add_argument("--hook", default=None, help="refuse unless the dictionary was trained on this hook point")
+    p.add_argument("--regimes", nargs="+", default=["fixed", "documents"], choices=["fixed", "documents"])
+    p.add_argument("--max-length", type=int, default=1024, help="document length cap in the documents regime")
+    p.add_argument("--allow-other-model", action="store_true", help="evaluate on a model other than the recorded one")
+    p.add_argument("--keep-bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate and splice the BOS position (default: as the dictionary was trained, which it "
+                   "records; an override is recorded in the JSON)")
+    p.add_argument("--json", default=None, help="where to write the figures (default FOLDER/eval.json; for a Hub name, eval-NAME.json here)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="model dtype")
+    p.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..data import validate_source
+    from ..evaluation import check_hook, check_model, evaluate
+    from ..io.saekit_format import EVAL_FILE
+    from ..hub import default_output
+    from ..loading import load
+    from ..models import load_model, parse_dtype, resolve_device
+    from ..io.files import atomic_write_text, check_writable_file
+
+    # Everything that can be checked before the slow model load and the passes is checked here.
+    if ns.tokens <= 0:
+        raise ConfigError(f"--tokens must be positive, got {ns.tokens}")
+    if ns.max_length < 2:
+        raise ConfigError(f"--max-length must be at least 2, got {ns.max_length}")
+    folder = ns.folder
+    out = check_writable_file(Path(ns.json) if ns.json else default_output(folder, EVAL_FILE), "--json")
+    sae = load(folder, ns.format, device=resolve_device(ns.device))
+    # Some formats (sparsify) record neither the hook point nor the model: take them from the flags.
+    if not sae.cfg.hook:
+        if ns.hook is None:
+            raise ConfigError(f"{folder} does not record its hook point; pass --hook (e.g. --hook resid_post.9)")
+        sae.cfg.hook = ns.hook
+    if not sae.cfg.model and ns.model:
+        sae.cfg.model = ns.model
+    check_hook(sae, ns.hook)
+    check_model(sae, None if ns.allow_other_model else ns.model)  # both before the slow model load
+    validate_source(ns.dataset, ns.text_field)
+    lm = load_model(ns.model or sae.cfg.model or None, device=sae.W_dec.device, dtype=parse_dtype(ns.dtype))
+    bars = ProgressBars("eval")
+    try:
+        result = evaluate(
+            sae, lm, dataset=ns.dataset, tokens=ns.tokens, max_length=ns.max_length, text_field=ns.text_field,
+            regimes=ns.regimes, allow_other_model=True,  # checked above, against the name the user gave
+            splice_bos=ns.keep_bos, progress=bars,
+        )
+    finally:
+        bars.close()
+    print(result.table())
+    try:
+        atomic_write_text(out, json.dumps(result.to_dict(), indent=2) + "\n")
+    except OutputError as e:
+        raise OutputError(f"{e}. The figures are printed above but were not saved; rerun with --json naming a "
+                          "writable file") from None
+    print(f"wrote {out}")
+    return 0

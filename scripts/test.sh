@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install_browser.sh  # for the dashboard's browser test
 exec .venv/bin/python -m pytest -q "$@"

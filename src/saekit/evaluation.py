@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .dictionaries import Dictionary
 from .errors import ConfigError, DataError, DimensionError, HookPointError
+from .progress import Phase, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +45,10 @@ PREFIX_CACHE_BYTES = 1 << 30
 Regime = Literal["fixed", "documents"]
 REGIMES: tuple[Regime, ...] = ("fixed", "documents")
 REGIME_LABELS: dict[str, str] = {"fixed": "fixed contexts", "documents": "whole documents"}
-Progress = Callable[[dict[str, Any]], None]
 # eval.json's "keep_bos_source": whether the BOS policy was the dictionary's own (as it
 # was trained) or one the caller chose against it, which makes the figures not
 # comparable with the training run's.
 BOS_AS_TRAINED, BOS_OVERRIDDEN = "dictionary", "override"
-
-
-class _Phase:
-    """One phase's advance, reported to a ``progress`` callback (a no-op without one)."""
-
-    def __init__(self, progress: Progress | None, phase: str, total: int | None):
-        self.progress, self.phase, self.total, self.done = progress, phase, total, 0
-        self._report()
-
-    def advance(self, n: int) -> None:
-        # Capped: reading whole sequences overshoots the tokens asked for by up to one.
-        self.done = self.done + n if self.total is None else min(self.done + n, self.total)
-        self._report()
-
-    def _report(self) -> None:
-        if self.progress is not None:
-            self.progress({"phase": self.phase, "done": self.done, "total": self.total, "unit": "tok"})
 
 
 def _finite_or_text(v: Any) -> Any:
@@ -184,7 +167,7 @@ def evaluate_reconstruction(
     dictionary: Dictionary,
     activations: Tensor | Iterable[Tensor],
     batch_size: int = 4096,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     targets: Tensor | Iterable[Tensor] | None = None,
 ) -> ReconstructionMetrics:
     """Reconstruction figures for raw activations ``(N, d)`` (or an iterable of such).
@@ -208,7 +191,7 @@ def evaluate_reconstruction(
 
     if isinstance(activations, Tensor):
         total = activations.numel() // activations.shape[-1]
-    phase = _Phase(progress, "evaluating: held-out activations", total)
+    phase = Phase(progress, "evaluating: held-out activations", total)
     sums = _ReconstructionSums(dictionary)
     device = dictionary.W_dec.device
     target_batches = iter(batches(targets)) if targets is not None else None
@@ -405,7 +388,7 @@ def _evaluate_regime(
     bucket: int,
     splice_bos: bool,
     n_evaluated: int,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[RegimeResult]:
     """One regime's figures for dictionaries that read and replace the same points.
 
@@ -442,7 +425,7 @@ def _evaluate_regime(
     # The prefix outputs are kept for pass 2 while they fit in PREFIX_CACHE_BYTES, so
     # that for most evaluations the prefix runs once.
     label = f"evaluating {REGIME_LABELS[regime]}"
-    phase = _Phase(progress, f"{label}: mean activation", n_evaluated)
+    phase = Phase(progress, f"{label}: mean activation", n_evaluated)
     total, count, room = None, 0, PREFIX_CACHE_BYTES
     kept: list[tuple[Tensor, Tensor, Tensor] | None] = []
     for batch in batches:
@@ -457,7 +440,7 @@ def _evaluate_regime(
     mean_act = (total / max(count, 1)).float()
 
     many = len(dictionaries) > 1
-    phase = _Phase(progress, f"{label}: clean, spliced, zero and mean passes" + (
+    phase = Phase(progress, f"{label}: clean, spliced, zero and mean passes" + (
         f" ({len(dictionaries)} dictionaries)" if many else ""), n_evaluated)
 
     recs = [_ReconstructionSums(d, bucket) for d in dictionaries]
@@ -546,7 +529,7 @@ def _evaluate_regime(
     return results
 
 
-def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool, phase: _Phase | None = None) -> tuple[list[Any], int]:
+def _take_tokens(batches: Iterator[Any], tokens: int, keep_bos: bool, phase: Phase | None = None) -> tuple[list[Any], int]:
     """Whole sequences until they hold ``tokens`` evaluated tokens (or the data runs out).
 
     The last batch is cut after the sequence that reaches the budget, so the overshoot
@@ -642,7 +625,7 @@ def evaluate(
     text_field: str = "text",
     allow_other_model: bool = False,
     bucket_tokens: int = POSITION_BUCKET,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> EvalResult:
     """Every docs/metrics.md figure for ``dictionary`` on held-out text, in both regimes.
 
@@ -684,7 +667,7 @@ def evaluate_many(
     text_field: str = "text",
     allow_other_model: bool = False,
     bucket_tokens: int = POSITION_BUCKET,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[EvalResult]:
     """``evaluate`` for several dictionaries of one model (a sweep), in the order given,
     each with the figures it would get alone.
@@ -758,7 +741,7 @@ def evaluate_many(
                     split=split, text_field=text_field, max_batch_tokens=batch_tokens,
                 )
                 length = max_len
-            reading = _Phase(progress, f"evaluating {REGIME_LABELS[regime]}: reading text", tokens)
+            reading = Phase(progress, f"evaluating {REGIME_LABELS[regime]}: reading text", tokens)
             batches, n = _take_tokens(stream, tokens, keep_bos, reading)
             if n < tokens:
                 log.warning("%s regime: the data holds only %d of the %d tokens asked for; evaluating those",

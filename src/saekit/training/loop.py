@@ -28,6 +28,7 @@ from ..dictionaries import DictionaryConfig
 from ..errors import CheckpointError, DataError, OutputError, RunInterrupted, TrainingDivergedError
 from ..io.checkpoint import save_checkpoints
 from ..io.saekit_format import LOG_FILE
+from ..progress import ProgressCallback
 from .log_interval import LogInterval
 from .distributed import SINGLE, Ranks
 from .plan import Member
@@ -36,7 +37,6 @@ from .trainer import DictionaryTrainer
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass

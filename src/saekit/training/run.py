@@ -43,7 +43,8 @@ from ..io.files import FolderLock, atomic_write_text, make_folder, remove_if_emp
 from ..io.saekit_format import EVAL_FILE, save_dictionary
 from ..models import resolve_device
 from .distributed import SINGLE, Ranks, rank_device, ranks_from_environment
-from .loop import MemberRun, ProgressCallback, start_members, train_loop
+from ..progress import ProgressCallback
+from .loop import MemberRun, start_members, train_loop
 from .plan import Member, check_one_pass, pair_hook_points, plan_members
 from .run_folder import RUN_FILES, check_resolved, check_run_folder, clear_run_files
 

@@ -1231,3 +1231,44 @@ def write_sweep_plot(path: Path, sweep: Any) -> Path:
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def write_thresholding_plot(path: Path, comparison: Any) -> Path:
+    """A PNG of ``saekit ito`` (``interpret.ito_comparison.CodeComparison``): FVU against the
+    threshold T for the encoder's codes and the best optimised ones, and every method's
+    FVU against its L0, with the thresholded codes as curves in the same plane."""
+    from matplotlib.figure import Figure
+
+    from .io.files import atomic_write_bytes
+
+    t = comparison.thresholding
+    fig = Figure(figsize=(10.0 if t is not None else 5.0, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2 if t is not None else 1, squeeze=False)[0]
+    if t is not None:
+        best = next(m.name for m in comparison.methods if m.method == t.best)
+        ax = axes[0]
+        multiples = [r.multiple for r in t.rows]
+        ax.plot(multiples, [r.encoder_fvu for r in t.rows], marker="o", label="encoder")
+        ax.plot(multiples, [r.best_fvu for r in t.rows], marker="s", label=best)
+        ax.set_xlabel(f"T, in multiples of the encoder's median activation ({t.median:.3g})")
+        ax.set_ylabel("FVU with codes below T set to 0")
+        ax.set_title("thresholding test", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[-1]
+    for m in comparison.methods:
+        ax.scatter([m.l0], [m.fvu], label=m.name, zorder=3)
+    if t is not None:
+        ax.plot([r.encoder_l0 for r in t.rows], [r.encoder_fvu for r in t.rows], color="grey", alpha=0.6, lw=1,
+                label="encoder, thresholded")
+        ax.plot([r.best_l0 for r in t.rows], [r.best_fvu for r in t.rows], color="grey", alpha=0.6, lw=1, ls="--",
+                label=f"{best}, thresholded")
+    ax.set_xlabel("L0 (active features per token)")
+    ax.set_ylabel("FVU")
+    ax.set_title(f"at matched L0 {comparison.l0}, {comparison.n_tokens:,} held-out tokens", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+    return path

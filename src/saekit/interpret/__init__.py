@@ -2,6 +2,7 @@
 found by inference-time optimisation (``ito``)."""
 
 from .ito import fista, gradient_pursuit, matching_pursuit, orthogonal_matching_pursuit
+from .ito_comparison import CodeComparison, compare_codes
 from .steering import (
     AblateFeatures,
     AddFeature,
@@ -14,7 +15,7 @@ from .steering import (
 )
 
 __all__ = [
-    "AblateFeatures", "AddFeature", "ClampFeatures", "ScaleSweep", "SteeredGeneration", "fista",
+    "AblateFeatures", "AddFeature", "ClampFeatures", "CodeComparison", "ScaleSweep", "SteeredGeneration", "compare_codes", "fista",
     "generate_with_and_without", "gradient_pursuit", "matching_pursuit", "orthogonal_matching_pursuit", "scale_sweep",
     "steer",
 ]

@@ -20,7 +20,9 @@ architecture's activations, so they mean the same thing as the encoder's.
 * ``fista``: the non-negative L1-penalised codes, ``min_f ½‖x − b_dec − f W_dec‖² +
   λ Σ f``, ``f ≥ 0``, by FISTA (Beck & Teboulle 2009); ``accelerated=False`` is ISTA.
 
-All are batched over tokens and run on the decoder's device.
+All are batched over tokens and run on the decoder's device. ``ito_comparison.compare_codes``
+(``saekit ito``) measures them against the dictionary's own encoder at matched L0 on
+held-out text, with the model's loss when each one's reconstruction is spliced in.
 """
 
 from __future__ import annotations

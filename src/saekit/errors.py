@@ -55,6 +55,14 @@ class HubError(SaekitError):
     """The Hugging Face Hub could not give or take a dictionary (not found, no access, offline)."""
 
 
+class EndpointError(SaekitError):
+    """A chat endpoint that refused, failed or answered nonsense after every retry."""
+
+
+class PromptTooLongError(SaekitError):
+    """A prompt that does not fit the model's context with room for its answer."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says what was kept and how to continue.
 

@@ -1,7 +1,5 @@
 """Sparse feature circuits: which features, through which paths, cause a behaviour.
 
-The pieces so far (issue 11, first part):
-
 * ``data``: the JSONL file of clean/patch prefixes and answers, checked and tokenised
   (``read_circuit_data``), in batches of one token length (``CircuitBatch``);
 * ``metrics``: what is explained, one number per example from the logits
@@ -9,7 +7,13 @@ The pieces so far (issue 11, first part):
 * ``graph``: the model with several dictionaries spliced in (``SplicedModel``), whose
   features and error terms are nodes that can be read, set and differentiated;
 * ``attribution``: node effects by attribution patching, integrated gradients and exact
-  activation patching (``NodeEffects``).
+  activation patching (``NodeEffects``);
+* ``edges``: edge effects among chosen nodes, the metric as the sink (``edge_effects``);
+* ``circuit``: nodes and edges past thresholds, as JSON (``find_circuit``, ``Circuit``);
+* ``faithfulness``: mean ablation, faithfulness and completeness, and their curve over
+  circuit size;
+* ``mask``: the baseline, a learned hard-concrete mask over the same nodes (subnetwork
+  probing), with faithfulness against nodes kept.
 """
 
 from .attribution import (
@@ -26,13 +30,39 @@ from .attribution import (
     integrated_gradients,
     node_effects,
 )
+from .circuit import Circuit, CircuitNode, circuit_from_effects, find_circuit, read_circuit, select_nodes
 from .data import CircuitBatch, CircuitData, CircuitExample, circuit_examples, read_circuit_data
+from .edges import EDGE_METHODS, METRIC, Edge, EdgeEffects, edge_effects
+from .faithfulness import (
+    Faithfulness,
+    FaithfulnessCurve,
+    MeanAblation,
+    ablated_metric,
+    faithfulness,
+    faithfulness_curve,
+    plot_faithfulness_curve,
+)
 from .graph import Nodes, SplicedModel, SplicedRun
+from .mask import (
+    DEFAULT_SPARSITIES,
+    MaskCurve,
+    MaskResult,
+    NodeMeans,
+    mask_candidates,
+    mask_curve,
+    masked_metric,
+    node_means,
+    train_mask,
+)
 from .metrics import Metric, answer_logprob, default_metric, logit_difference
 
 __all__ = [
-    "DEFAULT_STEPS", "METHODS", "CircuitBatch", "CircuitData", "CircuitExample", "Metric", "Node", "NodeEffect",
-    "NodeEffects", "Nodes", "PatchPrefixes", "PatchSource", "SplicedModel", "SplicedRun", "ZeroAblation",
-    "answer_logprob", "attribution_patching", "circuit_examples", "default_metric", "exact_patching",
-    "integrated_gradients", "logit_difference", "node_effects", "read_circuit_data",
+    "DEFAULT_SPARSITIES", "DEFAULT_STEPS", "EDGE_METHODS", "METHODS", "METRIC", "Circuit", "CircuitBatch", "CircuitData",
+    "CircuitExample", "CircuitNode", "Edge", "EdgeEffects", "Faithfulness", "FaithfulnessCurve", "MaskCurve",
+    "MaskResult", "MeanAblation", "Metric", "Node", "NodeEffect", "NodeEffects", "NodeMeans", "Nodes", "PatchPrefixes",
+    "PatchSource", "SplicedModel", "SplicedRun", "ZeroAblation", "ablated_metric", "answer_logprob",
+    "attribution_patching", "circuit_examples", "circuit_from_effects", "default_metric", "edge_effects",
+    "exact_patching", "faithfulness", "faithfulness_curve", "find_circuit", "integrated_gradients",
+    "logit_difference", "mask_candidates", "mask_curve", "masked_metric", "node_effects", "node_means",
+    "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "select_nodes", "train_mask",
 ]

@@ -306,11 +306,15 @@ class _Accumulator:
         self.n += clean.shape[0]
 
 
-def _check_inputs(model: SplicedModel, data: CircuitData, batch_size: int) -> None:
+def check_inputs(model: SplicedModel, data: CircuitData, batch_size: int, purpose: str = "node effects",
+                 why_aligned: str = "need them aligned (the same token length)") -> None:
+    """What every pass over a prompt file checks first: the model with its dictionaries, the
+    data, the batch size, prompts the model can take, and (with patch prompts) clean and
+    patch prefixes of one token length. ``purpose`` and ``why_aligned`` word the errors."""
     if not isinstance(model, SplicedModel):
-        raise ConfigError(f"node effects need a SplicedModel (the model with its dictionaries), got {type(model).__name__}")
+        raise ConfigError(f"{purpose} need a SplicedModel (the model with its dictionaries), got {type(model).__name__}")
     if not isinstance(data, CircuitData):
-        raise ConfigError(f"node effects need CircuitData (read_circuit_data), got {type(data).__name__}")
+        raise ConfigError(f"{purpose} need CircuitData (read_circuit_data), got {type(data).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive whole number, got {batch_size!r}")
     limit = model.lm.max_length
@@ -321,7 +325,7 @@ def _check_inputs(model: SplicedModel, data: CircuitData, batch_size: int) -> No
         if bad is not None:
             raise DataError(
                 f"{data.source}, line {bad.line}: the clean prefix is {bad.length} tokens and the patch prefix "
-                f"{len(bad.patch_ids or ())}; node effects need them aligned (the same token length)"
+                f"{len(bad.patch_ids or ())}; {purpose} {why_aligned}"
             )
 
 
@@ -361,7 +365,7 @@ def _run_batches(
     progress: ProgressCallback | None, label: str,
     per_batch: Callable[[CircuitBatch, Metric, PatchSource, _Accumulator], None],
 ) -> tuple[_Accumulator, Metric, PatchSource]:
-    _check_inputs(model, data, batch_size)
+    check_inputs(model, data, batch_size)
     metric = metric or default_metric(data)
     source = source or default_source(data)
     acc = _Accumulator(model, data.max_length)
@@ -500,7 +504,7 @@ def exact_patching(
     ``nodes_per_pass`` nodes of one hook point share a forward pass, each on its own copy
     of the batch. The result holds only these nodes (``measured``).
     """
-    _check_inputs(model, data, batch_size)
+    check_inputs(model, data, batch_size)
     if isinstance(nodes_per_pass, bool) or not isinstance(nodes_per_pass, int) or nodes_per_pass < 1:
         raise ConfigError(f"nodes_per_pass must be a positive whole number, got {nodes_per_pass!r}")
     T = data.max_length

@@ -51,7 +51,7 @@ from .attribution import (
     DEFAULT_STEPS,
     Node,
     PatchSource,
-    _check_inputs,
+    check_inputs,
     _check_metric,
     _clean_and_patch,
     _resid_pre,
@@ -292,7 +292,7 @@ def edge_effects(
     ``metric`` and ``source`` as for node effects. ``nodes_per_pass`` downstream nodes
     share a backward pass, each on its own copy of the batch (memory grows with it).
     """
-    _check_inputs(model, data, batch_size)
+    check_inputs(model, data, batch_size)
     if method not in EDGE_METHODS:
         raise ConfigError(f"unknown edge method {method!r}; choose one of {', '.join(EDGE_METHODS)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

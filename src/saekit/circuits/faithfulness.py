@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
-from .attribution import Node, NodeEffects, _check_inputs
+from .attribution import Node, NodeEffects, check_inputs
 from .circuit import Circuit
 from .data import CircuitBatch, CircuitData
 from .edges import checked_nodes
@@ -71,7 +71,7 @@ class MeanAblation:
         patch prompts; the default when the file has patch prefixes, so that a file whose
         clean prompts are all of one kind, all singular subjects say, does not ablate
         towards that kind)."""
-        _check_inputs(model, data, batch_size)
+        check_inputs(model, data, batch_size)
         prompts = prompts or ("both" if data.has_patch else "clean")
         if prompts not in ("clean", "both"):
             raise ConfigError(f"prompts must be 'clean' or 'both', got {prompts!r}")
@@ -180,7 +180,7 @@ def ablated_metric(
     no node ablated). ``ablate_kept``: the other way round, the nodes of ``keep`` ablated
     and the rest running. ``keep``: nodes at aligned positions or summed over positions
     (position None: the feature at every position)."""
-    _check_inputs(model, data, batch_size)
+    check_inputs(model, data, batch_size)
     metric = metric or default_metric(data)
     T = data.max_length
     nodes = [] if not keep else checked_nodes(model, keep, T)

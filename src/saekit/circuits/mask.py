@@ -54,7 +54,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
-from .attribution import Node
+from .attribution import Node, check_inputs
 from .data import CircuitBatch, CircuitData
 from .graph import Nodes, SplicedModel
 from .metrics import Metric, default_metric, metric_name
@@ -135,7 +135,8 @@ def node_means(
     counterfactual's typical value, and ``m(∅)`` is near the patch run's metric, so that
     faithfulness measures the share of the behaviour the circuit carries.
     """
-    _check_inputs(model, data, batch_size)
+    check_inputs(model, data, batch_size, "masks",
+                 "need them aligned: mean ablation averages the patch prompts position by position")
     if prompts is None:
         prompts = "patch" if data.has_patch else "clean"
     if prompts not in ("patch", "clean"):
@@ -352,7 +353,8 @@ def masked_metric(
     candidate kept (``mask_candidates``) gives the full model's metric exactly; none kept
     gives ``m(∅)``. ``means``: default ``node_means(model, data)``.
     """
-    _check_inputs(model, data, batch_size)
+    check_inputs(model, data, batch_size, "masks",
+                 "need them aligned: mean ablation averages the patch prompts position by position")
     kept = _checked_nodes(model, kept, data.max_length)
     metric = metric or default_metric(data)
     means = means if means is not None else node_means(model, data, batch_size=batch_size)
@@ -474,26 +476,6 @@ def _faithfulness(m_c: float, m_full: float, m_empty: float) -> float:
     return (m_c - m_empty) / (m_full - m_empty)
 
 
-def _check_inputs(model: SplicedModel, data: CircuitData, batch_size: int) -> None:
-    if not isinstance(model, SplicedModel):
-        raise ConfigError(f"a mask needs a SplicedModel (the model with its dictionaries), got {type(model).__name__}")
-    if not isinstance(data, CircuitData):
-        raise ConfigError(f"a mask needs CircuitData (read_circuit_data), got {type(data).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive whole number, got {batch_size!r}")
-    limit = model.lm.max_length
-    if data.max_length > limit:
-        raise DataError(f"{data.source}: a prompt is {data.max_length} tokens, more than the model's {limit}")
-    if data.has_patch:
-        bad = next((e for e in data.examples if len(e.patch_ids or ()) != e.length), None)
-        if bad is not None:
-            raise DataError(
-                f"{data.source}, line {bad.line}: the clean prefix is {bad.length} tokens and the patch prefix "
-                f"{len(bad.patch_ids or ())}; mean ablation averages the patch prompts position by position, so they "
-                "must have the same token length"
-            )
-
-
 def _check_means(means: Any, model: SplicedModel, data: CircuitData) -> None:
     if not isinstance(means, NodeMeans):
         raise ConfigError(f"means must be NodeMeans (node_means(model, data)), got {type(means).__name__}")
@@ -598,7 +580,8 @@ def train_mask(
     ``means``: default ``node_means(model, data)`` (pass them to share one pass among
     several masks, or use ``mask_curve``).
     """
-    _check_inputs(model, data, batch_size)
+    check_inputs(model, data, batch_size, "masks",
+                 "need them aligned: mean ablation averages the patch prompts position by position")
     _check_training([sparsity], steps, lr, seed, per_position)
     setup = _setup(model, data, metric, means, batch_size, progress)
     return _train(setup, sparsity, steps, lr, seed, per_position, progress)
@@ -650,7 +633,8 @@ def mask_curve(
 ) -> MaskCurve:
     """``train_mask`` at each of ``sparsities`` (same seed, same node means, same
     prompts), a larger penalty keeping fewer nodes: faithfulness against circuit size."""
-    _check_inputs(model, data, batch_size)
+    check_inputs(model, data, batch_size, "masks",
+                 "need them aligned: mean ablation averages the patch prompts position by position")
     if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Sequence) or not sparsities:
         raise ConfigError(f"sparsities must be a non-empty list of penalties, got {sparsities!r}")
     _check_training(sparsities, steps, lr, seed, per_position)

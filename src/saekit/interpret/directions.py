@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -50,23 +49,9 @@ class OutputTokens:
 
 
 def _features(dictionary: Any, features: Sequence[int]) -> Tensor:
-    F = dictionary.cfg.d_sae
-    if isinstance(features, Tensor):
-        features = features.tolist()
-    chosen = []
-    for f in features:
-        try:
-            if isinstance(f, bool):
-                raise TypeError
-            chosen.append(operator.index(f))
-        except TypeError:
-            raise ConfigError(f"features must be integers, got {f!r}") from None
-    if not chosen:
-        raise ConfigError("give at least one feature")
-    bad = [i for i in chosen if not 0 <= i < F]
-    if bad:
-        raise ConfigError(f"feature {bad[0]} is out of range: this dictionary has {F} features, indices 0 to {F - 1}")
-    return torch.tensor(chosen, dtype=torch.long)
+    from .feature_spec import feature_indices
+
+    return torch.tensor(feature_indices(features, dictionary.cfg.d_sae), dtype=torch.long)
 
 
 def _check_k(k: Any, most: int, what: str) -> None:

@@ -487,26 +487,12 @@ def _encode_block(dictionary: Any, x: Tensor, index: Tensor, column: Tensor | No
 
 
 def _feature_indices(features: Sequence[int] | None, d_sae: int) -> list[int]:
+    """Every feature for None; else the given ones, checked, each once, ascending."""
+    from .feature_spec import feature_indices
+
     if features is None:
         return list(range(d_sae))
-    if isinstance(features, Tensor):
-        features = features.tolist()
-    chosen: list[int] = []
-    for f in features:
-        try:
-            if isinstance(f, bool):
-                raise TypeError
-            chosen.append(operator.index(f))
-        except TypeError:
-            raise ConfigError(f"features must be integers, got {f!r}") from None
-    if not chosen:
-        raise ConfigError("features is empty; give at least one feature index, or None for all of them")
-    bad = [i for i in chosen if not 0 <= i < d_sae]
-    if bad:
-        raise ConfigError(
-            f"feature {bad[0]} is out of range: this dictionary has {d_sae} features, indices 0 to {d_sae - 1}"
-            + (f" ({len(bad)} indices are out of range)" if len(bad) > 1 else "")
-        )
+    chosen = feature_indices(features, d_sae)
     seen: set[int] = set()
     dupes = sorted({i for i in chosen if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
     if dupes:

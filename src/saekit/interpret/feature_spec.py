@@ -6,7 +6,9 @@ so the syntax and its error messages are the same everywhere.
 
 from __future__ import annotations
 
+import operator
 import re
+from typing import Iterable
 
 from ..errors import ConfigError
 
@@ -44,3 +46,28 @@ def parse_feature_spec(spec: str, d_sae: int) -> list[int]:
                                   f"features, 0-{d_sae - 1}")
         chosen.update(range(start, stop + 1))
     return sorted(chosen)
+
+
+def feature_indices(features: Iterable[int], d_sae: int) -> list[int]:
+    """``features`` (integers, or a tensor of them) as a list of ints in the order given,
+    checked: not empty, every one an integer from 0 to ``d_sae`` − 1. For the Python API,
+    where a caller passes indices instead of a ``--features`` string."""
+    if hasattr(features, "tolist"):
+        features = features.tolist()
+    chosen: list[int] = []
+    for f in features:
+        try:
+            if isinstance(f, bool):
+                raise TypeError
+            chosen.append(operator.index(f))
+        except TypeError:
+            raise ConfigError(f"features must be integers, got {f!r}") from None
+    if not chosen:
+        raise ConfigError("features is empty; give at least one feature index")
+    bad = [i for i in chosen if not 0 <= i < d_sae]
+    if bad:
+        raise ConfigError(
+            f"feature {bad[0]} is out of range: this dictionary has {d_sae} features, indices 0 to {d_sae - 1}"
+            + (f" ({len(bad)} indices are out of range)" if len(bad) > 1 else "")
+        )
+    return chosen

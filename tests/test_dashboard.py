@@ -126,21 +126,65 @@ def read_data(site: Path, name: str):
     return json.loads(text[len(prefix):-3])
 
 
-def all_pages(site: Path) -> tuple[dict, list[list], dict[int, dict], dict[int, dict]]:
-    """(meta, index rows, feature pages by index, the vocabulary of each feature's chunk)."""
+class Vocabulary:
+    """The site's vocabulary (data/vocab.js): token ids by rank, most used first, and their texts."""
+
+    def __init__(self, data: dict):
+        self.ids, self.texts = data["ids"], data["texts"]
+        assert len(set(self.ids)) == len(self.ids) == len(self.texts)
+        self.text_of = dict(zip(self.ids, self.texts))
+
+    def window(self, example: list) -> list[int]:
+        """The token ids of an example's whole window (-1 outside the text), from its code string."""
+        return [self.ids[rank] for rank in numbers(example[0])]
+
+    def shown_text(self, example: list) -> str:
+        return "".join(self.text_of[t] for t in self.window(example) if t >= 0)
+
+
+def numbers(code: str) -> list[int]:
+    """The numbers a code string holds, decoded here as the documented scheme says (not with the
+    module's own decoder): a number's last character is of CODE_LAST, any before it of CODE_MORE."""
+    last, more = dashboard.CODE_LAST, dashboard.CODE_MORE
+    out, rest, continued = [], 0, 0
+    for c in code:
+        if c in more:
+            rest, continued = rest * len(more) + more.index(c), continued + 1
+            continue
+        out.append(sum(len(last) * len(more) ** m for m in range(continued)) + rest * len(last) + last.index(c))
+        rest, continued = 0, 0
+    return out
+
+
+def activations(example: list, length: int) -> list[float]:
+    """An example's activations over its whole window: its second code string holds, for each
+    non-zero one, its position, its three significant digits less 100 (+900 if negative) and its
+    power of ten zigzagged (0, -1, 1, -2, ... as 0, 1, 2, 3, ...)."""
+    dense = [0.0] * length
+    coded = numbers(example[1])
+    assert len(coded) % 3 == 0
+    for position, digits, zigzag in zip(coded[0::3], coded[1::3], coded[2::3]):
+        power = -(zigzag + 1) // 2 if zigzag % 2 else zigzag // 2
+        value = (digits % 900 + 100) * 10**power if power >= 0 else (digits % 900 + 100) / 10**-power
+        assert dense[position] == 0.0  # each position once
+        dense[position] = -value if digits >= 900 else value
+    return dense
+
+
+def all_pages(site: Path) -> tuple[dict, list[list], dict[int, dict], Vocabulary]:
+    """(meta, index rows, feature pages by index, the site's vocabulary)."""
     meta = read_data(site, "meta")
     rows = [row for c in range(meta["index_chunks"]) for row in read_data(site, f"index-{c:05d}")["rows"]]
-    pages, vocabs = {}, {}
+    pages = {}
     for c in range(len(meta["feature_chunks"])):
-        chunk = read_data(site, f"features-{c:05d}")
-        for page in chunk["features"]:
+        for page in read_data(site, f"features-{c:05d}")["features"]:
             pages[page["f"]] = page
-            vocabs[page["f"]] = {int(k): v for k, v in chunk["vocab"].items()}
-    return meta, rows, pages, vocabs
+    return meta, rows, pages, Vocabulary(read_data(site, "vocab"))
 
 
-def shown_text(example: list, vocab: dict[int, str]) -> str:
-    return "".join(vocab[t] for t in example[0])
+def three_digits(values) -> list[float]:
+    """Values to three significant digits, as the windows' activations are kept (and shown)."""
+    return [float(f"{v:.3g}") for v in values]
 
 
 # ------------------------------------------------------------------------- tokens
@@ -167,6 +211,43 @@ def test_tokens_read_as_text_with_spaces_newlines_and_bytes_made_visible():
 # ------------------------------------------------------------------------- the site's data
 
 
+def test_windows_travel_as_codes_that_decode_to_their_ranks_the_most_used_in_one_character():
+    from saekit.interpret.dashboard import _code_table, encode_ranks
+
+    count = 64 + 27 * 64 + 27 * 27 * 64 + 500  # codes of one to four characters
+    codes = _code_table(count)
+    assert (codes != 0).sum(1).tolist() == [1] * 64 + [2] * 27 * 64 + [3] * 27 * 27 * 64 + [4] * 500
+    ranks = torch.arange(count).reshape(-1, 1).repeat(1, 3)
+    ranks[:, 1] = ranks[:, 1].flip(0)
+    ranks[:, 2] = torch.randint(0, count, (count,), generator=torch.Generator().manual_seed(0))
+    encoded = encode_ranks(ranks.numpy(), codes)
+    identity = Vocabulary({"ids": list(range(count)), "texts": [str(i) for i in range(count)]})
+    assert [identity.window([code]) for code in encoded] == ranks.tolist()
+    assert not set('"\\<') & set("".join(encoded))  # nothing a JSON string or a script would need escaped
+    assert dashboard.decode_ranks("".join(encoded[:50])) == ranks[:50].flatten().tolist()
+
+    # activations: three significant digits and a power of ten, whatever the sign and magnitude
+    g = torch.Generator().manual_seed(1)
+    acts = torch.randn(400, 33, generator=g).exp().pow(6) * (torch.rand(400, 33, generator=g) < 0.3)
+    acts[:, 0] = torch.tensor([0.0625, 999.7, 9.9996, 1e-7, 3e9, -2.345, -0.00999, 100.0]).repeat(50)
+    coded = dashboard._activation_codes(acts.numpy())
+    assert [activations([None, code], 33) for code in coded] == [three_digits(row) for row in acts.double().tolist()]
+    assert sum(map(len, coded)) < 6 * int((acts != 0).sum())  # about five characters an activation
+
+
+def test_the_vocabulary_ranks_tokens_by_use_and_holds_the_output_tokens(tmp_path):
+    examples = hand_examples()
+    outputs, nearest = hand_views(examples)
+    write_dashboard(tmp_path / "site", examples, PieceTokenizer(), output_tokens=outputs, nearest=nearest)
+    _, _, _, vocab = all_pages(tmp_path / "site")
+    used = torch.cat([examples.top_tokens[~examples.top_values.isnan()].flatten(),
+                      examples.sample_tokens[~examples.sample_values.isnan()].flatten()])
+    uses = [int((used == t).sum()) for t in vocab.ids]
+    assert uses == sorted(uses, reverse=True) and set(vocab.ids) >= set(used.tolist())
+    assert set(vocab.ids) >= set(outputs.top_ids.flatten().tolist() + outputs.bottom_ids.flatten().tolist())
+    assert all(vocab.text_of[t] == SHOWN[t] for t in vocab.ids if t >= 0)
+
+
 def test_the_site_holds_every_feature_with_the_figures_and_examples_it_was_built_from(tmp_path):
     examples = hand_examples()
     outputs, nearest = hand_views(examples)
@@ -177,8 +258,9 @@ def test_the_site_holds_every_feature_with_the_figures_and_examples_it_was_built
     assert not (site / ".partial").exists()
     for name in ("index.html", "feature.html", "assets/saekit.js", "assets/index.js", "assets/feature.js", "assets/saekit.css"):
         assert (site / name).is_file(), name
-    meta, rows, pages, vocabs = all_pages(site)
+    meta, rows, pages, vocab = all_pages(site)
     features = examples.features.tolist()
+    before = examples.window[0]
     assert meta["n_features"] == 4 and meta["d_sae"] == 100 and meta["tokens_seen"] == 1000
     assert meta["index_chunks"] == 2 and meta["feature_chunks"] == [[2, 5], [7, 11]]
     assert meta["explained"] == 2 and meta["scored"] == 1
@@ -193,20 +275,26 @@ def test_the_site_holds_every_feature_with_the_figures_and_examples_it_was_built
             assert row[3] == page["mean"] == pytest.approx(float(examples.mean_activation[r]), rel=1e-3)
         else:
             assert row[3] is None and page["mean"] is None  # never fired: no mean (NaN is not JSON)
-        # top examples: tokens, activations, centre and value as FeatureExamples gives them
+        # top examples: the whole window, activations, centre and value as FeatureExamples gives them
         top = examples.top_examples(f)
         assert len(page["top"]) == len(top)
-        for shown, e in zip(page["top"], top):
-            assert shown[0] == e.tokens and shown[3] == e.centre
-            assert shown[4] == pytest.approx(e.value, rel=1e-3)
-            dense = [0.0] * len(e.tokens)
-            for i, v in zip(shown[1], shown[2]):
-                dense[i] = v
-            assert dense == pytest.approx(e.acts, rel=1e-3, abs=1e-9)
-            assert shown_text(shown, vocabs[f]) == "".join(SHOWN[t] for t in e.tokens)
+        for j, (shown, e) in enumerate(zip(page["top"], top)):
+            window = vocab.window(shown)
+            assert window == examples.top_tokens[r, j].tolist()
+            assert [t for t in window if t >= 0] == e.tokens
+            assert sum(t >= 0 for t in window[:before]) == e.centre  # the window's token `before` is the example's
+            assert shown[2] == pytest.approx(e.value, rel=1e-3)
+            dense = activations(shown, len(window))
+            assert dense == three_digits(examples.top_acts[r, j].tolist())  # exactly what the page shows
+            assert [a for a, t in zip(dense, window) if t >= 0] == pytest.approx(e.acts, rel=5e-3, abs=1e-9)
+            assert vocab.shown_text(shown) == "".join(SHOWN[t] for t in e.tokens)
         groups = [g for g in examples.quantile_groups(f, 4) if g] if count else []
-        assert [[x[4] for x in group] for group in page["quantiles"]] == [
+        assert [[x[2] for x in group] for group in page["quantiles"]] == [
             pytest.approx([e.value for e in group], rel=1e-3) for group in groups]
+        sampled = [x for group in page["quantiles"] for x in group]
+        assert [vocab.window(x) for x in sampled] == [examples.sample_tokens[r, j].tolist() for j in range(len(sampled))]
+        assert [activations(x, examples.sample_acts.shape[-1]) for x in sampled] == [
+            three_digits(examples.sample_acts[r, j].tolist()) for j in range(len(sampled))]
         # the histogram, from its first to its last non-empty bin
         first, counts = page["hist"]
         full = examples.histogram[r].tolist()
@@ -218,10 +306,11 @@ def test_the_site_holds_every_feature_with_the_figures_and_examples_it_was_built
         assert [i for i, _ in page["boosts"]] == outputs.top_ids[r].tolist()
         assert [v for _, v in page["boosts"]] == pytest.approx(outputs.top_logits[r].tolist(), rel=1e-3)
         assert [i for i, _ in page["suppresses"]] == outputs.bottom_ids[r].tolist()
-        assert all(vocabs[f][i] == SHOWN[i] for i, _ in page["boosts"] + page["suppresses"])
+        assert all(vocab.text_of[i] == SHOWN[i] for i, _ in page["boosts"] + page["suppresses"])
         assert [i for i, _ in page["nearest"]] == nearest[0][r].tolist()
     assert pages[7]["top"] == [] and pages[7]["quantiles"] == [] and pages[7]["hist"] == [0, []]
-    assert pages[2]["top"][0][3] == 1 and vocabs[2][pages[2]["top"][0][0][1]] == "<script>"  # cut by the text's start
+    cut = vocab.window(pages[2]["top"][0])  # cut by the text's start; its own token is markup
+    assert cut[0] == -1 and vocab.text_of[cut[before]] == "<script>" and vocab.text_of[-1] is None
     assert rows[1][5] == "names of <b>rivers</b>" and rows[1][6] == 0.75 and rows[1][7] is None
     assert pages[5]["explanation"]["scores"]["detection"] == {"balanced_accuracy": 0.75, "auroc": 0.8, "n": 20}
     assert rows[3][5] == "the word 'war'" and rows[3][6] is None and pages[11]["explanation"]["scores"] == {}
@@ -339,7 +428,7 @@ def test_saekit_dashboard_writes_the_site_and_says_where(dictionary_folder, corp
     assert main(dashboard_args(dictionary_folder, corpus, out, "--features", "3,1,10-12")) == 0
     printed = capsys.readouterr().out
     assert f"open {(out / 'index.html').resolve().as_uri()}" in printed and f"saekit serve {out}" in printed
-    meta, rows, pages, vocabs = all_pages(out)
+    meta, rows, pages, vocab = all_pages(out)
     assert [r[0] for r in rows] == [1, 3, 10, 11, 12] and meta["d_sae"] == 48
     assert meta["hook"] == "resid_post.1" and meta["dictionary"] == str(dictionary_folder)
     examples = FeatureExamples.load(out)
@@ -347,9 +436,9 @@ def test_saekit_dashboard_writes_the_site_and_says_where(dictionary_folder, corp
     tok = saekit.load_model(meta["model"]).tokenizer
     for r, f in enumerate(examples.features.tolist()):
         top = examples.top_examples(f)
-        assert [x[4] for x in pages[f]["top"]] == pytest.approx([e.value for e in top], rel=1e-3)
+        assert [x[2] for x in pages[f]["top"]] == pytest.approx([e.value for e in top], rel=1e-3)
         if top:
-            assert shown_text(pages[f]["top"][0], vocabs[f]) == "".join(readable_tokens(tok, top[0].tokens)[t]
+            assert vocab.shown_text(pages[f]["top"][0]) == "".join(readable_tokens(tok, top[0].tokens)[t]
                                                                         for t in top[0].tokens)
         assert len(pages[f]["boosts"]) == len(pages[f]["suppresses"]) == 10 and len(pages[f]["nearest"]) == 10
     assert all(f not in [i for i, _ in pages[f]["nearest"]] for f in pages)

@@ -10,9 +10,11 @@ given, each feature's output tokens, nearest features and explanation) into a fo
 * ``assets/``: the pages' JavaScript and CSS (no external assets: it works offline);
 * ``data/``: the data, split into chunk files so a dictionary of 100k+ features opens as
   fast as a small one (the index reads ``INDEX_CHUNK`` features per file, a feature page
-  one file of ``FEATURE_CHUNK`` features). The chunks are JavaScript files that register
-  their data (``saekitData.add(name, {...})``) and are loaded by inserting ``<script>``
-  tags, because a page opened from a ``file://`` URL may not fetch() local JSON;
+  one file of ``FEATURE_CHUNK`` features and ``vocab.js``, the text of every token shown,
+  which the windows refer to by a short code: see ``CODE_LAST``). The chunks are JavaScript
+  files that register their data (``saekitData.add(name, {...})``) and are loaded by
+  inserting ``<script>`` tags, because a page opened from a ``file://`` URL may not fetch()
+  local JSON;
 * ``dashboard.json``: what the folder holds (and the mark that it is a dashboard);
 * ``examples.safetensors`` / ``examples.json``: the examples themselves, so that
   ``saekit explain DICT --examples DIR`` reuses them without another corpus pass.
@@ -23,6 +25,7 @@ an interrupted run never leaves a folder that looks like a complete dashboard.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -31,18 +34,21 @@ import re
 import shutil
 import time
 from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, OutputError
 from ..io.files import LOCK_FILE, TEMP_GLOB, check_writable_folder, make_folder
+from ..progress import Phase, ProgressCallback
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "saekit.dashboard/1"
+SCHEMA = "saekit.dashboard/2"  # 2: windows as token codes, one vocabulary for the site
 MANIFEST = "dashboard.json"
 STAGING = ".partial"
 INDEX_CHUNK = 1000  # features per index chunk: ~100 kB, one page of the index needs one chunk
@@ -68,7 +74,8 @@ def is_dashboard(folder: str | os.PathLike) -> bool:
     if (folder / STAGING).is_dir():
         return True
     try:
-        return json.loads((folder / MANIFEST).read_text()).get("schema") == SCHEMA
+        # any version: an older dashboard is rewritten without --overwrite too
+        return str(json.loads((folder / MANIFEST).read_text()).get("schema")).startswith("saekit.dashboard/")
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -114,9 +121,14 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 _BYTE_OF_CHAR = {c: b for b, c in _bytes_to_unicode().items()}
-_SENTENCEPIECE_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-# Characters that would vanish or break a line in a context display, and what shows instead.
+_BYTE_ALPHABET = frozenset(_BYTE_OF_CHAR)
+# str.translate tables (a token is decoded in a few microseconds: a site shows tens of
+# thousands): byte-level characters to the Latin-1 character of their byte, and characters
+# that would vanish or break a line in a context display to what shows instead.
+_LATIN1_OF_CHAR = {ord(c): b for c, b in _BYTE_OF_CHAR.items()}
 _VISIBLE = {"\n": "↵", "\r": "⏎", "\t": "⇥"}
+_SHOWN_AS = {**{i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]}, **{ord(c): v for c, v in _VISIBLE.items()}}
+_SENTENCEPIECE_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 def _is_byte_level(tokenizer: Any) -> bool:
@@ -139,20 +151,12 @@ def readable_token(piece: str | None, byte_level: bool) -> str:
     match = _SENTENCEPIECE_BYTE.match(piece)
     if match:
         text = bytes([int(match.group(1), 16)]).decode("utf-8", errors="backslashreplace")
-    elif byte_level and all(c in _BYTE_OF_CHAR for c in piece):
+    elif byte_level and _BYTE_ALPHABET.issuperset(piece):
         # A token may hold part of a multi-byte character: its bytes show as \xNN.
-        text = bytes(_BYTE_OF_CHAR[c] for c in piece).decode("utf-8", errors="backslashreplace")
+        text = piece.translate(_LATIN1_OF_CHAR).encode("latin-1").decode("utf-8", errors="backslashreplace")
     else:
         text = piece.replace("▁", " ")
-    out = []
-    for c in text:
-        if c in _VISIBLE:
-            out.append(_VISIBLE[c])
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\x{ord(c):02x}")
-        else:
-            out.append(c)
-    return "".join(out)
+    return text.translate(_SHOWN_AS)
 
 
 def readable_tokens(tokenizer: Any, ids: Iterable[int]) -> dict[int, str]:
@@ -168,18 +172,85 @@ def readable_tokens(tokenizer: Any, ids: Iterable[int]) -> dict[int, str]:
     return texts
 
 
+# ----------------------------------------------------------------------------- token codes
+
+# A window's tokens travel as one string, not as a JSON list of ids: each token is its rank
+# in the site's vocabulary (data/vocab.js, the most used first), in a variable-length code.
+# A code's last character is one of CODE_LAST, any before it are of CODE_MORE: ranks 0-63
+# take one character, the next 27·64 two, the next 27²·64 three, and so on. Token use is
+# steep (a few dozen tokens make up half of any text), so a window of 33 tokens takes about
+# 60 characters where a list of ids took 150 or more: the site is less than half the size
+# and the JSON encoder handles one string where it handled 33 numbers. Neither alphabet
+# holds `"`, `\` or `<`, so a code needs no escaping in JSON or in a script.
+CODE_LAST = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-"
+CODE_MORE = "!#$%&'()*+,./:;=>?@[]^`{|}~"
+
+
+def _code_table(count: int) -> np.ndarray:
+    """The code of every rank below ``count``: ASCII bytes (count, width), left-aligned and zero-padded."""
+    last = np.frombuffer(CODE_LAST.encode("ascii"), np.uint8)
+    more = np.frombuffer(CODE_MORE.encode("ascii"), np.uint8)
+    width, capacity, covered = 1, len(last), len(last)
+    while covered < count:
+        width, capacity = width + 1, capacity * len(more)
+        covered += capacity
+    codes = np.zeros((count, width), np.uint8)
+    start, length, capacity = 0, 1, len(last)
+    while start < count:
+        stop = min(count, start + capacity)
+        offset = np.arange(stop - start)
+        codes[start:stop, length - 1] = last[offset % len(last)]
+        rest = offset // len(last)
+        for position in range(length - 2, -1, -1):
+            codes[start:stop, position] = more[rest % len(more)]
+            rest //= len(more)
+        start, length, capacity = stop, length + 1, capacity * len(more)
+    return codes
+
+
+def encode_ranks(ranks: np.ndarray, codes: np.ndarray) -> list[str]:
+    """Each row of ``ranks`` (rows, W) as one code string, built for all rows at once: the rows'
+    codes laid out zero-padded with a space after each row, the zeros dropped, split at the spaces."""
+    ranks = np.asarray(ranks)
+    rows, W = ranks.shape
+    if rows == 0:
+        return []
+    width = codes.shape[1]
+    laid_out = np.empty((rows, W * width + 1), np.uint8)
+    laid_out[:, :-1] = np.take(codes, ranks.ravel(), axis=0).reshape(rows, W * width)
+    laid_out[:, -1] = ord(" ")  # in neither alphabet
+    return laid_out.tobytes().translate(None, b"\0").decode("ascii").split(" ")[:-1]
+
+
+def decode_ranks(code: str) -> list[int]:
+    """The ranks a code string holds (what the pages do in JavaScript; for reading the data in Python)."""
+    ranks, rest, continued = [], 0, 0
+    for c in code:
+        k = CODE_MORE.find(c)
+        if k >= 0:
+            rest, continued = rest * len(CODE_MORE) + k, continued + 1
+            continue
+        offset = sum(len(CODE_LAST) * len(CODE_MORE) ** m for m in range(continued))
+        ranks.append(offset + rest * len(CODE_LAST) + CODE_LAST.index(c))
+        rest, continued = 0, 0
+    return ranks
+
+
 # ----------------------------------------------------------------------------- the data
 
 
-def _round(values: np.ndarray, digits: int = 4) -> np.ndarray:
-    """``values`` to ``digits`` significant digits (the site shows three), so the data files stay small."""
+def _round(values: Any, digits: int = 4) -> np.ndarray:
+    """``values`` to ``digits`` significant digits (the site shows three), so the data files stay small;
+    NaN where a value is not finite."""
     values = np.asarray(values, dtype=np.float64)
-    out = np.zeros_like(values)
-    finite = np.isfinite(values) & (values != 0)
-    mag = np.floor(np.log10(np.abs(values[finite])))
-    scale = 10.0 ** (digits - 1 - mag)
-    out[finite] = np.round(values[finite] * scale) / scale
-    out[~np.isfinite(values)] = np.nan
+    out = np.where(np.isfinite(values), 0.0, np.nan)
+    nonzero = np.isfinite(values) & (values != 0)
+    x = values[nonzero]
+    exponent = digits - 1 - np.floor(np.log10(np.abs(x)))
+    # Scaled by an exact power of ten either way (never by 0.1 or 0.01, which floats hold
+    # inexactly), so that no value reads 12300.000000000002 in the data.
+    scale = 10.0 ** np.abs(exponent)
+    out[nonzero] = np.where(exponent >= 0, np.round(x * scale) / scale, np.round(x / scale) * scale)
     return out
 
 
@@ -195,30 +266,98 @@ def _score(record: Mapping[str, Any] | None, kind: str, figure: str) -> float | 
     return None if value is None else _number(value)
 
 
-def _site_examples(values: Any, tokens: Any, acts: Any, before: int) -> list[list[list[Any]]]:
-    """Each feature's examples in a block of rows, as the site reads them:
-    ``[token ids, positions of the non-zero activations, those activations, centre, value]``.
+@dataclass(frozen=True)
+class _Vocabulary:
+    """The token ids the site shows, most used first (-1, outside the text, among them), the
+    rank of each id (``rank_of[id + 1]``) and the codes of the ranks."""
 
-    The same examples ``FeatureExamples.top_examples`` / ``sample_examples`` give (empty slots
-    skipped, the -1 padding outside the text removed), read from the tensors a block at a time
-    because building an ``Example`` object per window costs more than the rest of the site.
-    Activations are listed only where non-zero: most of a window is zero for a sparse feature.
+    ids: np.ndarray
+    rank_of: np.ndarray
+    codes: np.ndarray
+
+    @classmethod
+    def of(cls, windows: Sequence[np.ndarray], other_ids: Sequence[np.ndarray]) -> "_Vocabulary":
+        """From windows of token ids (any shape, -1 outside the text), counted, and other ids
+        shown (output tokens), which need a place but no short code."""
+        windows = [np.asarray(w, dtype=np.int64).ravel() for w in windows]
+        other_ids = [np.asarray(i, dtype=np.int64).ravel() for i in other_ids]
+        if any(int(a.min()) < -1 for a in windows + other_ids if a.size):
+            raise ConfigError("token ids must be -1 (outside the text) or non-negative")
+        size = max([int(a.max()) + 2 for a in windows + other_ids if a.size] + [1])
+        counts = np.zeros(size, np.int64)
+        for w in windows:
+            counts += np.bincount(w + 1, minlength=size)
+        shown = counts > 0
+        for ids in other_ids:
+            shown[ids + 1] = True
+        used = np.flatnonzero(shown)
+        order = used[np.argsort(-counts[used], kind="stable")]  # ties: the lower id first
+        rank_of = np.full(size, -1, np.int64)
+        rank_of[order] = np.arange(len(order))
+        return cls(ids=order - 1, rank_of=rank_of, codes=_code_table(len(order)))
+
+    def encode(self, tokens: np.ndarray) -> list[str]:
+        return encode_ranks(self.rank_of[tokens + 1], self.codes)
+
+
+# A window's non-zero activations travel as one string too, in the same code: three numbers
+# each, its position in the window, its three significant digits less 100 (plus 900 when it
+# is negative) and its power of ten, zigzagged (0, -1, 1, -2, ... as 0, 1, 2, 3, ...); 1.23
+# at position 4 is (4, 23, 3): 123·10⁻². About five characters an activation where JSON
+# took ten, and no floats for the JSON encoder to format, which was most of its time.
+DIGITS_NEGATIVE = 900
+
+
+def _activation_numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero finite values as (their three significant digits coded as above, their power of ten zigzagged)."""
+    magnitude = np.abs(values.astype(np.float64))
+    power = np.floor(np.log10(magnitude)).astype(np.int64) - 2
+    # Scaled by an exact power of ten either way (floats hold 0.1, 0.01, ... inexactly).
+    scaled = np.where(power >= 0, magnitude / 10.0 ** np.maximum(power, 0), magnitude * 10.0 ** np.maximum(-power, 0))
+    digits = np.round(scaled).astype(np.int64)
+    carried = digits >= 1000  # 999.5 and up: 100 of the next power
+    digits[carried] //= 10
+    power[carried] += 1
+    digits = digits - 100 + np.where(values < 0, DIGITS_NEGATIVE, 0)
+    return digits, np.where(power >= 0, 2 * power, -2 * power - 1)
+
+
+def _activation_codes(acts: np.ndarray) -> list[str]:
+    """Each row of ``acts`` (rows, W): its non-zero activations as one code string (see above)."""
+    rows, cols = np.nonzero(np.isfinite(acts) & (acts != 0))
+    if rows.size < np.count_nonzero(acts):
+        log.warning("the examples hold activations that are not finite numbers; the pages leave them out")
+    digits, powers = _activation_numbers(acts[rows, cols])
+    per_row = np.bincount(rows, minlength=acts.shape[0])
+    most = int(per_row.max()) if per_row.size else 0
+    largest = max(2 * DIGITS_NEGATIVE, acts.shape[1], int(powers.max()) + 1 if powers.size else 0)
+    table = _code_table(largest)
+    codes = np.vstack([table, np.zeros((1, table.shape[1]), np.uint8)])  # and number `largest`: no characters
+    # One row of numbers per window, padded with that empty code.
+    numbers = np.full((acts.shape[0], 3 * most), largest, np.int64)
+    slot = 3 * (np.arange(rows.size) - (np.cumsum(per_row) - per_row)[rows])
+    numbers[rows, slot], numbers[rows, slot + 1], numbers[rows, slot + 2] = cols, digits, powers
+    return encode_ranks(numbers, codes)
+
+
+def _site_examples(values: Any, tokens: Any, acts: Any, vocab: _Vocabulary) -> list[list[list[Any]]]:
+    """Each feature's examples in a block of rows, as the site reads them: ``[tokens, activations, value]``.
+
+    ``tokens`` is the whole window, -1 outside the text included, as a code string (see
+    CODE_LAST), whose token ``window[0]`` is the one selected; ``activations`` the window's
+    non-zero activations to three significant digits, as the pages show them, as another
+    (see DIGITS_NEGATIVE); ``value`` the selected token's activation. The examples are those
+    ``FeatureExamples.top_examples`` / ``sample_examples`` give (empty slots skipped), built
+    for the whole block at once: a per-window loop in Python cost more than the rest of the site.
     """
     values = values.double().cpu().numpy()
-    shown_values = _round(values)
-    tokens = tokens.cpu().numpy()
-    acts = _round(acts.double().cpu().numpy())
-    out = []
-    for r in range(values.shape[0]):
-        kept = []
-        for j in np.flatnonzero(~np.isnan(values[r])):
-            inside = tokens[r, j] >= 0
-            window_acts = acts[r, j][inside]
-            nonzero = np.flatnonzero(window_acts)
-            kept.append([tokens[r, j][inside].tolist(), nonzero.tolist(), window_acts[nonzero].tolist(),
-                         int(inside[:before].sum()), float(shown_values[r, j])])
-        out.append(kept)
-    return out
+    keep = ~np.isnan(values)
+    token_codes = vocab.encode(tokens.cpu().numpy()[keep])
+    act_codes = _activation_codes(acts.cpu().numpy()[keep])
+    shown_values = _round(values[keep]).tolist()
+    flat = [list(example) for example in zip(token_codes, act_codes, shown_values)]
+    ends = np.cumsum(keep.sum(1)).tolist()
+    return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
 
 def _quantile_groups(sample: list[Any], groups: int) -> list[list[Any]]:
@@ -234,29 +373,43 @@ def _quantile_groups(sample: list[Any], groups: int) -> list[list[Any]]:
     return out
 
 
-def _check_views(examples: Any, output_tokens: Any, nearest: Any) -> tuple[Any, Any, Any]:
+@dataclass(frozen=True)
+class _Views:
+    """Output tokens and nearest features as lists per feature ([[id, value], ...]), or None."""
+
+    boosts: list[list[list[Any]]] | None
+    suppresses: list[list[list[Any]]] | None
+    nearest: list[list[list[Any]]] | None
+    token_ids: list[np.ndarray]  # the output tokens' ids, which the vocabulary must hold
+
+
+def _pairs(ids: Any, values: Any) -> list[list[list[Any]]]:
+    ids, values = ids.cpu().numpy().tolist(), _round(values.float().cpu().numpy()).tolist()
+    return [[[i, v] for i, v in zip(row_ids, row_values)] for row_ids, row_values in zip(ids, values)]
+
+
+def _check_views(examples: Any, output_tokens: Any, nearest: Any) -> _Views:
     features = examples.features.tolist()
-    top = bottom = near = None
+    boosts = suppresses = near = None
+    token_ids = []
     if output_tokens is not None:
         if output_tokens.features.tolist() != features:
             raise ConfigError("the output tokens are for other features than the examples; compute them with "
                               "output_tokens(dictionary, lm, examples.features)")
-        top = np.stack([output_tokens.top_ids.cpu().numpy().astype(np.float64),
-                        _round(output_tokens.top_logits.float().cpu().numpy())], -1)
-        bottom = np.stack([output_tokens.bottom_ids.cpu().numpy().astype(np.float64),
-                           _round(output_tokens.bottom_logits.float().cpu().numpy())], -1)
+        boosts = _pairs(output_tokens.top_ids, output_tokens.top_logits)
+        suppresses = _pairs(output_tokens.bottom_ids, output_tokens.bottom_logits)
+        token_ids = [output_tokens.top_ids.cpu().numpy(), output_tokens.bottom_ids.cpu().numpy()]
     if nearest is not None:
         ids, cosines = nearest
         if ids.shape[0] != len(features) or cosines.shape != ids.shape:
             raise ConfigError(f"nearest features: {tuple(ids.shape)} ids and {tuple(cosines.shape)} cosines for "
                               f"{len(features)} features; compute them with nearest_features(dictionary, examples.features)")
-        near = np.stack([ids.cpu().numpy().astype(np.float64), _round(cosines.float().cpu().numpy())], -1)
-    return top, bottom, near
+        near = _pairs(ids, cosines)
+    return _Views(boosts, suppresses, near, token_ids)
 
 
-def _top_token_ids(top_examples: Sequence[list[Any]]) -> list[int]:
-    """The tokens most often at the centre of the top examples (ties: the higher example first)."""
-    centres = [example[0][example[3]] for example in top_examples]
+def _top_token_ids(centres: list[int]) -> list[int]:
+    """The tokens most often at the centre of the top examples, given highest first (ties: the higher example first)."""
     counts = Counter(centres)
     first: dict[int, int] = {}
     for rank, token in enumerate(centres):
@@ -292,7 +445,7 @@ def write_dashboard(
     quantile_groups: int = 4,
     index_chunk: int = INDEX_CHUNK,
     feature_chunk: int = FEATURE_CHUNK,
-    progress: Callable[[dict], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Write the dashboard site for ``examples`` (a ``FeatureExamples``) into ``out``; returns its ``index.html``.
 
@@ -307,7 +460,31 @@ def write_dashboard(
         raise ConfigError(f"chunk sizes must be at least 1 (got {index_chunk}, {feature_chunk})")
     if not isinstance(quantile_groups, int) or quantile_groups < 1:
         raise ConfigError(f"quantile_groups must be a positive integer, got {quantile_groups!r}")
-    top_views, bottom_views, near_views = _check_views(examples, output_tokens, nearest)
+    with _cyclic_gc_paused():
+        return _write_dashboard(out, examples, tokenizer, output_tokens, nearest, explanations, d_sae, save_examples,
+                                quantile_groups, index_chunk, feature_chunk, progress)
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused: the pages are millions of small lists, and
+    each of the collections their making sets off walks every object of the process (a
+    loaded model's included), which took longer than making them. They hold no cycles:
+    reference counting frees them all the same."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _write_dashboard(out: str | os.PathLike, examples: Any, tokenizer: Any, output_tokens: Any,
+                     nearest: tuple[Any, Any] | None, explanations: Mapping[int, Mapping[str, Any]] | None,
+                     d_sae: int | None, save_examples: bool, quantile_groups: int, index_chunk: int,
+                     feature_chunk: int, progress: ProgressCallback | None) -> Path:
+    views = _check_views(examples, output_tokens, nearest)
     explanations = {int(k): v for k, v in (explanations or {}).items()}
     out = make_folder(out)
     staging = out / STAGING
@@ -315,63 +492,64 @@ def write_dashboard(
     try:
         (staging / "data").mkdir(parents=True)
         (staging / "assets").mkdir()
-        features = [int(f) for f in examples.features.tolist()]
+        features = examples.features.tolist()
         n = len(features)
-        report = progress or (lambda record: None)
-        report({"phase": "write pages", "done": 0, "total": n, "unit": "feature"})
+        phase = Phase(progress, "write pages", n, unit="feature")
 
-        densities = _round(examples.density.double().cpu().numpy())
-        maxima = _round(examples.max_activation.double().cpu().numpy())
-        means = _round(examples.mean_activation.double().cpu().numpy())
-        counts = examples.count.cpu().numpy()
+        # One vocabulary for the whole site, decoded once: the tokens of every window kept
+        # (counted, for the codes) and the output tokens.
+        top_keep = ~np.isnan(examples.top_values.cpu().numpy())
+        sample_keep = ~np.isnan(examples.sample_values.cpu().numpy())
+        top_tokens = examples.top_tokens.cpu().numpy()
+        vocab = _Vocabulary.of([top_tokens[top_keep], examples.sample_tokens.cpu().numpy()[sample_keep]], views.token_ids)
+        ids = vocab.ids.tolist()
+        texts = readable_tokens(tokenizer, (i for i in ids if i >= 0))
+        vocab_texts = [texts[i] if i >= 0 else None for i in ids]
+        _write(staging / "data" / "vocab.js", _data_script("vocab", {"ids": ids, "texts": vocab_texts}))
+
+        densities = _round(examples.density.double().cpu().numpy()).tolist()
+        maxima = _round(examples.max_activation.double().cpu().numpy()).tolist()
+        means = _round(examples.mean_activation.double().cpu().numpy()).tolist()
+        counts = examples.count.cpu().numpy().tolist()
         histogram = examples.histogram.cpu().numpy()
         edges = _round(examples.bin_edges.double().cpu().numpy(), 6)
+        before = examples.window[0]
+        centres = np.where(top_keep, top_tokens[:, :, before], -2).tolist()
 
         index_rows: list[list[Any]] = []
         feature_ranges: list[list[int]] = []
         for start in range(0, n, feature_chunk):
-            rows = range(start, min(start + feature_chunk, n))
-            block = slice(rows[0], rows[-1] + 1)
-            before = examples.window[0]
-            tops = _site_examples(examples.top_values[block], examples.top_tokens[block], examples.top_acts[block], before)
+            block = slice(start, min(start + feature_chunk, n))
+            tops = _site_examples(examples.top_values[block], examples.top_tokens[block], examples.top_acts[block], vocab)
             samples = _site_examples(examples.sample_values[block], examples.sample_tokens[block],
-                                     examples.sample_acts[block], before)
-            ids_used = {int(t) for t in np.unique(examples.top_tokens[block].cpu().numpy())}
-            ids_used.update(int(t) for t in np.unique(examples.sample_tokens[block].cpu().numpy()))
+                                     examples.sample_acts[block], vocab)
             pages = []
-            for row, top, sample in zip(rows, tops, samples):
+            for row, top, sample in zip(range(block.start, block.stop), tops, samples):
                 feature = features[row]
                 record = explanations.get(feature)
                 page: dict[str, Any] = {
-                    "f": feature, "count": int(counts[row]), "density": _number(densities[row]),
+                    "f": feature, "count": counts[row], "density": _number(densities[row]),
                     "max": _number(maxima[row]), "mean": _number(means[row]),
                     "hist": _histogram(histogram[row]),
                     "top": top,
                     "quantiles": _quantile_groups(sample, quantile_groups),
                     "explanation": _explanation(record),
                 }
-                if top_views is not None:
-                    page["boosts"] = [[int(i), float(v)] for i, v in top_views[row]]
-                    page["suppresses"] = [[int(i), float(v)] for i, v in bottom_views[row]]
-                    ids_used.update(int(i) for i, _ in top_views[row])
-                    ids_used.update(int(i) for i, _ in bottom_views[row])
-                if near_views is not None:
-                    page["nearest"] = [[int(i), float(c)] for i, c in near_views[row]]
+                if views.boosts is not None:
+                    page["boosts"] = views.boosts[row]
+                    page["suppresses"] = views.suppresses[row]
+                if views.nearest is not None:
+                    page["nearest"] = views.nearest[row]
                 pages.append(page)
-                top_ids = _top_token_ids(top)
-                index_rows.append([feature, page["density"], page["max"], page["mean"], top_ids,
+                top_ids = _top_token_ids([t for t in centres[row] if t != -2])
+                index_rows.append([feature, page["density"], page["max"], page["mean"], [texts[t] for t in top_ids],
                                    page["explanation"]["text"] if page["explanation"] else None,
                                    _score(record, "detection", "balanced_accuracy"),
                                    _score(record, "fuzzing", "balanced_accuracy")])
-            ids_used.update(t for row in index_rows[start:] for t in row[4])
-            vocab = readable_tokens(tokenizer, (i for i in ids_used if i >= 0))
             chunk = _chunk_name("features", len(feature_ranges))
-            _write(staging / "data" / f"{chunk}.js", _data_script(chunk, {
-                "vocab": {str(i): text for i, text in vocab.items()}, "features": pages}))
-            for row in index_rows[start:]:
-                row[4] = [vocab[t] for t in row[4]]
-            feature_ranges.append([features[rows[0]], features[rows[-1]]])
-            report({"phase": "write pages", "done": rows[-1] + 1, "total": n, "unit": "feature"})
+            _write(staging / "data" / f"{chunk}.js", _data_script(chunk, {"features": pages}))
+            feature_ranges.append([features[block.start], features[block.stop - 1]])
+            phase.advance(block.stop - block.start)
 
         index_chunks = 0
         for start in range(0, n, index_chunk):
@@ -385,7 +563,7 @@ def write_dashboard(
             "bin_edges": [float(e) for e in edges], "explained": sum(1 for f in features if f in explanations),
             "scored": sum(1 for f in features if _score(explanations.get(f), "detection", "balanced_accuracy") is not None
                           or _score(explanations.get(f), "fuzzing", "balanced_accuracy") is not None),
-            "has_output_tokens": top_views is not None, "has_nearest": near_views is not None,
+            "has_output_tokens": views.boosts is not None, "has_nearest": views.nearest is not None,
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         _write(staging / "data" / "meta.js", _data_script("meta", meta))
@@ -411,7 +589,7 @@ def _histogram(counts: np.ndarray) -> list[Any]:
     nonzero = np.flatnonzero(counts)
     if nonzero.size == 0:
         return [0, []]
-    return [int(nonzero[0]), [int(c) for c in counts[nonzero[0]:nonzero[-1] + 1]]]
+    return [int(nonzero[0]), counts[nonzero[0]:nonzero[-1] + 1].tolist()]
 
 
 def _explanation(record: Mapping[str, Any] | None) -> dict[str, Any] | None:

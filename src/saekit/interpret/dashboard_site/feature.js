@@ -1,10 +1,11 @@
 // One feature's page (feature.html#123), drawn from the data chunk that holds the feature.
 (function () {
   "use strict";
-  const { el, svg, fmt, percent, oneIn, chip, clear, showError, sourceLine } = window.saekit;
+  const { el, svg, fmt, percent, oneIn, chip, clear, showError, sourceLine, decodeRanks, decodeActivations, vocabulary } = window.saekit;
   const page = document.getElementById("page");
   const tip = document.getElementById("tip");
   let meta = null;
+  let vocab = null; // the site's vocabulary, loaded with the first feature shown
 
   const chunkName = (c) => "features-" + String(c).padStart(5, "0");
 
@@ -34,7 +35,9 @@
     let chunk = null, data = null;
     if (c >= 0) {
       try {
-        chunk = await window.saekitData.load(chunkName(c));
+        const [words, loaded] = await Promise.all([window.saekitData.load("vocab"), window.saekitData.load(chunkName(c))]);
+        vocab = vocab || vocabulary(words);
+        chunk = loaded;
       } catch (error) {
         showError(page, error);
         return;
@@ -55,7 +58,7 @@
     const next = i < ids.length - 1 ? ids[i + 1] : (c < meta.feature_chunks.length - 1 ? meta.feature_chunks[c + 1][0] : null);
     renderNav(f, prev, next);
     document.title = "Feature " + f + " · " + (meta.hook || meta.dictionary);
-    render(data, chunk.vocab);
+    render(data, vocab);
     window.scrollTo(0, 0);
   }
 
@@ -141,19 +144,24 @@
   }
 
   // Tokens coloured by activation (relative to the feature's maximum), the example's own
-  // token outlined, the value on hover.
+  // token outlined, the value on hover. The example holds the whole window, whose token
+  // meta.window[0] is its own; positions outside the text (id -1) are left out.
   function context(example, vocab, scale) {
-    const [tokens, positions, acts, centre, value] = example;
-    const act = new Array(tokens.length).fill(0);
-    positions.forEach((i, k) => { act[i] = acts[k]; });
-    const spans = tokens.map((t, i) => {
+    const [tokens, activations, value] = example;
+    const ranks = decodeRanks(tokens);
+    const act = decodeActivations(activations, ranks.length);
+    const centre = meta.window[0];
+    const spans = [];
+    ranks.forEach((rank, i) => {
+      const id = vocab.id(rank);
+      if (id === -1) return;
       const a = act[i];
-      const text = vocab[t] === undefined ? "<id " + t + ">" : vocab[t];
-      return el("span", {
+      const text = vocab.text(rank);
+      spans.push(el("span", {
         className: "tok" + (i === centre ? " centre" : "") + (a ? " on" : ""),
         style: a ? { backgroundColor: colour(a, scale) } : null,
-        "data-act": String(a), "data-token": text, "data-id": String(t),
-      }, text);
+        "data-act": String(a), "data-token": text, "data-id": String(id),
+      }, text));
     });
     return el("div", { className: "example" },
       el("div", { className: "value", title: "activation at the outlined token" }, fmt(value)),
@@ -172,7 +180,7 @@
 
   function quantiles(d, vocab) {
     return d.quantiles.map((group, g) => {
-      const values = group.map((e) => e[4]);
+      const values = group.map((e) => e[2]);
       const hi = Math.max(...values), lo = Math.min(...values);
       return el("div", { className: "quantile" },
         el("h3", {}, "Interval " + (g + 1) + " of " + d.quantiles.length,
@@ -239,7 +247,7 @@
     const table = (rows, kind) => el("table", { className: "logits " + kind, id: kind },
       el("thead", {}, el("tr", {}, el("th", { colspan: 2 }, kind === "boosts" ? "Promotes" : "Suppresses"))),
       el("tbody", {}, rows.map(([id, v]) => el("tr", {},
-        el("td", { className: "tokcell" }, chip(vocab[id] === undefined ? "<id " + id + ">" : vocab[id])),
+        el("td", { className: "tokcell" }, chip(vocab.textOf(id))),
         el("td", { className: "num" }, el("span", { className: "lbar " + kind, style: { width: (Math.abs(v) / scale * 34).toFixed(1) + "px" } }), fmt(v))))));
     return [el("p", { className: "note" }, "its decoder direction through the final norm and the unembedding (logit change per unit activation)"),
       el("div", { className: "pair" }, table(d.boosts, "boosts"), table(d.suppresses, "suppresses"))];

@@ -35,6 +35,58 @@
     });
   }
 
+  // A window's tokens as the data holds them: one string, each token's rank in the site's
+  // vocabulary (data/vocab.js, the most used first) in a variable-length code. A code's last
+  // character is one of CODE_LAST, any before it are of CODE_MORE (dashboard.py writes them).
+  const CODE_LAST = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-";
+  const CODE_MORE = "!#$%&'()*+,./:;=>?@[]^`{|}~";
+  const LAST = new Int16Array(128).fill(-1);
+  const MORE = new Int16Array(128).fill(-1);
+  for (let i = 0; i < CODE_LAST.length; i++) LAST[CODE_LAST.charCodeAt(i)] = i;
+  for (let i = 0; i < CODE_MORE.length; i++) MORE[CODE_MORE.charCodeAt(i)] = i;
+  const FIRST_RANK = [0]; // the first rank of the codes with 0, 1, 2, ... characters of CODE_MORE
+  for (let m = 0, capacity = CODE_LAST.length; m < 8; m++, capacity *= CODE_MORE.length) FIRST_RANK.push(FIRST_RANK[m] + capacity);
+
+  function decodeRanks(code) {
+    const ranks = [];
+    let rest = 0, more = 0;
+    for (let i = 0; i < code.length; i++) {
+      const c = code.charCodeAt(i);
+      if (c < 128 && MORE[c] >= 0) { rest = rest * CODE_MORE.length + MORE[c]; more++; continue; }
+      ranks.push(c < 128 && LAST[c] >= 0 ? FIRST_RANK[more] + rest * CODE_LAST.length + LAST[c] : -1);
+      rest = 0; more = 0;
+    }
+    return ranks;
+  }
+
+  // A window's non-zero activations, as the data holds them: one string in the same code,
+  // three numbers each: position in the window, three significant digits less 100 (plus 900
+  // when negative), power of ten zigzagged (0, -1, 1, -2, ... as 0, 1, 2, 3, ...).
+  function decodeActivations(code, length) {
+    const acts = new Array(length).fill(0);
+    const numbers = decodeRanks(code);
+    for (let k = 0; k + 2 < numbers.length; k += 3) {
+      const d = numbers[k + 1], z = numbers[k + 2];
+      const digits = (d % 900) + 100;
+      const power = z % 2 ? -(z + 1) / 2 : z / 2;
+      // Divided by an exact power of ten, not multiplied by 0.01: 123 / 100 reads 1.23.
+      const value = power >= 0 ? digits * Math.pow(10, power) : digits / Math.pow(10, -power);
+      acts[numbers[k]] = d >= 900 ? -value : value;
+    }
+    return acts;
+  }
+
+  // The site's vocabulary (data/vocab.js): the token of each rank, and the text of each id.
+  function vocabulary(data) {
+    const byId = new Map();
+    data.ids.forEach((id, rank) => byId.set(id, data.texts[rank]));
+    return {
+      id: (rank) => (rank >= 0 && rank < data.ids.length ? data.ids[rank] : null),
+      text: (rank) => (rank >= 0 && rank < data.texts.length ? data.texts[rank] : "<?>"),
+      textOf: (id) => (byId.has(id) ? byId.get(id) : "<id " + id + ">"),
+    };
+  }
+
   // An element: attributes (className, href, title, dataset via "data-x", style via object)
   // and children (strings become text nodes, so nothing from the data is parsed as HTML).
   function el(tag, attrs, ...children) {
@@ -94,10 +146,14 @@
     return n < 1.05 ? "almost every token" : "1 in " + fmt(n, 3) + " tokens";
   }
 
-  // A token as a chip; one made of spaces only shows them as ␣ (an empty chip says nothing).
+  // A token as a chip; one made of blanks only shows them, a space as ␣ and any other blank
+  // (a no-break space, an em space, ...) as ⍽, with its code point on hover: an empty chip
+  // says nothing.
   function chip(text) {
-    const shown = /^ +$/.test(text) ? "␣".repeat(text.length) : text;
-    return el("span", { className: "chip", title: JSON.stringify(text) }, shown);
+    if (!/^\s+$/.test(text)) return el("span", { className: "chip", title: JSON.stringify(text) }, text);
+    const shown = Array.from(text, (c) => (c === " " ? "␣" : "⍽")).join("");
+    const points = Array.from(text, (c) => "U+" + c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")).join(" ");
+    return el("span", { className: "chip", title: JSON.stringify(text) + " (" + points + ")" }, shown);
   }
 
   function clear(node) {
@@ -118,5 +174,5 @@
   }
 
   window.saekitData = { add, load };
-  window.saekit = { el, svg, fmt, percent, oneIn, chip, clear, showError, sourceLine };
+  window.saekit = { el, svg, fmt, percent, oneIn, chip, clear, showError, sourceLine, decodeRanks, decodeActivations, vocabulary };
 })();

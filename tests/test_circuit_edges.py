@@ -384,18 +384,23 @@ def test_bad_circuit_files_are_refused(tmp_path):
 
 def test_mean_ablation_of_nothing_and_of_everything(mixed, data):
     # The means are the nodes' means over the prompts, per aligned position: by default over
-    # the clean and the patch prompts (the file has both), or over the clean ones.
+    # the patch prompts (the file has them; Marks et al.'s convention), or the clean ones, or both.
     with torch.no_grad():
-        clean, both = [], []
+        clean, patch = [], []
         for batch in data.batches(1):
             clean.append(mixed.run(batch.clean_ids, bos=batch.bos).computed["mlp_out.1"].features[0, -3:])
-            both += [clean[-1], mixed.run(batch.patch_ids, bos=batch.bos).computed["mlp_out.1"].features[0, -3:]]
+            patch.append(mixed.run(batch.patch_ids, bos=batch.bos).computed["mlp_out.1"].features[0, -3:])
     means = MeanAblation.from_data(mixed, data, prompts="clean")
     torch.testing.assert_close(means.means["mlp_out.1"].features[-3:], torch.stack(clean).mean(0))
-    torch.testing.assert_close(MeanAblation.from_data(mixed, data).means["mlp_out.1"].features[-3:],
-                               torch.stack(both).mean(0))
+    default = MeanAblation.from_data(mixed, data)
+    assert default.prompts == "patch"
+    torch.testing.assert_close(default.means["mlp_out.1"].features[-3:], torch.stack(patch).mean(0))
+    torch.testing.assert_close(MeanAblation.from_data(mixed, data, prompts="both").means["mlp_out.1"].features[-3:],
+                               torch.stack(clean + patch).mean(0))
+    # Active: nonzero on some clean or patch prompt at that position.
+    torch.testing.assert_close(default.active["mlp_out.1"][-3:], (torch.stack(clean + patch) != 0).any(0))
     with pytest.raises(ConfigError, match="prompts"):
-        MeanAblation.from_data(mixed, data, prompts="patch")
+        MeanAblation.from_data(mixed, data, prompts="corrupt")
     atp = attribution_patching(mixed, data)
     assert ablated_metric(mixed, data, None, ablation=means) == pytest.approx(atp.metric_clean, rel=1e-5)
     # Everything ablated: every point at its means, computed here by setting the nodes.

@@ -14,6 +14,7 @@ import torch
 
 from saekit.circuits import (
     MaskCurve,
+    MeanAblation,
     Node,
     Nodes,
     SplicedModel,
@@ -22,7 +23,6 @@ from saekit.circuits import (
     mask_candidates,
     mask_curve,
     masked_metric,
-    node_means,
     train_mask,
 )
 from saekit.dictionaries import DictionaryConfig, build_dictionary
@@ -69,7 +69,7 @@ def data(lm):
 
 @pytest.fixture(scope="module")
 def means(model, data):
-    return node_means(model, data)
+    return MeanAblation.from_data(model, data)
 
 
 def spliced_metric(model, data):
@@ -110,7 +110,7 @@ def test_a_transcoder_reading_a_spliced_point_reads_what_is_written_there(lm, da
     # from the (masked) nodes written there, in the masked pass as in the spliced model.
     model = SplicedModel(lm, [dictionary(lm, "mlp_in.2", 5),
                               dictionary(lm, "mlp_in.2", 3, target="mlp_out.2", transcoder=True, skip=True)])
-    means = node_means(model, data)
+    means = MeanAblation.from_data(model, data)
     assert masked_metric(model, data, mask_candidates(means), means=means) == spliced_metric(model, data)
     # The SAE's nodes ablated, the transcoder's kept: the transcoder reads the means.
     transcoder_only = [n for n in mask_candidates(means) if n.point == "mlp_out.2"]
@@ -118,8 +118,8 @@ def test_a_transcoder_reading_a_spliced_point_reads_what_is_written_there(lm, da
     total, T = 0.0, data.max_length
     with torch.no_grad():
         for b in data.batches():
-            fixed = Nodes(means.features["mlp_in.2"][T - b.length:].expand(b.size, -1, -1),
-                          means.errors["mlp_in.2"][T - b.length:].expand(b.size, -1, -1))
+            fixed = Nodes(means.means["mlp_in.2"].features[T - b.length:].expand(b.size, -1, -1),
+                          means.means["mlp_in.2"].error[T - b.length:].expand(b.size, -1, -1))
             logits = model.run(b.clean_ids, bos=b.bos, set_nodes={"mlp_in.2": fixed}).logits
             total += float(logit_difference(logits, b).double().sum())
     assert partial == pytest.approx(total / len(data), abs=1e-5)
@@ -133,15 +133,15 @@ def test_every_node_masked_gives_every_node_at_its_mean(model, data, means):
     T = data.max_length
     with torch.no_grad():
         for b in data.batches():
-            fixed = {p: Nodes(means.features[p][T - b.length:].expand(b.size, -1, -1),
-                              means.errors[p][T - b.length:].expand(b.size, -1, -1)) for p in model.points}
+            fixed = {p: Nodes(means.means[p].features[T - b.length:].expand(b.size, -1, -1),
+                              means.means[p].error[T - b.length:].expand(b.size, -1, -1)) for p in model.points}
             total += float(logit_difference(model.run(b.clean_ids, bos=b.bos, set_nodes=fixed).logits, b).double().sum())
     assert empty == pytest.approx(total / len(data), abs=1e-5)
     assert abs(empty - spliced_metric(model, data)) > 0.1  # the ablation does something
     # The means are over the patch prompts (Marks et al.); a node there moves them.
-    clean = node_means(model, data, prompts="clean")
+    clean = MeanAblation.from_data(model, data, prompts="clean")
     assert means.prompts == "patch" and clean.prompts == "clean"
-    assert not torch.equal(means.errors["resid_post.0"], clean.errors["resid_post.0"])
+    assert not torch.equal(means.means["resid_post.0"].error, clean.means["resid_post.0"].error)
 
 
 def test_a_kept_node_without_a_position_is_kept_everywhere(model, data, means):
@@ -222,7 +222,7 @@ def planted():
         sae.b_enc.zero_()
         sae.b_dec.copy_(-50.0 * u)  # feature 0 reads u · x + 50 > 0; the decoder takes the 50 back
     model = SplicedModel(lm, [sae.requires_grad_(False).eval()])
-    return model, data, node_means(model, data)
+    return model, data, MeanAblation.from_data(model, data)
 
 
 def test_the_construction_of_the_planted_case(planted):
@@ -292,13 +292,17 @@ def test_means_from_elsewhere_are_refused(model, data, means, lm):
     other = SplicedModel(lm, [dictionary(lm, "resid_post.0", 0)])
     with pytest.raises(ConfigError, match="points"):
         masked_metric(other, data, [], means=means)
-    with pytest.raises(ConfigError, match="NodeMeans"):
+    with pytest.raises(ConfigError, match="MeanAblation"):
         train_mask(model, data, means={"resid_post.0": 0})
     no_patch = circuit_examples([{"clean_prefix": "the cat", "clean_answer": "s"}], lm.tokenizer)
     with pytest.raises(DataError, match="prompts='clean'"):
-        node_means(model, no_patch, prompts="patch")
-    with pytest.raises(ConfigError, match="'patch' or 'clean'"):
-        node_means(model, data, prompts="both")
+        MeanAblation.from_data(model, no_patch, prompts="patch")
+    with pytest.raises(ConfigError, match="'patch', 'clean' or 'both'"):
+        MeanAblation.from_data(model, data, prompts="neither")
+    with pytest.raises(ConfigError, match="from_batches"):
+        masked_metric(model, data, [], ablation=MeanAblation(means.means, pooled=False))  # no active features
+    with pytest.raises(ConfigError, match="once"):
+        masked_metric(model, data, [], ablation=means, means=means)
 
 
 def test_bad_nodes_are_refused(model, data, means):
@@ -325,8 +329,9 @@ def test_bad_metrics_are_refused(model, data, means):
 
 def test_a_gates_gradient_passes_through_the_points_after_it(model, data, means):
     """The gradient of the metric by an upstream gate, through every later spliced point,
-    matches a finite difference (graph hands setting functions detached nodes, so the mask
-    recomputes them from the activations; a cut path would leave only the direct part)."""
+    matches a finite difference (graph hands setting functions the computed nodes live, so
+    the gate's effect reaches the later points through them; a cut path would leave only the
+    direct part)."""
     from saekit.circuits.mask import _hard_gates, _masked_logits, _prepare
 
     prepared = _prepare(model, data, logit_difference, 8)
@@ -347,3 +352,17 @@ def test_a_gates_gradient_passes_through_the_points_after_it(model, data, means)
     numeric = (float(metric_at(0.5 + eps)[0]) - float(metric_at(0.5 - eps)[0])) / (2 * eps)
     assert abs(numeric) > 0.1
     assert float(gate.grad) == pytest.approx(numeric, rel=2e-2)
+
+
+def test_the_mask_and_faithfulness_ablate_to_the_same_means(model, data, means):
+    # One mean ablation for both: a set of kept nodes gives the same m(C) whether the mask's
+    # hard gates or faithfulness's ablation keeps it, with the means passed or the defaults.
+    from saekit.circuits import ablated_metric
+
+    kept = [n for n in mask_candidates(means) if n.point in ("attn_out.1", "mlp_out.2")][:4]
+    assert kept
+    for ablation in (means, MeanAblation.from_data(model, data, prompts="clean")):
+        assert masked_metric(model, data, kept, ablation=ablation) == pytest.approx(
+            ablated_metric(model, data, kept, ablation=ablation), abs=1e-5)
+    assert masked_metric(model, data, kept) == pytest.approx(ablated_metric(model, data, kept), abs=1e-5)
+    assert masked_metric(model, data, []) == pytest.approx(ablated_metric(model, data, []), abs=1e-5)

@@ -10,12 +10,13 @@
   activation patching (``NodeEffects``);
 * ``edges``: edge effects among chosen nodes, the metric as the sink (``edge_effects``);
 * ``circuit``: nodes and edges past thresholds, as JSON (``find_circuit``, ``Circuit``);
-* ``faithfulness``: mean ablation, faithfulness and completeness, and their curve over
-  circuit size;
+* ``ablation``: each node's mean, the value an ablated node takes (``MeanAblation``);
+* ``faithfulness``: faithfulness and completeness, and their curve over circuit size;
 * ``mask``: the baseline, a learned hard-concrete mask over the same nodes (subnetwork
   probing), with faithfulness against nodes kept.
 """
 
+from .ablation import MeanAblation, MeanPrompts
 from .attribution import (
     DEFAULT_STEPS,
     METHODS,
@@ -36,7 +37,6 @@ from .edges import EDGE_METHODS, METRIC, Edge, EdgeEffects, edge_effects
 from .faithfulness import (
     Faithfulness,
     FaithfulnessCurve,
-    MeanAblation,
     ablated_metric,
     faithfulness,
     faithfulness_curve,
@@ -47,11 +47,9 @@ from .mask import (
     DEFAULT_SPARSITIES,
     MaskCurve,
     MaskResult,
-    NodeMeans,
     mask_candidates,
     mask_curve,
     masked_metric,
-    node_means,
     train_mask,
 )
 from .metrics import Metric, answer_logprob, default_metric, logit_difference
@@ -59,10 +57,10 @@ from .metrics import Metric, answer_logprob, default_metric, logit_difference
 __all__ = [
     "DEFAULT_SPARSITIES", "DEFAULT_STEPS", "EDGE_METHODS", "METHODS", "METRIC", "Circuit", "CircuitBatch", "CircuitData",
     "CircuitExample", "CircuitNode", "Edge", "EdgeEffects", "Faithfulness", "FaithfulnessCurve", "MaskCurve",
-    "MaskResult", "MeanAblation", "Metric", "Node", "NodeEffect", "NodeEffects", "NodeMeans", "Nodes", "PatchPrefixes",
+    "MaskResult", "MeanAblation", "MeanPrompts", "Metric", "Node", "NodeEffect", "NodeEffects", "Nodes", "PatchPrefixes",
     "PatchSource", "SplicedModel", "SplicedRun", "ZeroAblation", "ablated_metric", "answer_logprob",
     "attribution_patching", "circuit_examples", "circuit_from_effects", "default_metric", "edge_effects",
     "exact_patching", "faithfulness", "faithfulness_curve", "find_circuit", "integrated_gradients",
-    "logit_difference", "mask_candidates", "mask_curve", "masked_metric", "node_effects", "node_means",
+    "logit_difference", "mask_candidates", "mask_curve", "masked_metric", "node_effects",
     "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "select_nodes", "train_mask",
 ]

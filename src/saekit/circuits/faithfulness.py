@@ -14,11 +14,10 @@ circuit. Each is the ratio of the metric's means over the examples.
 
 The ablated nodes of a point are set during the pass to their means, the kept ones to
 what this pass computes (so they respond to ablations upstream of them), at every hook
-point, in forward order. ``MeanAblation`` holds the means: per aligned position over the
-prompts of the file (``from_data``: clean and patch prompts, or the clean ones; Marks et
-al. average over their examples, whose clean prompts mix both kinds), or
-pooled over the tokens of a reference corpus (``from_batches``, with the BOS position
-apart). It is also a ``PatchSource``, so node effects can be taken against it.
+point, in forward order. The means are a ``MeanAblation`` (``ablation``), the same the
+mask baseline (``mask``) ablates to, so that the two curves compare like for like: by
+default per aligned position over the file's patch prompts (over the clean ones when it has
+none), as in Marks et al.'s code; see ``ablation`` for why and for the alternatives.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,124 +34,13 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
+from .ablation import MeanAblation
 from .attribution import Node, NodeEffects, check_inputs
 from .circuit import Circuit
-from .data import CircuitBatch, CircuitData
+from .data import CircuitData
 from .edges import checked_nodes
 from .graph import Nodes, SplicedModel
 from .metrics import Metric, default_metric
-
-
-class MeanAblation:
-    """Mean node values per hook point, as patch values for every node.
-
-    ``means[point]``: ``Nodes`` with features ``(P, F)`` and error ``(P, d)``. ``pooled``
-    False: ``P`` is the data's number of positions, aligned at the end (row ``P − 1`` is
-    the last token). ``pooled`` True: row 0 is the mean at the BOS position and row 1 the
-    mean over every other token, for prompts of any length.
-    """
-
-    def __init__(self, means: dict[str, Nodes], pooled: bool, name: str = "mean ablation"):
-        if not means:
-            raise ConfigError("mean ablation needs the means of at least one hook point")
-        for p, m in means.items():
-            if m.features.ndim != 2 or m.error.ndim != 2 or m.features.shape[0] != m.error.shape[0]:
-                raise ConfigError(f"{p}: means must be features (P, F) and error (P, d), got "
-                                  f"{tuple(m.features.shape)} and {tuple(m.error.shape)}")
-            if pooled and m.features.shape[0] != 2:
-                raise ConfigError(f"{p}: pooled means have two rows (BOS, other tokens), got {m.features.shape[0]}")
-        self.means, self.pooled, self.name = means, pooled, name
-
-    @classmethod
-    def from_data(cls, model: SplicedModel, data: CircuitData, batch_size: int = 8, prompts: str | None = None
-                  ) -> MeanAblation:
-        """Each node's mean over the prompts of ``data``, per aligned position (over the
-        examples long enough to have it). ``prompts``: ``"clean"``, or ``"both"`` (clean and
-        patch prompts; the default when the file has patch prefixes, so that a file whose
-        clean prompts are all of one kind, all singular subjects say, does not ablate
-        towards that kind)."""
-        check_inputs(model, data, batch_size)
-        prompts = prompts or ("both" if data.has_patch else "clean")
-        if prompts not in ("clean", "both"):
-            raise ConfigError(f"prompts must be 'clean' or 'both', got {prompts!r}")
-        if prompts == "both" and not data.has_patch:
-            raise ConfigError("these examples have no patch prefixes; take the means over the clean prompts")
-        T = data.max_length
-        sums: dict[str, Nodes] = {}
-        counts = torch.zeros(T, 1, device=model.lm.device)
-        with torch.no_grad():
-            for batch in data.batches(batch_size):
-                batch = batch.to(model.lm.device)
-                start = T - batch.length
-                for ids in [batch.clean_ids] + ([batch.patch_ids] if prompts == "both" else []):
-                    run = model.run(ids, bos=batch.bos)
-                    for p, n in run.computed.items():
-                        if p not in sums:
-                            sums[p] = Nodes(torch.zeros(T, n.features.shape[-1], device=n.features.device),
-                                            torch.zeros(T, n.error.shape[-1], device=n.error.device))
-                        sums[p].features[start:] += n.features.sum(0)
-                        sums[p].error[start:] += n.error.sum(0)
-                    counts[start:] += batch.size
-        which = "clean and patch prompts" if prompts == "both" else "clean prompts"
-        return cls({p: Nodes(s.features / counts, s.error / counts) for p, s in sums.items()}, pooled=False,
-                   name=f"mean ablation (over the examples' {which})")
-
-    @classmethod
-    def from_batches(cls, model: SplicedModel, batches: Iterable[Any], progress: ProgressCallback | None = None
-                     ) -> MeanAblation:
-        """Each node's mean over the tokens of a reference corpus: ``batches`` of
-        ``saekit.data.TokenBatch`` (``document_batches``, ``ContextStream``), padding left
-        out, the BOS position apart."""
-        sums: dict[str, Nodes] = {}
-        counts = torch.zeros(2, 1, dtype=torch.float64)
-        phase = Phase(progress, "mean ablation: corpus means", None, unit="tok")
-        with torch.no_grad():
-            for batch in batches:
-                batch = batch.to(model.lm.device)
-                bos = bool(batch.bos_mask.any())
-                run = model.run(batch.input_ids, bos=bos)
-                rows = [batch.bos_mask, batch.token_mask(keep_bos=False)]
-                for p, n in run.computed.items():
-                    if p not in sums:
-                        sums[p] = Nodes(torch.zeros(2, n.features.shape[-1], dtype=torch.float64),
-                                        torch.zeros(2, n.error.shape[-1], dtype=torch.float64))
-                    for r, mask in enumerate(rows):
-                        sums[p].features[r] += n.features[mask].double().sum(0).cpu()
-                        sums[p].error[r] += n.error[mask].double().sum(0).cpu()
-                for r, mask in enumerate(rows):
-                    counts[r] += float(mask.sum())
-                phase.advance(int(batch.token_mask(keep_bos=True).sum()))
-        if not sums or counts[1] == 0:
-            raise DataError("the reference corpus gave no tokens to take means over")
-        counts = counts.clamp(min=1)
-        dev = model.lm.device
-        return cls({p: Nodes((s.features / counts).float().to(dev), (s.error / counts).float().to(dev))
-                    for p, s in sums.items()}, pooled=True, name="mean ablation (over a reference corpus)")
-
-    def nodes_for(self, model: SplicedModel, batch: CircuitBatch) -> dict[str, Nodes]:
-        """The means as ``(B, T, ·)`` nodes for ``batch``, at every point of ``model``."""
-        missing = [p for p in model.points if p not in self.means]
-        if missing:
-            raise ConfigError(f"the mean ablation has no means for {', '.join(missing)}; take them with this model")
-        B, L = batch.size, batch.length
-        out = {}
-        for p in model.points:
-            m = self.means[p]
-            if self.pooled:
-                pick = torch.ones(L, dtype=torch.long, device=m.features.device)
-                if batch.bos:
-                    pick[0] = 0
-                f, e = m.features[pick], m.error[pick]
-            else:
-                if L > m.features.shape[0]:
-                    raise DataError(f"these means cover {m.features.shape[0]} positions; the prompts have {L}")
-                f, e = m.features[-L:], m.error[-L:]
-            out[p] = Nodes(f.expand(B, -1, -1), e.expand(B, -1, -1))
-        return out
-
-    def states(self, model: SplicedModel, batch: CircuitBatch, clean: dict[str, Nodes], metric: Metric
-               ) -> tuple[dict[str, Nodes], Tensor | None]:
-        return self.nodes_for(model, batch), None
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,8 @@ What ``SplicedModel.run`` can do with the nodes, per pass:
 * read them: ``run.nodes[point]`` (what was written) and ``run.computed[point]`` (``f`` and
   ``err`` as functions of everything upstream, for edges between nodes);
 * set them: ``set_nodes={point: Nodes(...)}``, or a function of the computed nodes
-  (patch one feature, interpolate towards a patch run, ablate);
+  (patch one feature, interpolate towards a patch run, ablate, gate), which receives them
+  undetached, so that without ``track`` a gradient through its result flows upstream;
 * differentiate the metric by them: with ``track=True`` each written ``Nodes`` is a leaf
   whose ``.grad`` a backward pass fills. A point whose nodes are computed, not set,
   passes gradients upstream exactly as the model does (``x̂ + err`` is ``x``, so its
@@ -178,7 +179,9 @@ class SplicedModel:
 
         ``bos``: position 0 is a BOS token (no feature nodes there for dictionaries not
         trained on it). ``set_nodes``: per point, the nodes to write instead of the computed
-        ones, or a function from the computed nodes (detached) to them. ``track``: the
+        ones, or a function from the computed nodes to them (the computed nodes as they are,
+        in the autograd graph of everything upstream under grad mode; with ``track`` what it
+        returns becomes a leaf all the same). ``track``: the
         written nodes are leaves to take gradients by (see the module doc); ``hold``: points
         whose nodes pass no gradient upstream. ``start=(layer, resid_pre)``: begin at block
         ``layer`` from its cached residual stream (``hooks.skip_to_block``); no spliced
@@ -237,7 +240,9 @@ class SplicedModel:
                 elif isinstance(setting, Nodes):
                     value = setting
                 else:
-                    value = setting(fresh.detach())
+                    # Live, not detached: a pass that differentiates through what the function
+                    # returns (the mask's gates) reaches the points upstream through it.
+                    value = setting(fresh)
                 _check_shape(value, y, d, point)
                 if track:
                     value = value.leaves()

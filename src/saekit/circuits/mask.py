@@ -14,14 +14,15 @@ sizes:
   as in ``attribution``;
 * each hook point's error term ``x − x̂``, one node (or one per position).
 
-A node that is masked out takes its mean value (mean ablation, as faithfulness is measured
-in Marks et al. 2024): its mean at its aligned position over the file's patch prompts, as
-in their code, or over the clean prompts when the file has none (``node_means``). A kept
-node keeps its value as computed in the masked pass, on the clean prompts (downstream nodes
-see the upstream ablations). Only features active somewhere in the file (on a clean or a
-patch prompt) need a gate: one that is zero on every prompt has mean zero, so keeping or
-ablating it is the same on the file's prompts; such features are held at their mean (zero)
-and are never kept.
+A node that is masked out takes its mean value: the same ``MeanAblation`` as faithfulness
+(``ablation``), by default its mean at its aligned position over the file's patch prompts, as
+in Marks et al.'s code, or over the clean prompts when the file has none, so that the mask's
+curve and the attribution circuit's compare like for like. A kept node keeps its value as
+computed in the masked pass, on the clean prompts (downstream nodes see the upstream
+ablations). Only features active somewhere in the file (on a clean or an averaged prompt,
+``MeanAblation.active``) need a gate: one that is zero on every prompt has mean zero, so
+keeping or ablating it is the same on the file's prompts; such features are held at their
+mean (zero) and are never kept.
 
 The gates are hard-concrete: ``z = clamp(sigmoid((log u − log(1 − u) + log α) / β)(ζ − γ) + γ, 0, 1)``
 with ``u`` uniform, β = 2/3, γ = −0.1, ζ = 1.1, whose expected L0 (the expected number of
@@ -47,13 +48,14 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
+from .ablation import MeanAblation
 from .attribution import Node, check_inputs
 from .data import CircuitBatch, CircuitData
 from .graph import Nodes, SplicedModel
@@ -68,121 +70,17 @@ DEFAULT_SPARSITIES: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 # ---------------------------------------------------------------------------
-# Node means: what a masked-out node becomes
+# Node means: what a masked-out node becomes (the mean ablation faithfulness uses)
 
 
-MeanPrompts = Literal["patch", "clean"]
-
-
-@dataclass
-class NodeMeans:
-    """Per hook point, the mean of each node over a file's prompts, per aligned position.
-
-    ``features[point]``: ``(n_positions, d_sae)``; ``errors[point]``: ``(n_positions, d)``;
-    ``active[point]``: ``(n_positions, d_sae)`` bool, whether the feature is nonzero at that
-    position on some prompt, clean or averaged. Position ``n_positions − 1`` is every
-    prompt's last token. ``prompts``: which prompts were averaged.
-    """
-
-    points: list[str]
-    features: dict[str, Tensor]
-    errors: dict[str, Tensor]
-    active: dict[str, Tensor]
-    n_positions: int
-    n_examples: int
-    prompts: str = "clean"
-
-    def __post_init__(self) -> None:
-        if self.prompts not in ("patch", "clean"):
-            raise ConfigError(f"node means are over the 'patch' or the 'clean' prompts, got {self.prompts!r}")
-        for p in self.points:
-            if p not in self.features or p not in self.errors or p not in self.active:
-                raise ConfigError(f"node means need features, errors and active features for every point ({p})")
-            f, e, a = self.features[p], self.errors[p], self.active[p]
-            if f.ndim != 2 or f.shape[0] != self.n_positions or a.shape != f.shape or a.dtype != torch.bool:
-                raise DataError(f"{p}: feature means must be (positions, d_sae) with a bool active mask of that shape")
-            if e.ndim != 2 or e.shape[0] != self.n_positions:
-                raise DataError(f"{p}: error means must be (positions, d), got {tuple(e.shape)}")
-
-    def check_fits(self, model: SplicedModel, data: CircuitData) -> None:
-        """Refuse means computed for other hook points or longer/shorter prompts."""
-        if self.points != model.points:
-            raise ConfigError(
-                f"these node means are for {', '.join(self.points)}, the model's points are {', '.join(model.points)}; "
-                "compute them for this model (node_means(model, data))"
-            )
-        if self.n_positions != data.max_length:
-            raise ConfigError(
-                f"these node means cover {self.n_positions} positions, the prompts {data.max_length}; "
-                "compute them on these prompts (node_means(model, data))"
-            )
-        for p in self.points:
-            if self.features[p].shape[1] != model.dictionary(p).cfg.d_sae:
-                raise ConfigError(f"{p}: these node means are for a dictionary of another width")
-
-
-def node_means(
-    model: SplicedModel, data: CircuitData, *, prompts: MeanPrompts | None = None, batch_size: int = 8,
-    progress: ProgressCallback | None = None,
-) -> NodeMeans:
-    """The mean of every node over the prompts of ``data``, per aligned position (a
-    position only some prompts reach is averaged over those), and which features are
-    ever active on the clean prompts or the averaged ones. On the model's device.
-
-    ``prompts``: average the ``"patch"`` prompts (the default when the file has them) or
-    the ``"clean"`` ones. Over the patch prompts, as Marks et al.'s code does
-    (github.com/saprmarks/feature-circuits, ablation.py): an ablated node then takes the
-    counterfactual's typical value, and ``m(∅)`` is near the patch run's metric, so that
-    faithfulness measures the share of the behaviour the circuit carries.
-    """
-    check_inputs(model, data, batch_size, "masks",
-                 "need them aligned: mean ablation averages the patch prompts position by position")
-    if prompts is None:
-        prompts = "patch" if data.has_patch else "clean"
-    if prompts not in ("patch", "clean"):
-        raise ConfigError(f"prompts must be 'patch' or 'clean', got {prompts!r}")
-    if prompts == "patch" and not data.has_patch:
-        raise DataError(f"{data.source}: no patch_prefix to average; use prompts='clean'")
-    T, dev = data.max_length, model.lm.device
-    widths = {p: model.dictionary(p).cfg.d_sae for p in model.points}
-    sums_f = {p: torch.zeros(T, F, dtype=torch.float64, device=dev) for p, F in widths.items()}
-    sums_e: dict[str, Tensor] = {}
-    active = {p: torch.zeros(T, F, dtype=torch.bool, device=dev) for p, F in widths.items()}
-    counts = torch.zeros(T, dtype=torch.float64, device=dev)
-    phase = Phase(progress, "node means", len(data), unit="ex")
-    for batch in data.batches(batch_size):
-        batch = batch.to(dev)
-        start = T - batch.length
-        runs = [batch.clean_ids] if prompts == "clean" else [batch.patch_ids, batch.clean_ids]
-        for k, ids in enumerate(runs):
-            with torch.no_grad():
-                run = model.run(ids, bos=batch.bos)
-            for p, n in run.computed.items():
-                active[p][start:] |= (n.features != 0).any(0)
-                if k > 0:
-                    continue  # the clean prompts' activity only
-                sums_f[p][start:] += n.features.double().sum(0)
-                if p not in sums_e:
-                    sums_e[p] = torch.zeros(T, n.error.shape[-1], dtype=torch.float64, device=dev)
-                sums_e[p][start:] += n.error.double().sum(0)
-        counts[start:] += batch.size
-        phase.advance(batch.size)
-    # Every position is reached by the longest prompt, so no count is zero.
-    return NodeMeans(
-        points=model.points,
-        features={p: (s / counts[:, None]).float() for p, s in sums_f.items()},
-        errors={p: (s / counts[:, None]).float() for p, s in sums_e.items()},
-        active=active, n_positions=T, n_examples=len(data), prompts=prompts,
-    )
-
-
-def mask_candidates(means: NodeMeans, *, per_position: bool = False) -> list[Node]:
+def mask_candidates(means: MeanAblation, *, per_position: bool = False) -> list[Node]:
     """The nodes a mask has gates for: the features ever active (per feature, or per
     (feature, position)) and each point's error term (once, or per position)."""
+    _check_means(means)
     return [node for p in means.points for node in _point_candidates(means, p, per_position)[2]]
 
 
-def _point_candidates(means: NodeMeans, point: str, per_position: bool) -> tuple[Tensor, int, list[Node]]:
+def _point_candidates(means: MeanAblation, point: str, per_position: bool) -> tuple[Tensor, int, list[Node]]:
     """``(feature index, n_error_gates, nodes)``: the flat indices into ``(n_positions, d_sae)``
     (per position) or the feature indices (summed) that have gates, then the error gates."""
     active = means.active[point]
@@ -238,64 +136,31 @@ def _check_metric(m: Any, batch: CircuitBatch) -> None:
 Gates = dict[str, tuple[Tensor, Tensor]]  # per point: feature gates (n_positions, d_sae), error gates (n_positions,)
 
 
-def _masked_logits(model: SplicedModel, prepared: _Prepared, means: NodeMeans, gates: Gates) -> Tensor:
+def _masked_logits(model: SplicedModel, prepared: _Prepared, means: MeanAblation, gates: Gates) -> Tensor:
     """One pass with every node set to ``g · value + (1 − g) · mean`` (a gate of 1 keeps the
     computed value exactly, 0 gives the mean exactly), differentiable in the gates and, through
-    each point, in everything upstream.
-
-    ``SplicedModel.run`` hands a setting function the computed nodes detached, which would
-    cut the gradient from a gate to the points after it; so the activations are captured on
-    their way in (an edit entered before the splices runs first) and the nodes recomputed
-    from them here, as ``graph`` computes them.
-    """
-    from ..hooks import edit_activations
-
+    each point's computed nodes (which ``SplicedModel.run`` hands the setting live), in
+    everything upstream."""
     batch = prepared.batch
-    L = batch.length
-    offset = means.n_positions - L
-    captured: dict[str, Tensor] = {}
-    written: dict[str, Tensor] = {}
-    reads = {p: model.reads(p) for p in model.points}
-    reads_written = {r for p, r in reads.items() if r != p and r in reads}
-
-    def capture(name: str) -> Callable[[Tensor], Tensor]:
-        def keep(a: Tensor) -> Tensor:
-            captured[name] = a
-            return a
-
-        return keep
+    offset = means.n_positions - batch.length
 
     def setting(point: str) -> Callable[[Nodes], Nodes]:
-        d = model.dictionary(point)
+        g_f, g_e = gates[point]
+        g_f, g_e = g_f[offset:], g_e[offset:, None]
+        mean = means.means[point]
+        mean_f, mean_e = mean.features[offset:], mean.error[offset:]
 
-        def masked(_detached: Nodes) -> Nodes:
-            y = captured[point]
-            source = y if reads[point] == point else written.get(reads[point], captured.get(reads[point]))
-            f = d.encode(source.float())
-            if batch.bos and not d.cfg.keep_bos:
-                keep = torch.ones(L, 1, dtype=f.dtype, device=f.device)
-                keep[0] = 0
-                f = f * keep
-            e = y.float() - d.decode(f)
-            g_f, g_e = gates[point]
-            g_f, g_e = g_f[offset:], g_e[offset:, None]
-            mean_f, mean_e = means.features[point][offset:], means.errors[point][offset:]
-            value = Nodes(g_f * f + (1 - g_f) * mean_f, g_e * e + (1 - g_e) * mean_e)
-            if point in reads_written:
-                # A transcoder reads this point after its splice: what the splice writes.
-                written[point] = (d.decode(value.features) + value.error).to(y.dtype)
-            return value
+        def masked(computed: Nodes) -> Nodes:
+            return Nodes(g_f * computed.features + (1 - g_f) * mean_f, g_e * computed.error + (1 - g_e) * mean_e)
 
         return masked
 
-    names = set(model.points) | set(reads.values())
-    with edit_activations(model.lm, {n: capture(n) for n in names}):
-        run = model.run(batch.clean_ids, bos=batch.bos, set_nodes={p: setting(p) for p in model.points},
-                        start=prepared.start)
+    run = model.run(batch.clean_ids, bos=batch.bos, set_nodes={p: setting(p) for p in model.points},
+                    start=prepared.start)
     return run.logits
 
 
-def _hard_gates(model: SplicedModel, means: NodeMeans, kept: Collection[Node]) -> Gates:
+def _hard_gates(model: SplicedModel, means: MeanAblation, kept: Collection[Node]) -> Gates:
     dev = model.lm.device
     T = means.n_positions
     gates = {p: (torch.zeros(T, model.dictionary(p).cfg.d_sae, device=dev), torch.zeros(T, device=dev))
@@ -329,7 +194,7 @@ def _checked_nodes(model: SplicedModel, kept: Collection[Node], n_positions: int
     return out
 
 
-def _mean_metric(model: SplicedModel, prepared: list[_Prepared], means: NodeMeans, gates: Gates,
+def _mean_metric(model: SplicedModel, prepared: list[_Prepared], means: MeanAblation, gates: Gates,
                  metric: Metric) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
@@ -343,7 +208,7 @@ def _mean_metric(model: SplicedModel, prepared: list[_Prepared], means: NodeMean
 
 def masked_metric(
     model: SplicedModel, data: CircuitData, kept: Collection[Node], metric: Metric | None = None, *,
-    means: NodeMeans | None = None, batch_size: int = 8,
+    ablation: MeanAblation | None = None, means: MeanAblation | None = None, batch_size: int = 8,
 ) -> float:
     """The metric's mean over ``data`` with the nodes ``kept`` computed and every other node
     mean-ablated: ``m(C)`` for the circuit ``C = kept``.
@@ -351,13 +216,15 @@ def masked_metric(
     A node with ``position=None`` is kept at every position (a feature summed over
     positions, or a point's whole error term); one with a position only there. Every
     candidate kept (``mask_candidates``) gives the full model's metric exactly; none kept
-    gives ``m(∅)``. ``means``: default ``node_means(model, data)``.
+    gives ``m(∅)``. ``ablation`` (or ``means``, its former name): default
+    ``MeanAblation.from_data(model, data)``.
     """
     check_inputs(model, data, batch_size, "masks",
                  "need them aligned: mean ablation averages the patch prompts position by position")
+    means = _chosen_means(ablation, means)
     kept = _checked_nodes(model, kept, data.max_length)
     metric = metric or default_metric(data)
-    means = means if means is not None else node_means(model, data, batch_size=batch_size)
+    means = means if means is not None else MeanAblation.from_data(model, data, batch_size)
     _check_means(means, model, data)
     prepared = _prepare(model, data, metric, batch_size)
     return _mean_metric(model, prepared, means, _hard_gates(model, means, kept), metric)
@@ -371,7 +238,7 @@ class _HardConcrete(torch.nn.Module):
     """The gates of one mask: ``log α`` per candidate node, hard-concrete samples of them,
     and their expected number open."""
 
-    def __init__(self, model: SplicedModel, means: NodeMeans, per_position: bool):
+    def __init__(self, model: SplicedModel, means: MeanAblation, per_position: bool):
         super().__init__()
         dev = model.lm.device
         self.model, self.means, self.per_position = model, means, per_position
@@ -476,10 +343,25 @@ def _faithfulness(m_c: float, m_full: float, m_empty: float) -> float:
     return (m_c - m_empty) / (m_full - m_empty)
 
 
-def _check_means(means: Any, model: SplicedModel, data: CircuitData) -> None:
-    if not isinstance(means, NodeMeans):
-        raise ConfigError(f"means must be NodeMeans (node_means(model, data)), got {type(means).__name__}")
-    means.check_fits(model, data)
+def _chosen_means(ablation: MeanAblation | None, means: MeanAblation | None) -> MeanAblation | None:
+    if ablation is not None and means is not None:
+        raise ConfigError("give the means once: ablation= (means= is its former name)")
+    return ablation if ablation is not None else means
+
+
+def _check_means(means: Any, model: SplicedModel | None = None, data: CircuitData | None = None) -> None:
+    if not isinstance(means, MeanAblation):
+        raise ConfigError("the mask ablates to a MeanAblation (MeanAblation.from_data(model, data)), got "
+                          f"{type(means).__name__}")
+    if means.pooled or means.active is None:
+        raise ConfigError("the mask needs means per aligned position with the features ever active: "
+                          "MeanAblation.from_data(model, data), not from_batches")
+    if model is not None:
+        if means.points != model.points:
+            # Gates are laid out per point of the model; means for other points would name other nodes.
+            raise ConfigError(f"these means are for {', '.join(means.points)}, the model's points are "
+                              f"{', '.join(model.points)}; take them with this model (MeanAblation.from_data)")
+        means.check_fits(model, data)
 
 
 def _check_training(sparsities: Sequence[float], steps: int, lr: float, seed: int, per_position: bool) -> None:
@@ -502,16 +384,16 @@ class _Setup:
 
     model: SplicedModel
     metric: Metric
-    means: NodeMeans
+    means: MeanAblation
     prepared: list[_Prepared]
     metric_full: float
     metric_empty: float
 
 
-def _setup(model: SplicedModel, data: CircuitData, metric: Metric | None, means: NodeMeans | None,
+def _setup(model: SplicedModel, data: CircuitData, metric: Metric | None, means: MeanAblation | None,
            batch_size: int, progress: ProgressCallback | None) -> _Setup:
     metric = metric or default_metric(data)
-    means = means if means is not None else node_means(model, data, batch_size=batch_size, progress=progress)
+    means = means if means is not None else MeanAblation.from_data(model, data, batch_size, progress=progress)
     _check_means(means, model, data)
     prepared = _prepare(model, data, metric, batch_size)
     n = sum(p.batch.size for p in prepared)
@@ -566,8 +448,9 @@ def _train(setup: _Setup, sparsity: float, steps: int, lr: float, seed: int, per
 
 def train_mask(
     model: SplicedModel, data: CircuitData, *, metric: Metric | None = None, sparsity: float = 1e-3,
-    steps: int = 200, lr: float = 0.1, seed: int = 0, per_position: bool = False, means: NodeMeans | None = None,
-    batch_size: int = 8, progress: ProgressCallback | None = None,
+    steps: int = 200, lr: float = 0.1, seed: int = 0, per_position: bool = False,
+    ablation: MeanAblation | None = None, means: MeanAblation | None = None, batch_size: int = 8,
+    progress: ProgressCallback | None = None,
 ) -> MaskResult:
     """Learn a binary mask over the nodes (see the module doc) that keeps the metric on the
     clean prompts of ``data`` with as few nodes as ``sparsity`` (the L0 penalty per node,
@@ -577,12 +460,16 @@ def train_mask(
     prompts per step, in turn; ``seed`` fixes the gates' noise. ``per_position``: one
     node per (feature, position) instead of per feature. ``metric``: default the logit
     difference when the file has patch answers, else the answer's log-probability.
-    ``means``: default ``node_means(model, data)`` (pass them to share one pass among
-    several masks, or use ``mask_curve``).
+    ``ablation`` (or ``means``, its former name): the means masked-out nodes take, default
+    ``MeanAblation.from_data(model, data)``; pass the ones faithfulness uses to compare
+    the two curves like for like (and to share one pass among several masks).
     """
     check_inputs(model, data, batch_size, "masks",
                  "need them aligned: mean ablation averages the patch prompts position by position")
     _check_training([sparsity], steps, lr, seed, per_position)
+    means = _chosen_means(ablation, means)
+    if means is not None:
+        _check_means(means, model, data)
     setup = _setup(model, data, metric, means, batch_size, progress)
     return _train(setup, sparsity, steps, lr, seed, per_position, progress)
 
@@ -628,15 +515,18 @@ class MaskCurve:
 def mask_curve(
     model: SplicedModel, data: CircuitData, *, metric: Metric | None = None,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES, steps: int = 200, lr: float = 0.1, seed: int = 0,
-    per_position: bool = False, means: NodeMeans | None = None, batch_size: int = 8,
-    progress: ProgressCallback | None = None,
+    per_position: bool = False, ablation: MeanAblation | None = None, means: MeanAblation | None = None,
+    batch_size: int = 8, progress: ProgressCallback | None = None,
 ) -> MaskCurve:
-    """``train_mask`` at each of ``sparsities`` (same seed, same node means, same
+    """``train_mask`` at each of ``sparsities`` (same seed, same mean ablation, same
     prompts), a larger penalty keeping fewer nodes: faithfulness against circuit size."""
     check_inputs(model, data, batch_size, "masks",
                  "need them aligned: mean ablation averages the patch prompts position by position")
     if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Sequence) or not sparsities:
         raise ConfigError(f"sparsities must be a non-empty list of penalties, got {sparsities!r}")
     _check_training(sparsities, steps, lr, seed, per_position)
+    means = _chosen_means(ablation, means)
+    if means is not None:
+        _check_means(means, model, data)
     setup = _setup(model, data, metric, means, batch_size, progress)
     return MaskCurve([_train(setup, s, steps, lr, seed, per_position, progress) for s in sparsities])

@@ -13,7 +13,8 @@
 * ``ablation``: each node's mean, the value an ablated node takes (``MeanAblation``);
 * ``faithfulness``: faithfulness and completeness, and their curve over circuit size;
 * ``mask``: the baseline, a learned hard-concrete mask over the same nodes (subnetwork
-  probing), with faithfulness against nodes kept.
+  probing), with faithfulness against nodes kept;
+* ``page``: the circuit drawn as a self-contained HTML graph (``saekit circuit`` writes it).
 """
 
 from .ablation import MeanAblation, MeanPrompts
@@ -53,6 +54,7 @@ from .mask import (
     train_mask,
 )
 from .metrics import Metric, answer_logprob, default_metric, logit_difference
+from .page import write_circuit_page
 
 __all__ = [
     "DEFAULT_SPARSITIES", "DEFAULT_STEPS", "EDGE_METHODS", "METHODS", "METRIC", "Circuit", "CircuitBatch", "CircuitData",
@@ -62,5 +64,5 @@ __all__ = [
     "attribution_patching", "circuit_examples", "circuit_from_effects", "default_metric", "edge_effects",
     "exact_patching", "faithfulness", "faithfulness_curve", "find_circuit", "integrated_gradients",
     "logit_difference", "mask_candidates", "mask_curve", "masked_metric", "node_effects",
-    "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "select_nodes", "train_mask",
+    "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "select_nodes", "train_mask", "write_circuit_page",
 ]

@@ -169,8 +169,8 @@ def circuit_page(
     for e in sorted(circuit.edges, key=lambda e: abs(e.weight)):  # the strongest drawn last, on top
         x1, y1 = centre(e.upstream, "top")
         x2, y2 = centre(e.downstream, "bottom")
-        w = 0.5 + 5.5 * abs(e.weight) / max_weight
-        colour = _colour(e.weight >= 0, 0.4 + 0.6 * abs(e.weight) / max_weight)
+        w = 1.0 + 5.0 * abs(e.weight) / max_weight  # the weakest kept edge still visible
+        colour = _colour(e.weight >= 0, 0.55 + 0.45 * abs(e.weight) / max_weight)
         to = "metric" if e.downstream is None else e.downstream.label()
         tip = f"{e.upstream.label()} → {to}\nweight {e.weight:+.6g}"
         svg.append(f'<line class="edge" x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
@@ -250,7 +250,8 @@ _TEMPLATE = """<!DOCTYPE html>
 <title>{title}</title>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 16px; color: #111; background: #fff; }}
-.facts span {{ margin-right: 14px; white-space: nowrap; }}
+.facts {{ display: flex; flex-wrap: wrap; gap: 4px 14px; }}
+.facts span {{ white-space: nowrap; }}
 .legend {{ color: #555; max-width: 900px; }}
 svg text {{ font: 12px system-ui, sans-serif; text-anchor: middle; pointer-events: none; }}
 svg text.row, svg text.reads, svg text.pos {{ text-anchor: start; fill: #333; }}

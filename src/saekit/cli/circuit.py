@@ -1,0 +1,191 @@
+"""``saekit circuit``: node effects, the circuit past the thresholds, its graph page and faithfulness."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import ConfigError
+from .common import FORMAT_CHOICES, values_type
+
+NONZERO = 1e-12  # effects.json lists the nodes with |effect| at least this
+CIRCUIT_FILES = ("circuit.json", "effects.json", "circuit.html", "faithfulness.json", "faithfulness.png")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "circuit",
+        help="find the features and paths that cause a behaviour: a circuit, its graph and faithfulness",
+        description="Splice the dictionaries (one per hook point) into the model, measure every feature's and "
+        "every error term's effect on the metric over the prompts of --data (a JSONL file of clean_prefix, "
+        "clean_answer and optionally patch_prefix, patch_answer; answers one token each), keep the nodes past "
+        "--node-threshold and the edges among them past --edge-threshold, and write OUT/circuit.json, "
+        "OUT/effects.json and OUT/circuit.html (the graph); with --faithfulness, also the faithfulness curve.",
+    )
+    p.add_argument("--dictionaries", nargs="+", required=True, metavar="DIR",
+                   help="the dictionaries, one per hook point: folders in any format saekit reads or Hub names")
+    p.add_argument("--data", required=True, metavar="FILE.jsonl", help="the prompts (see above)")
+    p.add_argument("--out", required=True, metavar="OUT", help="the folder to write the circuit into")
+    p.add_argument("--method", default="atp", choices=("atp", "ig"),
+                   help="node and edge effects by attribution patching (default) or integrated gradients")
+    p.add_argument("--steps", type=int, default=10, help="integrated gradients' steps (default 10)")
+    p.add_argument("--node-threshold", type=float, default=0.1, help="keep nodes with |effect| >= this (default 0.1)")
+    p.add_argument("--edge-threshold", type=float, default=0.01, help="keep edges with |weight| >= this (default 0.01)")
+    p.add_argument("--summed", action="store_true", help="nodes summed over token positions instead of per position")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per pass (default 8)")
+    p.add_argument("--faithfulness", type=values_type(int, None, "--faithfulness"), default=None, metavar="N[,...]",
+                   help="also measure faithfulness with the top N nodes kept, e.g. 0,1,2,5,10,20,50 "
+                   "(writes faithfulness.json and faithfulness.png)")
+    p.add_argument("--dashboard", nargs="+", default=None, metavar="DIR",
+                   help="dashboards (saekit dashboard) to link the graph's feature nodes to, one per hook point")
+    p.add_argument("--model", default=None, help="the model to run (default: the one the dictionaries record)")
+    p.add_argument("--allow-other-model", action="store_true", help="run a model other than the recorded one")
+    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folders' format, if detection is wrong")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder that holds no circuit (only the circuit's files are replaced)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="model dtype")
+    p.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..circuits import SplicedModel, faithfulness_curve, find_circuit, node_effects, plot_faithfulness_curve
+    from ..circuits.circuit import check_threshold
+    from ..circuits.data import read_circuit_data
+    from ..circuits.page import dashboard_links, write_circuit_page
+    from ..evaluation import check_model, same_model
+    from ..io.files import atomic_write_text, make_folder
+    from ..loading import load
+    from ..models import load_model, parse_dtype, resolve_device
+    from .progress import ProgressBars
+
+    # Everything that can be checked is checked before the model loads.
+    node_threshold = check_threshold(ns.node_threshold, "--node-threshold")
+    edge_threshold = check_threshold(ns.edge_threshold, "--edge-threshold")
+    if node_threshold == 0:
+        raise ConfigError("--node-threshold must be above 0: at 0 every feature is a node and the edges are too many")
+    for flag, value in (("--steps", ns.steps), ("--batch-size", ns.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if ns.faithfulness is not None and any(n < 0 for n in ns.faithfulness):
+        raise ConfigError(f"--faithfulness takes numbers of nodes (0 or more), got {ns.faithfulness}")
+    data_file = Path(ns.data)
+    _check_data_file(data_file)
+    out = _check_out(Path(ns.out), ns.overwrite)
+    page = out / "circuit.html"
+    boards = [dashboard_links(folder, page) for folder in ns.dashboard or []]
+    device = resolve_device(ns.device)
+    dictionaries = [load(folder, ns.format, device=device) for folder in ns.dictionaries]
+    for folder, d in zip(ns.dictionaries, dictionaries):
+        if not d.cfg.hook:
+            raise ConfigError(f"{folder} does not record its hook point, so saekit cannot tell where to splice it")
+    recorded = [(folder, d.cfg.model) for folder, d in zip(ns.dictionaries, dictionaries) if d.cfg.model]
+    for folder, model in recorded[1:]:
+        if not same_model(model, recorded[0][1]):
+            raise ConfigError(f"{recorded[0][0]} was trained on {recorded[0][1]} but {folder} on {model}; "
+                              "a circuit needs dictionaries of one model")
+    if not ns.allow_other_model:
+        for d in dictionaries:
+            check_model(d, ns.model)
+    model_name = ns.model or (recorded[0][1] if recorded else None)
+
+    lm = load_model(model_name, device=device, dtype=parse_dtype(ns.dtype))
+    model = SplicedModel(lm, dictionaries, allow_other_model=ns.allow_other_model)
+    data = read_circuit_data(data_file, lm.tokenizer, max_length=lm.max_length)
+    sources = {_writes(d): str(folder) for folder, d in zip(ns.dictionaries, dictionaries)}
+    make_folder(out)
+    bars = ProgressBars("circuit")
+    try:
+        effects = node_effects(model, data, method=ns.method, steps=ns.steps, batch_size=ns.batch_size, progress=bars)
+        try:
+            circuit = find_circuit(model, data, node_threshold=node_threshold, edge_threshold=edge_threshold,
+                                   summed=ns.summed, method=ns.method, steps=ns.steps, batch_size=ns.batch_size,
+                                   effects=effects, sources=sources, progress=bars)
+        finally:
+            # Kept even when no node passes the threshold: they show which threshold to give. Only
+            # nonzero effects: a feature off in both the clean and the patch prompt has none.
+            effects.write_json(out / "effects.json", min_abs=NONZERO)
+        circuit.write_json(out / "circuit.json")
+        write_circuit_page(circuit, page, dashboard=boards, token_labels=_token_labels(data, lm.tokenizer, ns.summed))
+        curve = None
+        if ns.faithfulness is not None:
+            curve = faithfulness_curve(model, data, effects, ns.faithfulness, summed=ns.summed,
+                                       batch_size=ns.batch_size, progress=bars)
+            atomic_write_text(out / "faithfulness.json", json.dumps(curve.to_json(), indent=1) + "\n")
+            plot_faithfulness_curve(curve, out / "faithfulness.png", title=f"faithfulness: {data_file.name}")
+    finally:
+        bars.close()
+
+    meta = circuit.metadata
+    if meta.get("metric_patch") is not None:
+        print(f"metric ({meta['metric']}): clean {meta['metric_clean']:+.4f}, patch {meta['metric_patch']:+.4f} "
+              f"over {meta['n_examples']} prompts")
+    else:
+        print(f"metric ({meta['metric']}): {meta['metric_clean']:+.4f} over {meta['n_examples']} prompts")
+    print(f"circuit: {len(circuit.nodes)} nodes (|effect| >= {node_threshold:g}), {len(circuit.edges)} edges "
+          f"(|weight| >= {edge_threshold:g}), by {ns.method}")
+    for c in circuit.nodes[:8]:
+        print(f"  {c.id:<32} {c.effect:+.4f}")
+    if len(circuit.nodes) > 8:
+        print(f"  ... and {len(circuit.nodes) - 8} more")
+    if curve is not None:
+        print("faithfulness (top n nodes kept; the rest mean-ablated):  " + ", ".join(
+            f"{p.n_nodes}: {p.faithfulness + 0.0:.3f}" for p in curve.points))
+    for name in CIRCUIT_FILES:
+        if (out / name).exists():
+            print(f"wrote {out / name}")
+    return 0
+
+
+def _writes(d: Any) -> str:
+    return d.cfg.target if d.cfg.transcoder else d.cfg.hook
+
+
+def _check_data_file(path: Any) -> None:
+    """The prompts file exists and is readable text (its lines need the tokenizer, checked once it loads)."""
+    from ..errors import DataError
+
+    if not path.exists():
+        raise DataError(f"--data {path}: no such file; give a JSONL file of clean_prefix/clean_answer lines")
+    if path.is_dir():
+        raise DataError(f"--data {path} is a folder; give a JSONL file of clean_prefix/clean_answer lines")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"--data {path}: cannot read it as UTF-8 text ({e})") from None
+    if not text.strip():
+        raise DataError(f"--data {path} is empty; each line needs a JSON object with clean_prefix and clean_answer")
+
+
+def _check_out(out: Any, overwrite: bool) -> Any:
+    """``out`` may be written: new, empty, holding a circuit (rewritten), or --overwrite."""
+    from ..errors import OutputError
+    from ..io.files import TEMP_GLOB, check_writable_folder
+
+    out = check_writable_folder(out, "--out")
+    if not out.is_dir() or overwrite:
+        return out
+    others = sorted(p.name for p in out.iterdir() if p.name not in CIRCUIT_FILES and not p.match(TEMP_GLOB))
+    if (out / "circuit.json").is_file() or (out / "effects.json").is_file() or not others:
+        return out
+    shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+    raise OutputError(f"--out {out} is not empty and holds no saekit circuit ({shown}); choose a new or empty folder, "
+                      "or pass --overwrite to write the circuit's files into it (other files are kept)")
+
+
+def _token_labels(data: Any, tokenizer: Any, summed: bool) -> list[str] | None:
+    """Each position's token in the first prompt ("clean→patch" where they differ), when
+    every prompt has the same length (else positions are aligned at the end and differ)."""
+    if summed or not data.lengths_equal:
+        return None
+    first = data.examples[0]
+    labels = []
+    for i, t in enumerate(first.clean_ids):
+        text = tokenizer.decode([t])
+        if first.patch_ids is not None and first.patch_ids[i] != t:
+            text += "→" + tokenizer.decode([first.patch_ids[i]])
+        labels.append(text)
+    return labels

@@ -11,7 +11,8 @@
 * ``edges``: edge effects among chosen nodes, the metric as the sink (``edge_effects``);
 * ``circuit``: nodes and edges past thresholds, as JSON (``find_circuit``, ``Circuit``);
 * ``ablation``: each node's mean, the value an ablated node takes (``MeanAblation``);
-* ``faithfulness``: faithfulness and completeness, and their curve over circuit size;
+* ``scoring``: how well a circuit stands for the model: faithfulness and completeness, and
+  their curve over circuit size;
 * ``mask``: the baseline, a learned hard-concrete mask over the same nodes (subnetwork
   probing), with faithfulness against nodes kept;
 * ``page``: the circuit drawn as a self-contained HTML graph (``saekit circuit`` writes it).
@@ -35,14 +36,6 @@ from .attribution import (
 from .circuit import Circuit, CircuitNode, circuit_from_effects, find_circuit, read_circuit, select_nodes
 from .data import CircuitBatch, CircuitData, CircuitExample, circuit_examples, read_circuit_data
 from .edges import EDGE_METHODS, METRIC, Edge, EdgeEffects, edge_effects
-from .faithfulness import (
-    Faithfulness,
-    FaithfulnessCurve,
-    ablated_metric,
-    faithfulness,
-    faithfulness_curve,
-    plot_faithfulness_curve,
-)
 from .graph import Nodes, SplicedModel, SplicedRun
 from .mask import (
     DEFAULT_SPARSITIES,
@@ -55,6 +48,14 @@ from .mask import (
 )
 from .metrics import Metric, answer_logprob, default_metric, logit_difference
 from .page import write_circuit_page
+from .scoring import (
+    Faithfulness,
+    FaithfulnessCurve,
+    ablated_metric,
+    faithfulness,
+    faithfulness_curve,
+    plot_faithfulness_curve,
+)
 
 __all__ = [
     "DEFAULT_SPARSITIES", "DEFAULT_STEPS", "EDGE_METHODS", "METHODS", "METRIC", "Circuit", "CircuitBatch", "CircuitData",

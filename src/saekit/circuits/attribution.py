@@ -329,6 +329,19 @@ def check_inputs(model: SplicedModel, data: CircuitData, batch_size: int, purpos
             )
 
 
+def clean_run_with_gradients(model: SplicedModel, batch: CircuitBatch, metric: Metric) -> tuple[Any, Tensor]:
+    """The clean prompts run with every node tracked, and the metric's gradient taken: the
+    run (its nodes hold ∂m/∂node in ``.grad``) and the metric per example."""
+    with torch.enable_grad():
+        run = model.run(batch.clean_ids, bos=batch.bos, track=True)
+        m_clean = metric(run.logits, batch)
+        _check_metric(m_clean, batch)
+        if not m_clean.requires_grad:
+            raise ConfigError("the metric must be differentiable in the logits (it returned a detached tensor)")
+        m_clean.sum().backward()
+    return run, m_clean
+
+
 def _clean_and_patch(
     model: SplicedModel, batch: CircuitBatch, metric: Metric, source: PatchSource, clean: dict[str, Nodes],
     m_clean: Tensor,
@@ -402,13 +415,7 @@ def attribution_patching(
     """
 
     def per_batch(batch: CircuitBatch, metric: Metric, source: PatchSource, acc: _Accumulator) -> None:
-        with torch.enable_grad():
-            run = model.run(batch.clean_ids, bos=batch.bos, track=True)
-            m_clean = metric(run.logits, batch)
-            _check_metric(m_clean, batch)
-            if not m_clean.requires_grad:
-                raise ConfigError("the metric must be differentiable in the logits (it returned a detached tensor)")
-            m_clean.sum().backward()
+        run, m_clean = clean_run_with_gradients(model, batch, metric)
         clean = {p: n.detach() for p, n in run.nodes.items()}
         patch, m_patch = _clean_and_patch(model, batch, metric, source, clean, m_clean)
         for p in model.points:

@@ -52,7 +52,7 @@ from .attribution import (
     Node,
     PatchSource,
     check_inputs,
-    _check_metric,
+    clean_run_with_gradients,
     _clean_and_patch,
     _resid_pre,
     default_source,
@@ -333,13 +333,7 @@ def edge_effects(
                 vals.append(values.detach().reshape(-1).float().cpu())
 
         # The clean nodes, ∇m at every point (atp), the patch nodes.
-        with torch.enable_grad():
-            run = model.run(batch.clean_ids, bos=batch.bos, track=True)
-            m_clean = metric(run.logits, batch)
-            _check_metric(m_clean, batch)
-            if not m_clean.requires_grad:
-                raise ConfigError("the metric must be differentiable in the logits (it returned a detached tensor)")
-            m_clean.sum().backward()
+        run, m_clean = clean_run_with_gradients(model, batch, metric)
         clean = {p: n.detach() for p, n in run.nodes.items()}
         left = _grads(run.nodes, model.points)
         del run

@@ -96,3 +96,16 @@ def values_type(base: type, choices: Sequence[str] | None, flag: str) -> Callabl
 
 def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+def fill_unrecorded(dictionary: Any, folder: str, hook: str | None, model: str | None) -> None:
+    """Take the hook point and model from the flags where the dictionary's format records
+    neither (sparsify's); a dictionary that records no hook point needs ``--hook``."""
+    from ..errors import ConfigError
+
+    if not dictionary.cfg.hook:
+        if hook is None:
+            raise ConfigError(f"{folder} does not record its hook point; pass --hook (e.g. --hook resid_post.9)")
+        dictionary.cfg.hook = hook
+    if not dictionary.cfg.model and model:
+        dictionary.cfg.model = model

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError, OutputError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, fill_unrecorded
 from .progress import ProgressBars
 
 
@@ -57,13 +57,7 @@ def run(ns: argparse.Namespace) -> int:
     folder = ns.folder
     out = check_writable_file(Path(ns.json) if ns.json else default_output(folder, EVAL_FILE), "--json")
     sae = load(folder, ns.format, device=resolve_device(ns.device))
-    # Some formats (sparsify) record neither the hook point nor the model: take them from the flags.
-    if not sae.cfg.hook:
-        if ns.hook is None:
-            raise ConfigError(f"{folder} does not record its hook point; pass --hook (e.g. --hook resid_post.9)")
-        sae.cfg.hook = ns.hook
-    if not sae.cfg.model and ns.model:
-        sae.cfg.model = ns.model
+    fill_unrecorded(sae, folder, ns.hook, ns.model)  # sparsify records neither
     check_hook(sae, ns.hook)
     check_model(sae, None if ns.allow_other_model else ns.model)  # both before the slow model load
     validate_source(ns.dataset, ns.text_field)

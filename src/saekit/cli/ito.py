@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError, OutputError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, fill_unrecorded
 
 
 def register(sub: Any) -> None:
@@ -74,13 +74,7 @@ def run(ns: argparse.Namespace) -> int:
     out = check_writable_file(Path(ns.json) if ns.json else default_output(ns.folder, "ito.json"), "--json")
     plot = check_writable_file(Path(ns.plot) if ns.plot else default_output(ns.folder, "ito.png"), "--plot")
     sae = load(ns.folder, ns.format, device=resolve_device(ns.device))
-    # Some formats (sparsify) record neither the hook point nor the model: take them from the flags.
-    if not sae.cfg.hook:
-        if ns.hook is None:
-            raise ConfigError(f"{ns.folder} does not record its hook point; pass --hook (e.g. --hook resid_post.9)")
-        sae.cfg.hook = ns.hook
-    if not sae.cfg.model and ns.model:
-        sae.cfg.model = ns.model
+    fill_unrecorded(sae, ns.folder, ns.hook, ns.model)  # sparsify records neither
     check_comparison(sae, methods, ns.tokens, ns.l0, thresholds)
     check_hook(sae, ns.hook)
     check_model(sae, None if ns.allow_other_model else ns.model)  # both before the slow model load

@@ -233,19 +233,26 @@ def _total_gradients(
 ) -> dict[str, Nodes]:
     """``∇_p m`` for each of ``points`` (every path to the metric): the mean along ``p``'s
     own line from clean to patch, the rest of the model free (as ``integrated_gradients``)."""
-    out: dict[str, Nodes] = {}
-    for p in points:
-        start = _resid_pre(model, batch, model.layer(p))
-        total: Nodes | None = None
-        for k in range(steps):
-            with torch.enable_grad():
-                run = model.run(batch.clean_ids, bos=batch.bos, points=[p], track=True, start=start,
-                                set_nodes={p: clean[p].lerp(patch[p], k / steps)})
-                metric(run.logits, batch).sum().backward()
-            g = _grads(run.nodes, [p])[p]
-            total = g if total is None else Nodes(total.features + g.features, total.error + g.error)
-        out[p] = Nodes(total.features / steps, total.error / steps)
-    return out
+    return {p: _mean_gradient_on_line(model, batch, metric, clean, patch, steps, p, [p], hold=()) for p in points}
+
+
+def _mean_gradient_on_line(
+    model: SplicedModel, batch: CircuitBatch, metric: Metric, clean: dict[str, Nodes], patch: dict[str, Nodes],
+    steps: int, point: str, points: Sequence[str], hold: Sequence[str],
+) -> Nodes:
+    """The metric's gradient at ``point``, averaged over ``steps`` places on the line from its
+    clean nodes to its patch nodes (k/steps, k = 0..steps−1, as integrated gradients takes
+    them), running from the point's block with ``points`` spliced and ``hold`` held."""
+    start = _resid_pre(model, batch, model.layer(point))
+    total: Nodes | None = None
+    for k in range(steps):
+        with torch.enable_grad():
+            run = model.run(batch.clean_ids, bos=batch.bos, points=points, track=True, start=start, hold=hold,
+                            set_nodes={point: clean[point].lerp(patch[point], k / steps)})
+            metric(run.logits, batch).sum().backward()
+        g = _grads(run.nodes, [point])[point]
+        total = g if total is None else Nodes(total.features + g.features, total.error + g.error)
+    return Nodes(total.features / steps, total.error / steps)
 
 
 def _direct_gradients(
@@ -264,18 +271,8 @@ def _direct_gradients(
         if reached[2 * j] is None and reached[2 * j + 1] is None:  # no path at all: zero all along the line
             out[p] = Nodes(torch.zeros_like(clean[p].features), torch.zeros_like(clean[p].error))
             continue
-        layer = model.layer(p)
-        start = _resid_pre(model, batch, layer)
-        spliced = [q for q in model.points if model.layer(q) >= layer]
-        total: Nodes | None = None
-        for k in range(steps):
-            with torch.enable_grad():
-                run = model.run(batch.clean_ids, bos=batch.bos, points=spliced, track=True, start=start, hold=spliced,
-                                set_nodes={p: clean[p].lerp(patch[p], k / steps)})
-                metric(run.logits, batch).sum().backward()
-            g = _grads(run.nodes, [p])[p]
-            total = g if total is None else Nodes(total.features + g.features, total.error + g.error)
-        out[p] = Nodes(total.features / steps, total.error / steps)
+        spliced = [q for q in model.points if model.layer(q) >= model.layer(p)]
+        out[p] = _mean_gradient_on_line(model, batch, metric, clean, patch, steps, p, spliced, hold=spliced)
     return out
 
 

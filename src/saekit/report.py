@@ -1211,12 +1211,22 @@ def compare(folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[st
     return text, target
 
 
+def write_png(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Write a matplotlib ``Figure`` to ``path`` as a PNG, atomically. Built on
+    ``matplotlib.figure.Figure``, never pyplot: the library leaves the user's backend and
+    pyplot's open figures alone."""
+    from .io.files import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def write_sweep_plot(path: Path, sweep: Any) -> Path:
     """A PNG of a steering sweep (``interpret.ScaleSweep``): each watched token's
     next-token log-probability against the steering scale."""
     from matplotlib.figure import Figure
-
-    from .io.files import atomic_write_bytes
 
     fig = Figure(figsize=(6.0, 3.8), layout="constrained")
     ax = fig.subplots()
@@ -1227,10 +1237,7 @@ def write_sweep_plot(path: Path, sweep: Any) -> Path:
     ax.set_title(f"after {sweep.prompt[-60:]!r}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return write_png(fig, path)
 
 
 def write_thresholding_plot(path: Path, comparison: Any) -> Path:
@@ -1238,8 +1245,6 @@ def write_thresholding_plot(path: Path, comparison: Any) -> Path:
     threshold T for the encoder's codes and the best optimised ones, and every method's
     FVU against its L0, with the thresholded codes as curves in the same plane."""
     from matplotlib.figure import Figure
-
-    from .io.files import atomic_write_bytes
 
     t = comparison.thresholding
     fig = Figure(figsize=(10.0 if t is not None else 5.0, 3.8), layout="constrained")
@@ -1268,7 +1273,4 @@ def write_thresholding_plot(path: Path, comparison: Any) -> Path:
     ax.set_title(f"at matched L0 {comparison.l0}, {comparison.n_tokens:,} held-out tokens", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return write_png(fig, path)

@@ -22,11 +22,11 @@ none), as in Marks et al.'s code; see ``ablation`` for why and for the alternati
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -233,18 +233,15 @@ def plot_faithfulness_curve(
 ) -> None:
     """A PNG of faithfulness (solid) and the complement's faithfulness (dashed) against the
     number of nodes, one colour per curve (a dict labels several, e.g. a baseline's)."""
-    try:
-        import matplotlib
+    from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("plotting needs matplotlib (pip install matplotlib); the curve's data is in to_json()") from None
-    from ..io.files import atomic_write_bytes, check_writable_file
+    from ..io.files import check_writable_file
+    from ..report import write_png
 
     check_writable_file(path, "path")
     named = curves if isinstance(curves, dict) else {"attribution": curves}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for i, (label, curve) in enumerate(named.items()):
         colour = f"C{i}"
         xs = curve.sizes
@@ -258,7 +255,4 @@ def plot_faithfulness_curve(
     ax.set_title(title or "faithfulness against circuit size")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    write_png(fig, Path(path), dpi=110)

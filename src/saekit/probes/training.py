@@ -118,19 +118,15 @@ def run_probe(lm, run: ProbeRun, train_sets: Sequence[TruthDataset], hooks: Sequ
 
 def write_layer_plot(path: str | Path, results: Sequence[HookResult], title: str = "") -> None:
     """Accuracy (solid) and AUROC (dotted) against the layer, one colour per scored set."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     from ..hooks import HookPoint
-    from ..io.files import atomic_write_bytes
+    from ..report import write_png
 
     layers = [HookPoint.parse(r.hook).layer for r in results]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for k, name in enumerate(s.dataset for s in results[0].scores):
         colour = f"C{k}"
         ax.plot(layers, [r.scores[k].accuracy for r in results], "-o", color=colour, ms=3, label=f"{name} accuracy")
@@ -143,7 +139,4 @@ def write_layer_plot(path: str | Path, results: Sequence[HookResult], title: str
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_png(fig, Path(path), dpi=120)

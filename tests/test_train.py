@@ -318,6 +318,36 @@ def test_resume_survives_a_log_line_cut_by_the_crash(model_dir, corpus, tmp_path
     assert all(json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
 
 
+def test_resume_reads_the_checkpoint_once_unless_it_changed(model_dir, corpus, tmp_path, monkeypatch):
+    import os
+
+    from saekit.training import run_folder
+
+    out = tmp_path / "run"
+
+    def crash(record):
+        if record.get("tokens", 0) >= 4000:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_cfg(model_dir, corpus, out, tokens=6000), progress=crash)
+    reads = []
+    real = run_folder.load_checkpoint
+    monkeypatch.setattr(run_folder, "load_checkpoint", lambda folder: reads.append(folder) or real(folder))
+    train(small_cfg(model_dir, corpus, out, tokens=6000, resume=True))
+    assert reads == [out]  # checked before the model loads and under the lock, read once
+
+    # A checkpoint replaced between two checks is read again.
+    cache = run_folder.CheckpointReads()
+    first = cache.load(out)
+    assert cache.load(out) is first and len(reads) == 2
+    replaced = out / "replaced.tmp"
+    replaced.write_bytes((out / "checkpoint.safetensors").read_bytes())
+    os.replace(replaced, out / "checkpoint.safetensors")
+    again = cache.load(out)
+    assert again is not first and again["step"] == first["step"] and len(reads) == 3
+
+
 def test_batchtopk_inference_keeps_about_k_features(tmp_path):
     x = torch.randn(24_000, 16)
     cfg = TrainConfig(arch="batchtopk", k=4, dict_size=64, tokens=4000, batch_size=500, buffer_tokens=2000,

@@ -46,7 +46,7 @@ from .distributed import SINGLE, Ranks, rank_device, ranks_from_environment
 from ..progress import ProgressCallback
 from .loop import MemberRun, start_members, train_loop
 from .plan import Member, check_one_pass, pair_hook_points, plan_members
-from .run_folder import RUN_FILES, check_resolved, check_run_folder, clear_run_files
+from .run_folder import RUN_FILES, CheckpointReads, check_resolved, check_run_folder, clear_run_files
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +153,13 @@ def _select(spec: str, source: ActivationSource, flag: str) -> list[str]:
         lambda part: ConfigError(
             f"{flag} {part} is not among the activations' hook points ({', '.join(source.hooks)})"
         ),
+        once=True,  # each point a dictionary (or a target): one named twice is a mistake, not a merge
     )
 
 
-def _check_folders(members: list[Member], source_from_cfg: bool) -> list[dict[str, Any] | None]:
-    """Each member's folder checked (and, on --resume, its checkpoint read); nothing changes."""
+def _check_folders(members: list[Member], source_from_cfg: bool, reads: CheckpointReads) -> list[dict[str, Any] | None]:
+    """Each member's folder checked (and, on --resume, its checkpoint read, or reused from
+    ``reads`` when the file has not changed since); nothing changes."""
     folders = [m.out for m in members]
     if len(set(folders)) != len(folders):
         raise ConfigError("two of this run's dictionaries would share an output folder; give each sweep value once")
@@ -176,7 +178,7 @@ def _check_folders(members: list[Member], source_from_cfg: bool) -> list[dict[st
             )
     if members[0].cfg.resume:
         _check_resume_covers_the_run(members)
-    return [check_run_folder(m.cfg, m.out, source_from_cfg) for m in members]
+    return [check_run_folder(m.cfg, m.out, source_from_cfg, reads) for m in members]
 
 
 def _check_resume_covers_the_run(members: list[Member]) -> None:
@@ -240,6 +242,7 @@ def train_many(
         )
     device = resolve_device(rank_device(ranks, cfg.device))
     source_from_cfg = source is None
+    reads = CheckpointReads()  # the checks before the load and under the locks read each checkpoint once
     members: list[Member] | None = None
     # The folders are checked before the slow model load when they are known by then: the
     # hook points are named plainly and either --out is given or the source (and with it
@@ -247,7 +250,7 @@ def train_many(
     known = _pairs_known_now(cfg) if source is None else (_pairs_from_source(cfg, source), list(source.hooks))
     if known is not None and (cfg.out or source is not None) and writes and not ranks.distributed:
         members = plan_members(cfgs, *known, "" if source is None else source.model_name)
-        states = _check_folders(members, source_from_cfg)
+        states = _check_folders(members, source_from_cfg, reads)
     if source is None:
         for c in cfgs:
             _check_k_fits(c)
@@ -265,7 +268,7 @@ def train_many(
     elif members is None or [(m.out, m.cfg.hook, m.cfg.target) for m in members] != [
         (m.out, m.cfg.hook, m.cfg.target) for m in planned
     ]:  # planned before the load, for other points
-        states = _check_folders(planned, source_from_cfg)
+        states = _check_folders(planned, source_from_cfg, reads)
     members = planned
     if cfg.wandb:
         try:
@@ -315,7 +318,7 @@ def train_many(
                     make_folder(m.out)
                     stack.enter_context(FolderLock(m.out, "train"))
                 recover_checkpoints([m.out for m in members])
-                states = _check_folders(members, source_from_cfg)
+                states = _check_folders(members, source_from_cfg, reads)
                 for m, state, r in zip(members, states, resolved):
                     if state is None:
                         clear_run_files(m.out)  # --overwrite, or the leftovers of a run that died before its first checkpoint

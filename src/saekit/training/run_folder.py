@@ -102,11 +102,37 @@ def _refuse_changes(out: Path, diff: dict[str, tuple[Any, Any]], what: str) -> N
         )
 
 
-def check_run_folder(cfg: TrainConfig, out: Path, source_from_cfg: bool = True) -> dict[str, Any] | None:
+class CheckpointReads:
+    """The checkpoints a run has read, each with the stamp of the file it came from.
+
+    A run checks its folders twice on --resume: before the model loads and again under
+    the folder locks. A checkpoint can be hundreds of megabytes (a wide dictionary plus
+    Adam's moments and the buffer), so the second check reuses the first read unless
+    the file changed in between (another run, or the recovery of an interrupted group
+    commit, replaced it).
+    """
+
+    def __init__(self) -> None:
+        self._read: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+    def load(self, out: Path) -> dict[str, Any]:
+        stamp = checkpoint_stamp(out)  # taken before the read: a change during it makes the next stamp differ
+        kept = self._read.get(out)
+        if kept is not None and stamp is not None and kept[0] == stamp:
+            return kept[1]
+        state = load_checkpoint(out)
+        if stamp is not None:
+            self._read[out] = (stamp, state)
+        return state
+
+
+def check_run_folder(cfg: TrainConfig, out: Path, source_from_cfg: bool = True,
+                     reads: CheckpointReads | None = None) -> dict[str, Any] | None:
     """Check the output folder without changing it; on --resume, return the checkpoint.
 
     ``source_from_cfg`` is False when the activations were handed to ``train`` directly:
-    the config's model and data then say nothing about them.
+    the config's model and data then say nothing about them. ``reads`` keeps the
+    checkpoints read by an earlier check of the same folders.
 
     A folder "holds a run" when it has a checkpoint or a saved dictionary; a folder
     with only the settings and log of a run that died before its first checkpoint
@@ -116,7 +142,7 @@ def check_run_folder(cfg: TrainConfig, out: Path, source_from_cfg: bool = True) 
     if cfg.resume:
         if not (out / CHECKPOINT_FILE).exists():
             raise CheckpointError(f"--resume: {out} holds no checkpoint to resume; start without --resume")
-        state = load_checkpoint(out)
+        state = (reads or CheckpointReads()).load(out)
         recorded = state.get("settings")
         if not isinstance(recorded, dict):
             raise CheckpointError(

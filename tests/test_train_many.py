@@ -72,7 +72,13 @@ def test_a_hook_pattern_trains_every_matching_point_in_forward_order(model_dir, 
         train_many([small_cfg(model_dir, corpus, tmp_path / "none", hook="resid_mid.*", tokens=1024)])
     with pytest.raises(ConfigError, match="train_many"):
         train(small_cfg(model_dir, corpus, tmp_path / "one", hook="resid_post.0,resid_post.1", tokens=1024))
-    assert not (tmp_path / "none").exists() and not (tmp_path / "one").exists()
+    # A point named by a name and by a pattern (or spelled twice) is one dictionary asked for
+    # twice: refused by name, not merged.
+    with pytest.raises(ConfigError, match=r"names the hook point resid_post.1 twice \(by 'resid_post.1' and by 'resid_post.\*'\)"):
+        train_many([small_cfg(model_dir, corpus, tmp_path / "twice", hook="resid_post.1,resid_post.*", tokens=1024)])
+    with pytest.raises(ConfigError, match="names resid_post.1 twice"):
+        train_many([small_cfg(model_dir, corpus, tmp_path / "spelt", hook="resid_post.1,resid_post.01", tokens=1024)])
+    assert not any((tmp_path / name).exists() for name in ("none", "one", "twice", "spelt"))
 
 
 @pytest.mark.parametrize("arch", ["topk", "jumprelu"])

@@ -82,11 +82,12 @@ def parse_hook_spec(spec: str) -> list[str]:
     parts = [part.strip() for part in spec.split(",")]
     if not spec.strip() or any(not part for part in parts):
         raise ConfigError(f"--hook {spec!r} has an empty name; give names separated by commas, e.g. resid_post.3,resid_post.6")
+    named: dict[str, str] = {}
     for part in parts:
-        if not is_hook_pattern(part):
-            HookPoint.parse(part)
-    if len(set(parts)) != len(parts):
-        raise ConfigError(f"--hook {spec!r} names a hook point twice")
+        key = part if is_hook_pattern(part) else HookPoint.parse(part).name  # resid_post.03 is resid_post.3
+        if key in named:
+            raise ConfigError(f"--hook {spec!r} names {key} twice ({named[key]!r} and {part!r}); name each hook point once")
+        named[key] = part
     return parts
 
 
@@ -110,10 +111,16 @@ def expand_hook_spec(spec: str, lm: LoadedModel) -> list[str]:
     )
 
 
-def select_hook_points(spec: str, names: Sequence[str], refuse: Callable[[str], Exception]) -> list[str]:
+def select_hook_points(spec: str, names: Sequence[str], refuse: Callable[[str], Exception], *,
+                       once: bool = False) -> list[str]:
     """The points among ``names`` that ``spec`` names (plain names or globs), in the order of
-    ``names``, each once; ``refuse(part)`` is raised for the first part that names none."""
-    chosen: set[str] = set()
+    ``names``, each once; ``refuse(part)`` is raised for the first part that names none.
+
+    With ``once``, a point that two parts name (a plain name and a pattern that covers it,
+    or overlapping patterns) is refused: where each point becomes a dictionary, the user
+    asked for two and would silently get one. Without it (the points a source reads, a
+    union of inputs and targets) the overlap is merged."""
+    chosen: dict[str, str] = {}  # point -> the part that named it
     for part in parse_hook_spec(spec):
         if is_hook_pattern(part):
             matched = fnmatch.filter(names, part)
@@ -122,7 +129,13 @@ def select_hook_points(spec: str, names: Sequence[str], refuse: Callable[[str], 
             matched = [name] if name in names else []
         if not matched:
             raise refuse(part)
-        chosen.update(matched)
+        twice = [name for name in matched if name in chosen]
+        if once and twice:
+            raise ConfigError(
+                f"{spec!r} names the hook point {twice[0]} twice (by {chosen[twice[0]]!r} and by {part!r}); name each "
+                "point once, e.g. drop the plain name that the pattern already covers"
+            )
+        chosen.update((name, part) for name in matched if name not in chosen)
     return [name for name in names if name in chosen]
 
 

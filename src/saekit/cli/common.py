@@ -43,6 +43,27 @@ class Parser(argparse.ArgumentParser):
         return ns
 
 
+def add_feature_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--features SPEC`` or ``--all``, one or the other; ``default`` says what neither means."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--features", default=None, metavar="SPEC",
+                       help=f"the features: indices and inclusive ranges, e.g. 0-199 or 1,5,9 or 0-99,4000 ({default})")
+    which.add_argument("--all", action="store_true", help="every feature of the dictionary")
+
+
+def chosen_features(ns: argparse.Namespace, d_sae: int, first: int) -> list[int] | None:
+    """The features ``--features``/``--all`` choose; ``None`` when neither was given and the
+    caller has a default of its own; ``first`` is the caller's default count otherwise (the
+    first ``first`` features, or every feature of a smaller dictionary). Pass 0 for None."""
+    from ..interpret.feature_spec import parse_feature_spec
+
+    if ns.all:
+        return list(range(d_sae))
+    if ns.features is not None:
+        return parse_feature_spec(ns.features, d_sae)
+    return list(range(min(first, d_sae))) if first > 0 else None
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, sweepable: frozenset[str] = frozenset()) -> None:
     """One flag per config field; a field in ``sweepable`` takes comma-separated values
     (``--k 16,32,64``), parsed into a list."""

@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_feature_flags, chosen_features
 
-DEFAULT_FEATURES = "0-199"  # a first look in about a minute on a CPU; --all for every feature
+DEFAULT_FEATURES = 200  # the first 200: a first look in about a minute on a CPU; --all for every feature
 EXPLANATIONS_FILE = "explanations.json"
 
 
@@ -23,11 +23,7 @@ def register(sub: Any) -> None:
         "`saekit explain DICT --examples DIR`.",
     )
     p.add_argument("folder", help=DICTIONARY_ARG_HELP)
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--features", default=None, metavar="SPEC",
-                       help=f"the features to show: indices and inclusive ranges, e.g. 0-199 or 1,5,9 or 0-99,4000 "
-                       f"(default {DEFAULT_FEATURES}, or every feature of a smaller dictionary)")
-    which.add_argument("--all", action="store_true", help="every feature of the dictionary")
+    add_feature_flags(p, f"default: the first {DEFAULT_FEATURES}, or every feature of a smaller dictionary")
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write the site into (required)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty folder that holds no dashboard (only the dashboard's files are "
@@ -60,7 +56,6 @@ def run(ns: argparse.Namespace) -> int:
     from ..interpret.dashboard import check_dashboard_folder, file_url, write_dashboard
     from ..interpret.directions import nearest_features, output_tokens
     from ..interpret.examples import collect_examples
-    from ..interpret.feature_spec import parse_feature_spec
     from ..io.files import FolderLock, make_folder, remove_if_empty
     from ..loading import load
     from ..models import load_model, parse_dtype, resolve_device
@@ -78,10 +73,7 @@ def run(ns: argparse.Namespace) -> int:
     if not sae.cfg.hook:
         raise ConfigError(f"{ns.folder} does not record its hook point, so saekit cannot tell which activations to read")
     d_sae = sae.cfg.d_sae
-    if ns.all:
-        features = list(range(d_sae))
-    else:
-        features = parse_feature_spec(ns.features or f"0-{min(d_sae, 200) - 1}", d_sae)
+    features = chosen_features(ns, d_sae, DEFAULT_FEATURES)
     check_model(sae, None if ns.allow_other_model else ns.model)
     validate_source(ns.dataset, ns.text_field)
     if explanations_path:

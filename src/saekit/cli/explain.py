@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_feature_flags, chosen_features
 
-DEFAULT_FEATURES = "0-9"
+DEFAULT_FEATURES = 10  # the first ten: explaining is slow (a model call per example)
 
 
 def register(sub: Any) -> None:
@@ -27,11 +27,7 @@ def register(sub: Any) -> None:
         "from SAEKIT_API_KEY or OPENAI_API_KEY.",
     )
     p.add_argument("folder", help=DICTIONARY_ARG_HELP)
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--features", default=None, metavar="SPEC",
-                       help=f"indices and ranges, e.g. 0-199,300,512-515 (default: those in --examples, else "
-                       f"{DEFAULT_FEATURES})")
-    which.add_argument("--all", action="store_true", help="every feature of the dictionary")
+    add_feature_flags(p, f"default: those in --examples, else the first {DEFAULT_FEATURES}")
     p.add_argument("--examples", default=None, metavar="DIR",
                    help="reuse the feature examples saved in DIR (by `saekit dashboard --out DIR`) instead of "
                    "collecting them with a pass over the corpus")
@@ -70,7 +66,6 @@ def run(ns: argparse.Namespace) -> int:
     from ..hub import default_output
     from ..interpret.chat import EndpointChat, api_key_from_environment, local_label
     from ..interpret.explanations import ExplainSettings, ExplanationsFile, plan_work
-    from ..interpret.feature_spec import parse_feature_spec
     from ..io.files import check_writable_file
     from ..loading import load
     from ..models import resolve_device
@@ -112,14 +107,9 @@ def run(ns: argparse.Namespace) -> int:
         if examples.hook != sae.cfg.hook:
             raise ConfigError(f"the examples in {ns.examples} were collected at {examples.hook}, but {ns.folder} reads "
                               f"{sae.cfg.hook}; give the dashboard folder made for this dictionary")
-    if ns.all:
-        features = list(range(sae.cfg.d_sae))
-    elif ns.features is not None:
-        features = parse_feature_spec(ns.features, sae.cfg.d_sae)
-    elif examples is not None:
+    features = chosen_features(ns, sae.cfg.d_sae, 0 if examples is not None else DEFAULT_FEATURES)
+    if features is None:
         features = [int(f) for f in examples.features.tolist()]
-    else:
-        features = parse_feature_spec(DEFAULT_FEATURES, sae.cfg.d_sae) if sae.cfg.d_sae > 9 else list(range(sae.cfg.d_sae))
     if examples is not None:
         for f in features:
             examples.row(f)  # a feature the examples lack fails here, naming those they hold

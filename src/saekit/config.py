@@ -257,7 +257,9 @@ class TrainConfig(SourceConfig):
     resample: bool = _opt("resample dead features (relu, gated, jumprelu)", default=True)
     jumprelu_bandwidth: float = _opt("straight-through kernel bandwidth ε (jumprelu)", default=0.05)
     max_norm_ratio: float | None = _opt(
-        "drop tokens whose norm exceeds this multiple of the median norm (e.g. 10); off by default",
+        "drop tokens whose norm exceeds this multiple of the median norm (e.g. 10), for models with massive "
+        "activations; off by default, since the evaluation counts every token and a dictionary trained without "
+        "the outliers is still judged on them",
         default=None,
     )
     # Where and how.

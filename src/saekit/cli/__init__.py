@@ -15,11 +15,11 @@ import sys
 from typing import Sequence
 
 from ..errors import RunInterrupted, SaekitError
-from . import cache, circuit, compare, convert, dashboard, evaluate, explain, ito, probe, push, report, serve, steer, train
+from . import cache, circuit, classify, compare, convert, dashboard, evaluate, explain, ito, probe, push, report, serve, steer, train
 from .common import Parser
 
 # In the order `saekit --help` lists them: the loop a user follows.
-VERBS = (train, cache, evaluate, report, compare, convert, push, dashboard, serve, explain, steer, ito, circuit, probe)
+VERBS = (train, cache, evaluate, report, compare, convert, push, dashboard, serve, explain, steer, ito, circuit, probe, classify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,7 +77,8 @@ def tokenize_statements(tokenizer, statements: Sequence[str], max_length: int,
     return out
 
 
-def _slug(text: str) -> str:
+def file_slug(text: str) -> str:
+    """``text`` made safe as one part of a file name (the cache names files by model and dataset)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-80:] or "model"
 
 
@@ -87,7 +88,7 @@ def cache_path(cache_dir: Path, model: str, dtype: torch.dtype, hook: str, datas
     key = json.dumps({"format": _CACHE_FORMAT, "model": model, "dtype": str(dtype), "hook": hook,
                       "statements": dataset.content_hash, "position": position}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return cache_dir / _slug(model) / hook / f"{_slug(dataset.name)}-{position}-{digest}.safetensors"
+    return cache_dir / file_slug(model) / hook / f"{file_slug(dataset.name)}-{position}-{digest}.safetensors"
 
 
 def _read_cached(path: Path, n: int) -> Tensor | None:

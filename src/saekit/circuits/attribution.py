@@ -8,7 +8,10 @@ averaged over the examples of the file:
 
 * ``exact_patching``: that definition, one forward pass per node (patched in every
   example of a batch at once, and several nodes per pass on copies of the batch) from
-  the node's block on. The reference, for a chosen small set of nodes.
+  the node's block on. The reference, for a chosen small set of nodes. A node without a
+  position is a feature (or error term) patched at every position at once: the exact
+  counterpart of the effects summed over positions, which add up per-position first-order
+  terms and so leave out how the positions interact.
 * ``attribution_patching`` (AtP): its first-order approximation
   ``IE ≈ (a_patch − a_clean) · ∂m/∂a`` at the clean run, for every node at once from one
   forward and one backward pass per batch (Marks et al.; Nanda 2023, "Attribution
@@ -140,8 +143,11 @@ class NodeEffects:
 
     ``features[point]``: sparse ``(n_positions, d_sae)``, ``errors[point]``: sparse
     ``(n_positions,)``, both on the CPU; an entry absent is an effect of zero (for
-    ``exact``, a node not measured). ``metric_clean`` and ``metric_patch`` are the metric's
-    means on the clean and the patch runs; ``total_effect`` their difference.
+    ``exact``, a node not measured). ``all_positions`` (``exact`` only): the effects of the
+    nodes patched at every position at once (position None), keyed by those nodes; the
+    summed views (``summed=True``) report them in place of the sum of per-position
+    effects. ``metric_clean`` and ``metric_patch`` are the metric's means on the clean and
+    the patch runs; ``total_effect`` their difference.
     """
 
     method: str
@@ -158,6 +164,7 @@ class NodeEffects:
     steps: int | None = None
     ig_path: str | None = None
     measured: list[Node] = field(default_factory=list)  # exact patching: the nodes asked for
+    all_positions: dict[Node, float] = field(default_factory=dict)  # exact patching: nodes patched at every position
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -169,20 +176,60 @@ class NodeEffects:
                 raise DataError(f"{p}: feature effects must be (positions, d_sae), got {tuple(self.features[p].shape)}")
             if tuple(self.errors[p].shape) != (self.n_positions,):
                 raise DataError(f"{p}: error effects must be ({self.n_positions},), got {tuple(self.errors[p].shape)}")
+        for node in self.all_positions:
+            if not isinstance(node, Node) or node.position is not None or node.point not in self.points:
+                raise DataError(f"effects of nodes patched at every position are keyed by Node(point, feature) of "
+                                f"these hook points, with no position; got {node!r}")
 
     @property
     def total_effect(self) -> float:
         return self.metric_patch - self.metric_clean
 
     def feature_effects(self, point: str, summed: bool = False) -> Tensor:
-        """Dense ``(n_positions, d_sae)``, or ``(d_sae,)`` summed over positions."""
+        """Dense ``(n_positions, d_sae)``, or ``(d_sae,)`` summed over positions (for a
+        feature patched at every position at once, that effect)."""
         dense = self._get(self.features, point).to_dense()
-        return dense.sum(0) if summed else dense
+        if not summed:
+            return dense
+        out = dense.sum(0)
+        for feature, value in self._whole(point).items():
+            if feature is not None:
+                out[feature] = value
+        return out
 
     def error_effects(self, point: str, summed: bool = False) -> Tensor:
-        """Dense ``(n_positions,)``, or a 0-d tensor summed over positions."""
+        """Dense ``(n_positions,)``, or a 0-d tensor summed over positions (for an error
+        term patched at every position at once, that effect)."""
         dense = self._get(self.errors, point).to_dense()
-        return dense.sum() if summed else dense
+        if not summed:
+            return dense
+        whole = self._whole(point).get(None)
+        return dense.sum() if whole is None else torch.tensor(whole, dtype=dense.dtype)
+
+    def effect(self, node: Node) -> float:
+        """One node's effect: at its position, or summed over positions when it has none
+        (for exact patching, the node patched at every position at once where measured)."""
+        if not isinstance(node, Node):
+            raise ConfigError(f"give a saekit.circuits.Node(point, feature, position), got {node!r}")
+        summed = node.position is None
+        if node.feature is None:
+            errors = self.error_effects(node.point, summed)
+            return float(errors if summed else errors[self._position(node)])
+        feats = self.feature_effects(node.point, summed)
+        if not 0 <= node.feature < feats.shape[-1]:
+            raise ConfigError(f"{node.label()}: feature {node.feature} is not a feature of the dictionary "
+                              f"(0 to {feats.shape[-1] - 1})")
+        return float(feats[node.feature] if summed else feats[self._position(node), node.feature])
+
+    def _position(self, node: Node) -> int:
+        t = node.position
+        if isinstance(t, bool) or not isinstance(t, int) or not -self.n_positions <= t < self.n_positions:
+            raise ConfigError(f"{node.label()}: position {t!r} is outside the {self.n_positions} positions")
+        return t % self.n_positions
+
+    def _whole(self, point: str) -> dict[int | None, float]:
+        """The effects of ``point``'s nodes patched at every position at once, by feature (None: error)."""
+        return {n.feature: v for n, v in self.all_positions.items() if n.point == point}
 
     def point_total(self, point: str) -> float:
         """The sum of the effects of every node of ``point`` (features and error, all positions)."""
@@ -203,12 +250,18 @@ class NodeEffects:
         for p in self.points:
             feats, errs = self.features[p].coalesce(), self.errors[p].coalesce()
             if summed:
+                whole = self._whole(p)
                 per_feature = torch.sparse.sum(feats, dim=0).coalesce() if feats._nnz() else None
+                seen = set()
                 if per_feature is not None:
                     for (i,), v in zip(per_feature.indices().T.tolist(), per_feature.values().tolist()):
+                        seen.add(i)
+                        yield NodeEffect(Node(p, i), whole.get(i, v))
+                for i, v in whole.items():
+                    if i is not None and i not in seen:
                         yield NodeEffect(Node(p, i), v)
-                if errs._nnz():
-                    yield NodeEffect(Node(p, None), float(errs.values().sum()))
+                if errs._nnz() or None in whole:
+                    yield NodeEffect(Node(p, None), whole.get(None, float(errs.values().sum())))
             else:
                 for (t, i), v in zip(feats.indices().T.tolist(), feats.values().tolist()):
                     yield NodeEffect(Node(p, i, t), v)
@@ -227,7 +280,7 @@ class NodeEffects:
                 values, features = per_feature.abs().topk(min(k, per_feature.numel()))
                 candidates += [NodeEffect(Node(p, i), float(per_feature[i])) for i, v in
                                zip(features.tolist(), values.tolist()) if v > 0]
-                if self.errors[p]._nnz():
+                if self.errors[p]._nnz() or None in self._whole(p):
                     candidates.append(NodeEffect(Node(p, None), float(self.error_effects(p, summed=True))))
                 continue
             feats, errs = self.features[p].coalesce(), self.errors[p].coalesce()
@@ -507,9 +560,12 @@ def exact_patching(
     the model re-run from the node's block on, ``m(patched) − m(clean)`` averaged.
 
     ``nodes``: features or error terms at aligned positions (negative positions count
-    from the end); an example too short for a position counts as an effect of zero.
-    ``nodes_per_pass`` nodes of one hook point share a forward pass, each on its own copy
-    of the batch. The result holds only these nodes (``measured``).
+    from the end; an example too short for a position counts as an effect of zero), or
+    with position None: the feature (or error term) patched at every position of every
+    example at once, the exact counterpart of the effects summed over positions (in the
+    result's ``all_positions`` and its summed views). ``nodes_per_pass`` nodes of one hook
+    point share a forward pass, each on its own copy of the batch. The result holds only
+    these nodes (``measured``).
     """
     check_inputs(model, data, batch_size)
     if isinstance(nodes_per_pass, bool) or not isinstance(nodes_per_pass, int) or nodes_per_pass < 1:
@@ -532,7 +588,9 @@ def exact_patching(
             clean = {p: n.detach() for p, n in run.computed.items()}
             patch, m_patch = _clean_and_patch(model, batch, metric, source, clean, m_clean)
             for point, point_nodes in by_point.items():
-                here = [(n, n.position - (T - L)) for n in point_nodes if n.position >= T - L]
+                # A node without a position is patched at all of this batch's positions.
+                here = [(n, slice(None) if n.position is None else n.position - (T - L))
+                        for n in point_nodes if n.position is None or n.position >= T - L]
                 start = _resid_pre(model, batch, model.layer(point))
                 for i in range(0, len(here), nodes_per_pass):
                     chunk = here[i:i + nodes_per_pass]
@@ -563,8 +621,9 @@ def exact_patching(
     features, errors = {}, {}
     for p in model.points:
         F = model.dictionary(p).cfg.d_sae
-        feats = [(node.position, node.feature, sums[node] / n) for node in by_point.get(p, []) if node.feature is not None]
-        errs = [(node.position, sums[node] / n) for node in by_point.get(p, []) if node.feature is None]
+        placed = [node for node in by_point.get(p, []) if node.position is not None]
+        feats = [(node.position, node.feature, sums[node] / n) for node in placed if node.feature is not None]
+        errs = [(node.position, sums[node] / n) for node in placed if node.feature is None]
         features[p] = torch.sparse_coo_tensor(
             torch.tensor([[t for t, _, _ in feats], [i for _, i, _ in feats]], dtype=torch.long).reshape(2, -1),
             torch.tensor([v for _, _, v in feats], dtype=torch.float32), (T, F), check_invariants=True,
@@ -577,6 +636,7 @@ def exact_patching(
         method="exact", metric=metric_name(metric), patch=source.name, points=model.points, features=features,
         errors=errors, n_examples=n, n_positions=T, lengths_equal=data.lengths_equal,
         metric_clean=acc.metric_clean / n, metric_patch=acc.metric_patch / n, measured=chosen,
+        all_positions={node: sums[node] / n for node in chosen if node.position is None},
     )
 
 
@@ -588,9 +648,9 @@ def _checked_node(model: SplicedModel, node: Node, n_positions: int) -> Node:
     if node.feature is not None and (isinstance(node.feature, bool) or not isinstance(node.feature, int)
                                      or not 0 <= node.feature < F):
         raise ConfigError(f"{node.label()}: feature {node.feature!r} is not a feature of the dictionary (0 to {F - 1})")
-    if node.position is None:
-        raise ConfigError(f"{node.label()}: exact patching needs a position for each node")
     position = node.position
+    if position is None:
+        return node  # patched at every position
     if isinstance(position, bool) or not isinstance(position, int) or not -n_positions <= position < n_positions:
         raise ConfigError(
             f"{node.label()}: position {node.position!r} is outside the prompts' {n_positions} positions "
@@ -611,6 +671,7 @@ def node_effects(
         return integrated_gradients(model, data, metric, steps=steps, **options)
     if method == "exact":
         if nodes is None:
-            raise ConfigError("exact patching needs the nodes to patch (nodes=[Node(point, feature, position), ...])")
+            raise ConfigError("exact patching needs the nodes to patch (nodes=[Node(point, feature, position), ...]; "
+                              "position None patches a node at every position)")
         return exact_patching(model, data, nodes, metric, **options)
     raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

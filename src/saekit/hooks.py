@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saekit.errors import HookPointError
+from saekit.errors import ConfigError, HookPointError
 from saekit.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -537,6 +537,65 @@ def read_activations(
             "the model's structure does not match saekit's layout for its family"
         )
     return {name: captured[name] for name in names}
+
+
+class WatchStop(Exception):
+    """Raised by a ``watch_activation(..., stop=True)`` hook to end the forward pass once the
+    watched activation is read; catch it around the pass."""
+
+
+class WatchedActivation:
+    """The activation at one hook point from the latest forward pass, taken once."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.value: Tensor | None = None
+
+    def put(self, value: Tensor) -> None:
+        self.value = value
+
+    def take(self, batch_size: int) -> Tensor:
+        """The value the last pass left, checked to hold ``batch_size`` rows; cleared, so a
+        value is never read twice or by the wrong pass."""
+        value, self.value = self.value, None
+        if value is None:
+            raise ConfigError(f"no activation of {self.name} was read since it was last taken; take it once "
+                                 "after each forward pass, inside the watch")
+        if value.shape[0] != batch_size:
+            raise ConfigError(f"the activation of {self.name} read last holds {value.shape[0]} rows, not the "
+                                 f"{batch_size} asked for; take it right after the pass that made it")
+        return value
+
+
+@contextlib.contextmanager
+def watch_activation(model: Any, name: str, *, stop: bool = False) -> Iterator[WatchedActivation]:
+    """While open, every forward pass of ``model`` leaves the activation at ``name`` as the
+    rest of the model sees it: after the edits of ``edit_activations`` at that point (they are
+    prepended) and with its autograd graph, unlike ``read_activations``, which runs a pass of
+    its own. This is for reading a point during a pass something else drives (a spliced
+    model's run, a metric computed from the same pass). ``stop``: end the pass there by
+    raising ``WatchStop``, when nothing after the point is wanted."""
+    structure = _structure(model)
+    module, is_input = _target(structure, _validate(structure, name))
+    watched = WatchedActivation(name)
+    if is_input:
+        def pre_hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            watched.put(_input_of(args, kwargs, name))
+            if stop:
+                raise WatchStop
+
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        def hook(_mod: nn.Module, _args: Any, output: Any) -> None:
+            watched.put(_first_tensor_of_output(output, name))
+            if stop:
+                raise WatchStop
+
+        handle = module.register_forward_hook(hook)
+    try:
+        yield watched
+    finally:
+        handle.remove()
 
 
 def _device_of(module: nn.Module) -> torch.device | None:

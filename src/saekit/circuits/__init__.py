@@ -15,7 +15,10 @@
   their curve over circuit size;
 * ``mask``: the baseline, a learned hard-concrete mask over the same nodes (subnetwork
   probing), with faithfulness against nodes kept;
-* ``page``: the circuit drawn as a self-contained HTML graph (``saekit circuit`` writes it).
+* ``page``: the circuit drawn as a self-contained HTML graph (``saekit circuit`` writes it);
+* ``feature_trimming``: SHIFT, removing a spurious signal from a linear probe by ablating
+  the features that carry it (``shift``); the sets it needs, and a
+  synthetic spurious-correlation task to try it on (``spurious_data``).
 """
 
 from .ablation import MeanAblation, MeanPrompts
@@ -56,14 +59,18 @@ from .scoring import (
     faithfulness_curve,
     plot_faithfulness_curve,
 )
+from .feature_trimming import FeatureJudgement, ProbeLogit, ShiftAccuracy, ShiftResult, shift
+from .spurious_data import LabelledSet, SpuriousTask, spurious_task
 
 __all__ = [
     "DEFAULT_SPARSITIES", "DEFAULT_STEPS", "EDGE_METHODS", "METHODS", "METRIC", "Circuit", "CircuitBatch", "CircuitData",
-    "CircuitExample", "CircuitNode", "Edge", "EdgeEffects", "Faithfulness", "FaithfulnessCurve", "MaskCurve",
-    "MaskResult", "MeanAblation", "MeanPrompts", "Metric", "Node", "NodeEffect", "NodeEffects", "Nodes", "PatchPrefixes",
-    "PatchSource", "SplicedModel", "SplicedRun", "ZeroAblation", "ablated_metric", "answer_logprob",
+    "CircuitExample", "CircuitNode", "Edge", "EdgeEffects", "Faithfulness", "FaithfulnessCurve", "FeatureJudgement",
+    "LabelledSet", "MaskCurve", "MaskResult", "MeanAblation", "MeanPrompts", "Metric", "Node", "NodeEffect",
+    "NodeEffects", "Nodes", "PatchPrefixes", "PatchSource", "ProbeLogit", "ShiftAccuracy", "ShiftResult",
+    "SplicedModel", "SplicedRun", "SpuriousTask", "ZeroAblation", "ablated_metric", "answer_logprob",
     "attribution_patching", "circuit_examples", "circuit_from_effects", "default_metric", "edge_effects",
     "exact_patching", "faithfulness", "faithfulness_curve", "find_circuit", "integrated_gradients",
     "logit_difference", "mask_candidates", "mask_curve", "masked_metric", "node_effects",
-    "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "select_nodes", "train_mask", "write_circuit_page",
+    "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "select_nodes", "shift", "spurious_task",
+    "train_mask", "write_circuit_page",
 ]

@@ -68,6 +68,86 @@ def register(sub: Any) -> None:
     t.add_argument("--dtype", default="float32", help="model dtype")
     t.set_defaults(func=run_train)
 
+    m = verbs.add_parser(
+        "matrix", help="train on each dataset, test on each: the generalisation matrix and a prompting baseline",
+        description="Fit the probe at --hook on the training split of each --train dataset and score it on each "
+        "--test dataset (its held-out split where it is the training dataset, the whole set otherwise): the "
+        "accuracy and AUROC matrix, printed, as JSON (--json) and as a heat-map (--plot). Beside it, a calibrated "
+        "few-shot prompting baseline: the model shown --shots labelled training statements ('<statement> This "
+        "statement is: TRUE/FALSE') and scored by log P(' TRUE') - log P(' FALSE'), contextually calibrated "
+        "(Zhao et al. 2021), as an extra row.")
+    m.add_argument("--train", nargs="+", required=True, metavar="D", help="training datasets (names or CSV paths)")
+    m.add_argument("--test", nargs="+", required=True, metavar="D", help="test datasets (names or CSV paths)")
+    m.add_argument("--probe", default="mass_mean", choices=[n for n in PROBE_NAMES if n != "ccs"],
+                   help="default mass_mean (ccs needs paired datasets: use probe train)")
+    m.add_argument("--hook", required=True, help="the hook point, e.g. resid_post.12")
+    _shared_probe_flags(m)
+    m.add_argument("--test-fraction", type=float, default=0.25, help="held-out share of each training dataset (0.25)")
+    m.add_argument("--l2", type=float, default=None, help="logistic/ttpd: L2 penalty on standardised weights (1e-2)")
+    m.add_argument("--shrinkage", type=float, default=None, help="lda: covariance shrinkage (default 0.01)")
+    m.add_argument("--no-prompting", action="store_true", help="skip the few-shot prompting baseline")
+    m.add_argument("--shots", type=int, default=4, help="labelled examples in each prompt (default 4)")
+    m.add_argument("--answers", nargs=2, default=[" TRUE", " FALSE"], metavar=("TRUE", "FALSE"),
+                   help="the prompt's answer words, each one token of the model, leading space included (default "
+                   "' TRUE' ' FALSE'; e.g. ' True' ' False' where those are split)")
+    m.add_argument("--prompt-limit", type=int, default=None, metavar="N",
+                   help="prompt at most N statements per test dataset (a seeded, label-balanced subset; default all)")
+    m.add_argument("--prompt-batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    m.add_argument("--json", default=None, help="write the matrices to this JSON file")
+    m.add_argument("--plot", default="probe-matrix.png", help="the heat-map PNG (default probe-matrix.png)")
+    m.set_defaults(func=run_matrix)
+
+    c = verbs.add_parser(
+        "pca", help="the top principal components of the activations, coloured by label",
+        description="Pool the activations at --hook of the statements of each --dataset, print the variance their "
+        "top principal components explain and draw PC1 against PC2 (a grid of pairs for more components), true "
+        "statements blue and false red, one marker per dataset.")
+    c.add_argument("--dataset", nargs="+", required=True, metavar="D", help="dataset names or CSV paths")
+    c.add_argument("--hook", required=True, help="the hook point, e.g. resid_post.12")
+    c.add_argument("--components", type=int, default=2, help="how many components (default 2)")
+    _shared_probe_flags(c)
+    c.add_argument("--out", default="pca.png", help="the PNG to write (default pca.png)")
+    c.add_argument("--json", default=None, help="also write the explained variance to this JSON file")
+    c.set_defaults(func=run_pca)
+
+    f = verbs.add_parser(
+        "calibrate", help="set a saved probe's threshold to a false-positive rate on ordinary texts",
+        description="Score control texts (ordinary text: by default sentences of the embedded Wikipedia corpus) "
+        "with a probe saved by 'saekit probe train --save', set its threshold to the (1 - FPR) quantile of the "
+        "scores on one half of them, report the FPR realised on the other half and the recall on --dataset at "
+        "that threshold.")
+    f.add_argument("--probe-file", required=True, metavar="FILE", help="a probe saved by saekit probe train --save")
+    f.add_argument("--dataset", required=True, metavar="D", help="the labelled dataset to measure recall on")
+    f.add_argument("--control", default=None, metavar="TEXTS",
+                   help="control texts: a .txt file (one per line) or .jsonl (--text-field); default: sentences "
+                   "of the embedded Wikipedia corpus")
+    f.add_argument("--text-field", default="text", help="the text field of a .jsonl control file (default text)")
+    f.add_argument("--fpr", type=float, default=0.01, help="the false-positive rate to set (default 0.01)")
+    f.add_argument("--positive", default="true", choices=("true", "false"),
+                   help="which statements the probe flags: true (high scores, the default) or false (low scores)")
+    f.add_argument("--max-controls", type=int, default=2000, help="use at most this many control texts (2000)")
+    f.add_argument("--hook", default=None, help="optional: must be the probe's hook point")
+    f.add_argument("--model", default=None, help="the model (default: the one the probe was trained on)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the control texts' order and halves, and the builders")
+    f.add_argument("--json", default=None, help="write the figures to this JSON file")
+    _cache_and_device_flags(f)
+    f.set_defaults(func=run_calibrate)
+
+    k = verbs.add_parser(
+        "likelihood", help="truth against likelihood: does the model's log-probability of a statement track its label?",
+        description="The model's log-probability of each statement (summed over its tokens after the first, and "
+        "per token), and per dataset its point-biserial correlation with the label and its AUROC as a truth "
+        "classifier.")
+    k.add_argument("--dataset", nargs="+", required=True, metavar="D", help="dataset names or CSV paths")
+    k.add_argument("--model", default=None, help="the model (default: the embedded SmolLM2-135M)")
+    k.add_argument("--seed", type=int, default=0, help="the builders' seed")
+    k.add_argument("--json", default=None, help="write the figures to this JSON file")
+    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--device", default="auto")
+    k.add_argument("--dtype", default="float32", help="model dtype")
+    k.set_defaults(func=run_likelihood)
+
+
 
 def run(ns: argparse.Namespace) -> int:
     return ns.func(ns)
@@ -201,5 +281,271 @@ def run_train(ns: argparse.Namespace) -> int:
                   "centred": ns.centre, "train": [d.name for d in train_sets], "test_fraction": ns.test_fraction,
                   "seed": ns.seed, "results": [r.to_dict() for r in results]}
         atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- matrix, pca, calibrate, likelihood
+
+
+def _cache_and_device_flags(p: Any) -> None:
+    p.add_argument("--cache-dir", default=None, help="activation cache (default ~/.cache/saekit/probes)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the activation cache")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="model dtype")
+
+
+def _shared_probe_flags(p: Any) -> None:
+    p.add_argument("--model", default=None, help="the model (default: the embedded SmolLM2-135M)")
+    p.add_argument("--position", default="last", help="the token: last (default), mean, or an index into the "
+                   "statement's tokens (0 first, -1 last)")
+    p.add_argument("--centre", "--center", dest="centre", action="store_true",
+                   help="centre each dataset on its own mean activation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits, the builders and the prompt's shots")
+    _cache_and_device_flags(p)
+
+
+def _load(ns: argparse.Namespace, name: str | None = None):
+    from ..models import load_model, parse_dtype, resolve_device
+
+    return load_model(name if name is not None else ns.model, device=resolve_device(ns.device),
+                      dtype=parse_dtype(ns.dtype))
+
+
+def _cache(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"cache_dir": None if ns.no_cache else ns.cache_dir, "use_cache": not ns.no_cache,
+            "batch_size": ns.batch_size}
+
+
+def _check_batch_size(value: int, flag: str = "--batch-size") -> None:
+    if value < 1:
+        raise ConfigError(f"{flag} must be at least 1, not {value}")
+
+
+def run_matrix(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..hooks import HookPoint
+    from ..io.files import atomic_write_text, check_writable_file
+    from ..probes import load_dataset, parse_position
+    from ..probes.matrix import dataset_split, generalisation_matrix, same_dataset, write_matrix_plot
+    from ..probes.prompting import PromptFormat, answer_token_ids, prompting_baseline
+    from ..probes.training import ProbeRun
+    from .progress import ProgressBars
+
+    # Everything checkable is checked before the model loads.
+    HookPoint.parse(ns.hook)
+    _check_batch_size(ns.batch_size)
+    _check_batch_size(ns.prompt_batch_size, "--prompt-batch-size")
+    out = check_writable_file(Path(ns.json), "--json") if ns.json else None
+    plot = check_writable_file(Path(ns.plot), "--plot")
+    run_cfg = ProbeRun(probe=ns.probe, params=_probe_params(ns), position=parse_position(ns.position),
+                       centre=ns.centre, test_fraction=ns.test_fraction, seed=ns.seed)
+    fmt = PromptFormat(shots=ns.shots, seed=ns.seed, true_word=ns.answers[0], false_word=ns.answers[1])
+    if ns.prompt_limit is not None and ns.prompt_limit < 2:
+        raise ConfigError(f"--prompt-limit must be at least 2, not {ns.prompt_limit}")
+    train_sets = [load_dataset(d, ns.seed) for d in ns.train]
+    test_sets = [load_dataset(d, ns.seed) for d in ns.test]
+    splits = [dataset_split(ds, ns.test_fraction, ns.seed) for ds in train_sets]
+    shot_rows = [(ds.statements[i], ds.labels[i]) for ds, (tr, _) in zip(train_sets, splits) for i in tr]
+    test_rows = []
+    for test in test_sets:
+        own = next((split for ds, split in zip(train_sets, splits) if same_dataset(ds, test)), None)
+        test_rows.append(own[1] if own is not None else list(range(len(test))))
+
+    lm = _load(ns)
+    if not ns.no_prompting:
+        answer_token_ids(lm.tokenizer, fmt)  # a tokenizer that splits " TRUE" fails before any forward pass
+    bars = ProgressBars("probe matrix")
+    try:
+        matrix = generalisation_matrix(lm, run_cfg, train_sets, test_sets, ns.hook, progress=bars, **_cache(ns))
+        if not ns.no_prompting:
+            matrix.prompting = prompting_baseline(lm, shot_rows, test_sets, test_rows, fmt,
+                                                  batch_size=ns.prompt_batch_size, limit=ns.prompt_limit,
+                                                  progress=bars)
+    finally:
+        bars.close()
+    print(f"{ns.probe} probe at {ns.hook}, {lm.name}, position {run_cfg.position}{', centred' if ns.centre else ''}: "
+          "accuracy / AUROC (rows: trained on; * the held-out split of the training dataset)")
+    names = [d.name for d in test_sets]
+    width = max(13, *(len(n) + 1 for n in names))
+    label_width = max(14, *(len(d.name) + 1 for d in train_sets), len(f"prompting {fmt.shots}-shot") + 1)
+    print(f"{'':<{label_width}}" + "".join(f"{n:>{width}}" for n in names))
+    for row in matrix.rows:
+        cells = [f"{s.accuracy:.3f}{'*' if h else ' '}/{s.auroc:.3f}" for s, h in zip(row.scores, row.held_out)]
+        print(f"{row.train:<{label_width}}" + "".join(f"{c:>{width}}" for c in cells))
+    if matrix.prompting is not None:
+        p = matrix.prompting
+        cells = [f"{s.accuracy:.3f} /{s.auroc:.3f}" for s in p.scores]
+        print(f"{f'prompting {fmt.shots}-shot':<{label_width}}" + "".join(f"{c:>{width}}" for c in cells))
+        print(f"  (prompting: n = {', '.join(str(s.n) for s in p.scores)}; contextual calibration offset "
+              f"{p.content_free_offset if p.content_free_offset is None else round(p.content_free_offset, 3)}; "
+              f"uncalibrated accuracy {', '.join(f'{a:.3f}' for a in p.raw_accuracy)})")
+    write_matrix_plot(plot, matrix)
+    print(f"wrote {plot}")
+    if out is not None:
+        atomic_write_text(out, json.dumps({**matrix.to_dict(), "params": run_cfg.params}, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def run_pca(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..hooks import HookPoint
+    from ..io.files import atomic_write_text, check_writable_file
+    from ..probes import load_dataset, parse_position
+    from ..probes.pca import dataset_pca, write_pca_plot
+    from .progress import ProgressBars
+
+    HookPoint.parse(ns.hook)
+    _check_batch_size(ns.batch_size)
+    if not 2 <= ns.components <= 8:
+        raise ConfigError(f"--components must be between 2 and 8 (a scatter needs two; a grid of more is "
+                          f"unreadable), not {ns.components}")
+    plot = check_writable_file(Path(ns.out), "--out")
+    out = check_writable_file(Path(ns.json), "--json") if ns.json else None
+    position = parse_position(ns.position)
+    datasets = [load_dataset(d, ns.seed) for d in ns.dataset]
+
+    lm = _load(ns)
+    bars = ProgressBars("probe pca")
+    try:
+        result = dataset_pca(lm, datasets, ns.hook, ns.components, position=position, centre_each=ns.centre,
+                             progress=bars, **_cache(ns))
+    finally:
+        bars.close()
+    print(f"principal components of {' + '.join(result.datasets)} at {ns.hook}, {lm.name}"
+          f"{', each dataset centred' if ns.centre else ''} ({len(result.labels)} statements)")
+    names = result.datasets
+    width = max(10, *(len(n) + 2 for n in names))
+    print("true minus false mean along each component, in its SDs, per dataset:")
+    print(f"{'component':<10} {'explained':>10} {'variance':>10}" + "".join(f"{n:>{width}}" for n in names))
+    all_gaps = result.label_gaps()
+    for i, (ex, var) in enumerate(zip(result.components.explained, result.components.variance)):
+        gaps = all_gaps[i]
+        print(f"{'PC' + str(i + 1):<10} {float(ex):>10.1%} {float(var):>10.4g}" + "".join(f"{g:>+{width}.2f}" for g in gaps))
+    write_pca_plot(plot, result)
+    print(f"wrote {plot}")
+    if out is not None:
+        atomic_write_text(out, json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def _model_key(name: str) -> str:
+    """A --model value as LoadedModel.name records it: a local path absolute, else as given."""
+    from pathlib import Path
+
+    from ..models import EMBEDDED_MODEL
+
+    if name == EMBEDDED_MODEL:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def run_calibrate(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..errors import DataError
+    from ..io.files import atomic_write_text, check_writable_file
+    from ..probes import load_dataset, load_probe, parse_position
+    from ..probes.calibration import (check_enough_controls, check_fpr, probe_scores_on, read_control_texts,
+                                      recall_at_fpr)
+    from .progress import ProgressBars
+
+    check_fpr(ns.fpr)
+    _check_batch_size(ns.batch_size)
+    out = check_writable_file(Path(ns.json), "--json") if ns.json else None
+    probe, info = load_probe(ns.probe_file)
+    hook = info.get("hook")
+    if hook is None and ns.hook is None:
+        raise ConfigError(f"{ns.probe_file} does not record its hook point; give --hook")
+    if hook is not None and ns.hook is not None and ns.hook != hook:
+        raise ConfigError(f"{ns.probe_file} was trained at {hook}, not {ns.hook}; drop --hook (its own is used) or "
+                          "train a probe at that hook point")
+    hook = hook or ns.hook
+    recorded = info.get("model")
+    if recorded is None and ns.model is None:
+        raise ConfigError(f"{ns.probe_file} does not record its model; give --model")
+    if recorded is not None and ns.model is not None and _model_key(ns.model) != recorded:
+        raise ConfigError(f"{ns.probe_file} was trained on the model {recorded}, not {ns.model}; drop --model (its "
+                          "own is used) or train a probe on that model")
+    position = parse_position(info.get("position", "last"))
+    dataset = load_dataset(ns.dataset, ns.seed)
+    controls = read_control_texts(ns.control, max_texts=ns.max_controls, seed=ns.seed, text_field=ns.text_field)
+    check_enough_controls(len(controls), ns.fpr)
+
+    lm = _load(ns, ns.model if ns.model is not None else recorded)
+    if probe.weight is not None and probe.weight.shape[0] != lm.d_model:
+        raise DataError(f"{ns.probe_file} has width {probe.weight.shape[0]}, but {lm.name} is {lm.d_model} wide; "
+                        "it was trained on another model")
+    bars = ProgressBars("probe calibrate")
+    centred = bool(info.get("centred", False))
+    try:
+        control_scores = probe_scores_on(lm, probe, controls, hook, position, centred=centred, progress=bars,
+                                         **_cache(ns))
+        data_scores = probe_scores_on(lm, probe, dataset, hook, position, centred=centred, progress=bars,
+                                      **_cache(ns))
+    finally:
+        bars.close()
+    result = recall_at_fpr(control_scores, data_scores, dataset.labels, ns.fpr, positive=ns.positive,
+                           own_threshold=probe.threshold, dataset=dataset.name, seed=ns.seed)
+    c = result.calibration
+    print(f"{probe.name} probe from {ns.probe_file} at {hook}, {lm.name}; positive: {ns.positive} statements")
+    print(f"control texts: {len(controls)} from {controls.source} ({c.n_calibration} to set the threshold, "
+          f"{c.n_heldout} held out)")
+    print(f"threshold at FPR {ns.fpr:g}: {c.threshold:+.4g} (probe's own threshold {probe.threshold:+.4g})")
+    print(f"  FPR on the threshold half {c.calibration_fpr:.4f}, on the held-out half {c.heldout_fpr:.4f} "
+          f"(binomial SD at the target {c.heldout_fpr_sd:.4f})")
+    print(f"  recall on {dataset.name} ({result.n_positive} {ns.positive} statements): {result.recall:.3f}; "
+          f"its other statements flagged: {result.dataset_fpr:.3f}")
+    print(f"at the probe's own threshold: recall {result.own_recall:.3f}, control texts flagged "
+          f"{result.own_control_fpr:.3f}")
+    if dataset.name in info.get("datasets", []):
+        print(f"note: the probe was trained on part of {dataset.name}, so this recall includes its training "
+              "statements; measure it on another dataset (or a CSV of the held-out part) for an unbiased figure")
+    if out is not None:
+        record = {"model": lm.name, "probe_file": str(ns.probe_file), "probe": probe.name, "hook": hook,
+                  "position": position, "control": controls.source, "n_control": len(controls), **result.to_dict()}
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def run_likelihood(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..io.files import atomic_write_text, check_writable_file
+    from ..probes import load_dataset
+    from ..probes.likelihood import likelihood_correlation, statement_log_probs
+    from .progress import ProgressBars
+
+    _check_batch_size(ns.batch_size)
+    out = check_writable_file(Path(ns.json), "--json") if ns.json else None
+    datasets = [load_dataset(d, ns.seed) for d in ns.dataset]
+
+    lm = _load(ns)
+    bars = ProgressBars("probe likelihood")
+    try:
+        results = [likelihood_correlation(ds, statement_log_probs(lm, ds, batch_size=ns.batch_size, progress=bars))
+                   for ds in datasets]
+    finally:
+        bars.close()
+    print(f"truth against likelihood, {lm.name}: log P(statement) summed over its tokens after the first, and per token")
+    width = max(14, *(len(r.dataset) + 1 for r in results))
+    print(f"{'dataset':<{width}} {'n':>5} {'logP true':>10} {'logP false':>11} {'r':>7} {'AUROC':>6} "
+          f"{'r/token':>8} {'AUROC/token':>12}")
+    for r in results:
+        print(f"{r.dataset:<{width}} {r.n:>5} {r.mean_logprob_true:>10.2f} {r.mean_logprob_false:>11.2f} "
+              f"{r.r_total:>+7.3f} {r.auroc_total:>6.3f} {r.r_per_token:>+8.3f} {r.auroc_per_token:>12.3f}")
+    if out is not None:
+        atomic_write_text(out, json.dumps({"model": lm.name, "results": [r.to_dict() for r in results]}, indent=2) + "\n")
         print(f"wrote {out}")
     return 0

@@ -16,14 +16,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
-from .datasets import TruthDataset
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +76,27 @@ def tokenize_statements(tokenizer, statements: Sequence[str], max_length: int,
     return out
 
 
+class Statements(Protocol):
+    """What ``statement_activations`` reads of a set of texts: a truth dataset, the control
+    texts of a calibration, the labelled texts of ``saekit classify``."""
+
+    name: str
+
+    @property
+    def statements(self) -> Sequence[str]: ...
+
+    @property
+    def content_hash(self) -> str: ...
+
+    def __len__(self) -> int: ...
+
+
 def file_slug(text: str) -> str:
     """``text`` made safe as one part of a file name (the cache names files by model and dataset)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-80:] or "model"
 
 
-def cache_path(cache_dir: Path, model: str, dtype: torch.dtype, hook: str, dataset: TruthDataset,
+def cache_path(cache_dir: Path, model: str, dtype: torch.dtype, hook: str, dataset: Statements,
                position: Position) -> Path:
     """Where the activations of ``dataset`` at ``hook`` and ``position`` are cached."""
     key = json.dumps({"format": _CACHE_FORMAT, "model": model, "dtype": str(dtype), "hook": hook,
@@ -108,7 +122,7 @@ def _read_cached(path: Path, n: int) -> Tensor | None:
     return acts
 
 
-def statement_activations(lm, dataset: TruthDataset, hooks: Sequence[str], position: Position = "last", *,
+def statement_activations(lm, dataset: Statements, hooks: Sequence[str], position: Position = "last", *,
                           cache_dir: str | Path | None = None, use_cache: bool = True, batch_size: int = 32,
                           progress: ProgressCallback | None = None) -> dict[str, Tensor]:
     """``{hook: (N, d) float32}``: the activation at ``position`` of each statement.

@@ -33,7 +33,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import ConfigError, DataError
 
@@ -86,9 +86,13 @@ class TruthDataset:
 
     @property
     def content_hash(self) -> str:
-        """A hash of what a model sees and what is being predicted: the statements in order
-        (activations depend only on them; labels are kept out so relabelling reuses the cache)."""
-        return hashlib.sha256(json.dumps(list(self.statements)).encode()).hexdigest()[:16]
+        return texts_hash(self.statements)
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    """A hash of what a model sees: the texts in order. Activations depend only on them, so
+    caches are keyed by it; labels are kept out, so relabelling reuses a cache."""
+    return hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- CSV

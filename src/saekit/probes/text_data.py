@@ -11,7 +11,6 @@ with ``statement`` and ``label`` columns) is labelled texts with classes false a
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, DataError
-from .datasets import BUILDERS, MIN_PER_CLASS, TruthDataset, build_dataset, read_csv_dataset
+from .datasets import BUILDERS, MIN_PER_CLASS, TruthDataset, build_dataset, read_csv_dataset, texts_hash
 
 TEXT_SUFFIXES = (".csv", ".jsonl")
 _NO_VALUE = object()  # a JSONL record without the label field
@@ -66,8 +65,7 @@ class LabelledTexts:
 
     @property
     def content_hash(self) -> str:
-        """A hash of the texts in order (what a model sees; labels are kept out, so relabelling reuses a cache)."""
-        return hashlib.sha256(json.dumps(list(self.texts)).encode()).hexdigest()[:16]
+        return texts_hash(self.texts)
 
 
 def from_truth_dataset(dataset: TruthDataset) -> LabelledTexts:

@@ -7,10 +7,12 @@ fits the probes (logistic regression, mass-mean, LDA, CCS, the two-direction pro
 ``matrix`` (train on each dataset, test on each), ``prompting`` (the calibrated few-shot
 prompting baseline), ``pca`` (principal components coloured by label), ``calibration``
 (a threshold set to a false-positive rate on control texts), ``likelihood`` (truth against
-the model's log-probability of each statement).
+the model's log-probability of each statement). ``classify`` (with ``text_data``, texts
+with two labels) pits a dictionary's features against a probe on the raw activations.
 """
 
 from .activations import DEFAULT_CACHE_DIR, Position, centre, default_cache_dir, parse_position, statement_activations
+from .classify import ClassifyConfig, ClassifyResult, classify, pooled_activations, write_curve_plot
 from .calibration import (ControlTexts, FPRCalibration, RecallAtFPR, calibrate_fpr, controls_needed,
                           read_control_texts, recall_at_fpr, threshold_at_fpr)
 from .datasets import BUILDERS, TruthDataset, build_dataset, load_dataset, paired_rows, read_csv_dataset, write_csv_dataset
@@ -21,6 +23,7 @@ from .probes import (CCSProbe, LDAProbe, LogisticRegressionProbe, MassMeanProbe,
                      load_probe, make_probe)
 from .pca import Components, PCAResult, dataset_pca, principal_components, write_pca_plot
 from .prompting import PromptFormat, PromptingResult, ShotPool, answer_token_ids, prompting_baseline
+from .text_data import LabelledTexts, load_labelled_texts, read_labelled_texts
 
 __all__ = [
     "BUILDERS", "CCSProbe", "DEFAULT_CACHE_DIR", "centre", "default_cache_dir", "LDAProbe", "LogisticRegressionProbe", "MassMeanProbe", "PROBES",
@@ -33,4 +36,7 @@ __all__ = [
     "answer_token_ids", "calibrate_fpr", "controls_needed", "dataset_pca", "generalisation_matrix",
     "likelihood_correlation", "principal_components", "prompting_baseline", "read_control_texts", "recall_at_fpr",
     "statement_log_probs", "threshold_at_fpr", "write_matrix_plot", "write_pca_plot",
+    # dictionary features as classifiers
+    "ClassifyConfig", "ClassifyResult", "LabelledTexts", "classify", "load_labelled_texts", "pooled_activations",
+    "read_labelled_texts", "write_curve_plot",
 ]

@@ -21,7 +21,7 @@ from saekit.cli import main
 from saekit.errors import ConfigError, DataError, DimensionError
 from saekit.hooks import read_activations
 from saekit.probes import LogisticRegressionProbe, TruthDataset, accuracy, auroc, statement_activations
-from saekit.probes.classify import (ClassifyConfig, CurvePoint, PooledActivations, RankedFeature, check_classify,
+from saekit.probes.feature_classifiers import (ClassifyConfig, CurvePoint, PooledActivations, RankedFeature, check_classify,
                                     classify, classify_activations, default_train_sizes, pooled_activations,
                                     rank_features, split, stratified_subset, write_curve_plot)
 from saekit.probes.text_data import LabelledTexts, load_labelled_texts, map_labels, read_labelled_texts

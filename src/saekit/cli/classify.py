@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import ConfigError
 from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, values_type
 
-_RANKINGS = ("mean-diff", "standardised")  # saekit.probes.classify.RANKINGS, without importing torch
+_RANKINGS = ("mean-diff", "standardised")  # saekit.probes.feature_classifiers.RANKINGS, without importing torch
 
 
 def register(sub: Any) -> None:
@@ -70,7 +70,7 @@ def run(ns: argparse.Namespace) -> int:
     from ..io.files import atomic_write_text, check_writable_file
     from ..loading import load
     from ..models import load_model, parse_dtype, peek_d_model, resolve_device
-    from ..probes.classify import DEFAULT_SIZES, ClassifyConfig, check_classify, classify, write_curve_plot
+    from ..probes.feature_classifiers import DEFAULT_SIZES, ClassifyConfig, check_classify, classify, write_curve_plot
     from ..probes.text_data import load_labelled_texts
     from .common import fill_unrecorded
     from .progress import ProgressBars

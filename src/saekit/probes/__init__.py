@@ -7,12 +7,12 @@ fits the probes (logistic regression, mass-mean, LDA, CCS, the two-direction pro
 ``matrix`` (train on each dataset, test on each), ``prompting`` (the calibrated few-shot
 prompting baseline), ``pca`` (principal components coloured by label), ``calibration``
 (a threshold set to a false-positive rate on control texts), ``likelihood`` (truth against
-the model's log-probability of each statement). ``classify`` (with ``text_data``, texts
+the model's log-probability of each statement). ``feature_classifiers`` (with ``text_data``, texts
 with two labels) pits a dictionary's features against a probe on the raw activations.
 """
 
 from .activations import DEFAULT_CACHE_DIR, Position, centre, default_cache_dir, parse_position, statement_activations
-from .classify import ClassifyConfig, ClassifyResult, classify, pooled_activations, write_curve_plot
+from .feature_classifiers import ClassifyConfig, ClassifyResult, classify, pooled_activations, write_curve_plot
 from .calibration import (ControlTexts, FPRCalibration, RecallAtFPR, calibrate_fpr, controls_needed,
                           read_control_texts, recall_at_fpr, threshold_at_fpr)
 from .datasets import BUILDERS, TruthDataset, build_dataset, load_dataset, paired_rows, read_csv_dataset, write_csv_dataset

@@ -36,14 +36,9 @@ from saekit.circuits import (
 )
 from saekit.errors import ConfigError, DataError, HookPointError
 
-from conftest import random_dictionary, tiny_loaded_model
+from circuit_fixtures import RECORDS, circuit_dictionary, mixed_dictionaries
+from conftest import tiny_loaded_model
 
-# Same byte length per pair: the tiny tokenizer is byte-level, so these align.
-RECORDS = [
-    {"clean_prefix": "the cat", "clean_answer": "s", "patch_prefix": "the dog", "patch_answer": "x"},
-    {"clean_prefix": "a big one", "clean_answer": "s", "patch_prefix": "a bag two", "patch_answer": "x"},
-    {"clean_prefix": "the man", "clean_answer": "s", "patch_prefix": "the men", "patch_answer": "x"},
-]
 F = 24  # features per dictionary: small, so every node can be a node of the tests
 
 
@@ -53,21 +48,13 @@ def lm():
 
 
 def dictionary(lm, hook, seed, arch="relu", **kw):
-    d = random_dictionary(arch, lm.d_model, F, seed, hook=hook, model=lm.name, scale=0.2, **kw)
-    with torch.no_grad():
-        d.after_step()
-    return d.requires_grad_(False)
+    return circuit_dictionary(lm, hook, seed, arch, d_sae=F, **kw)
 
 
 @pytest.fixture(scope="module")
 def mixed(lm):
     """A residual stream, an attention and an MLP output after it, a skip transcoder."""
-    return SplicedModel(lm, [
-        dictionary(lm, "resid_post.0", 0),
-        dictionary(lm, "attn_out.1", 1, arch="topk"),
-        dictionary(lm, "mlp_out.1", 2, arch="jumprelu"),
-        dictionary(lm, "mlp_in.2", 3, target="mlp_out.2", transcoder=True, skip=True),
-    ])
+    return SplicedModel(lm, mixed_dictionaries(lm, d_sae=F))
 
 
 @pytest.fixture(scope="module")

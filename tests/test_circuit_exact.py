@@ -26,13 +26,9 @@ from saekit.circuits import (
 from saekit.errors import ConfigError
 from saekit.hooks import edit_activations
 
-from conftest import random_dictionary, tiny_loaded_model
+from circuit_fixtures import RECORDS, circuit_dictionary
+from conftest import tiny_loaded_model
 
-RECORDS = [
-    {"clean_prefix": "the cat", "clean_answer": "s", "patch_prefix": "the dog", "patch_answer": "x"},
-    {"clean_prefix": "a big one", "clean_answer": "s", "patch_prefix": "a bag two", "patch_answer": "x"},
-    {"clean_prefix": "the man", "clean_answer": "s", "patch_prefix": "the men", "patch_answer": "x"},
-]
 ONE_TOKEN = [
     {"clean_prefix": "a", "clean_answer": "s", "patch_prefix": "b", "patch_answer": "x"},
     {"clean_prefix": "q", "clean_answer": "s", "patch_prefix": "z", "patch_answer": "x"},
@@ -44,13 +40,7 @@ def lm():
     return tiny_loaded_model("llama")
 
 
-def dictionary(lm, hook, seed, arch="relu", **kw):
-    d = random_dictionary(arch, lm.d_model, 40, seed, hook=hook, model=lm.name, scale=0.2, **kw)
-    with torch.no_grad():
-        d.after_step()
-        if kw.get("skip"):
-            d.W_skip.normal_(0, 0.1)
-    return d.requires_grad_(False)
+dictionary = circuit_dictionary
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,9 @@ from saekit.circuits import (
 from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import ConfigError, DataError, HookPointError
 
-from conftest import random_dictionary, tiny_loaded_model
+from circuit_fixtures import RECORDS, circuit_dictionary, mixed_dictionaries
+from conftest import tiny_loaded_model
 
-# Same byte length per pair: the tiny tokenizer is byte-level, so these align.
-RECORDS = [
-    {"clean_prefix": "the cat", "clean_answer": "s", "patch_prefix": "the dog", "patch_answer": "x"},
-    {"clean_prefix": "a big one", "clean_answer": "s", "patch_prefix": "a bag two", "patch_answer": "x"},
-    {"clean_prefix": "the man", "clean_answer": "s", "patch_prefix": "the men", "patch_answer": "x"},
-]
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +38,12 @@ def lm():
     return tiny_loaded_model("llama")
 
 
-def dictionary(lm, hook, seed, arch="relu", **kw):
-    d = random_dictionary(arch, lm.d_model, 40, seed, hook=hook, model=lm.name, scale=0.2, **kw)
-    with torch.no_grad():
-        d.after_step()
-        if kw.get("skip"):
-            d.W_skip.normal_(0, 0.1)
-    return d.requires_grad_(False)
+dictionary = circuit_dictionary
 
 
 @pytest.fixture(scope="module")
 def model(lm):
-    return SplicedModel(lm, [
-        dictionary(lm, "resid_post.0", 0),
-        dictionary(lm, "attn_out.1", 1, arch="topk"),
-        dictionary(lm, "mlp_out.1", 2, arch="jumprelu"),
-        dictionary(lm, "mlp_in.2", 3, target="mlp_out.2", transcoder=True, skip=True),
-    ])
+    return SplicedModel(lm, mixed_dictionaries(lm))
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import ConfigError, DataError, HookPointError
 from saekit.hooks import read_activations
 
+from circuit_fixtures import circuit_dictionary
 from conftest import random_dictionary, tiny_loaded_model
 
 D = 16
@@ -152,11 +153,7 @@ def lm():
     return tiny_loaded_model("llama")
 
 
-def dictionary(lm, hook, seed, arch="relu", **kw):
-    d = random_dictionary(arch, lm.d_model, 40, seed, hook=hook, model=lm.name, scale=0.2, **kw)
-    with torch.no_grad():
-        d.after_step()
-    return d.requires_grad_(False)
+dictionary = circuit_dictionary
 
 
 @pytest.fixture(scope="module")

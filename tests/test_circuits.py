@@ -34,14 +34,9 @@ from saekit.errors import ConfigError, DataError, DimensionError, HookPointError
 from saekit.hooks import edit_activations
 from saekit.interpret import AblateFeatures, steer
 
+from circuit_fixtures import RECORDS, circuit_dictionary, mixed_dictionaries
 from conftest import random_dictionary, tiny_loaded_model, tiny_tokenizer
 
-# Same byte length per pair: the tiny tokenizer is byte-level, so these align.
-RECORDS = [
-    {"clean_prefix": "the cat", "clean_answer": "s", "patch_prefix": "the dog", "patch_answer": "x"},
-    {"clean_prefix": "a big one", "clean_answer": "s", "patch_prefix": "a bag two", "patch_answer": "x"},
-    {"clean_prefix": "the man", "clean_answer": "s", "patch_prefix": "the men", "patch_answer": "x"},
-]
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +44,12 @@ def lm():
     return tiny_loaded_model("llama")
 
 
-def dictionary(lm, hook, seed, arch="relu", **kw):
-    d = random_dictionary(arch, lm.d_model, 40, seed, hook=hook, model=lm.name, scale=0.2, **kw)
-    with torch.no_grad():
-        d.after_step()  # unit-norm decoder rows, as trained ones have
-        if kw.get("skip"):
-            d.W_skip.normal_(0, 0.1)  # a skip path that does something
-    return d.requires_grad_(False)
+dictionary = circuit_dictionary
 
 
 @pytest.fixture(scope="module")
 def dictionaries(lm):
-    return [
-        dictionary(lm, "resid_post.0", 0),
-        dictionary(lm, "attn_out.1", 1, arch="topk"),
-        dictionary(lm, "mlp_out.1", 2, arch="jumprelu"),
-        dictionary(lm, "mlp_in.2", 3, target="mlp_out.2", transcoder=True, skip=True),
-    ]
+    return mixed_dictionaries(lm)
 
 
 @pytest.fixture(scope="module")

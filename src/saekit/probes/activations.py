@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Protocol, Sequence, Union
+from typing import Iterator, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -91,6 +91,23 @@ class Statements(Protocol):
     def __len__(self) -> int: ...
 
 
+def padded_batches(tokenizer, encoded: Sequence[tuple[list[int], int, int]],
+                   batch_size: int) -> Iterator[tuple[list[tuple[list[int], int, int]], Tensor, Tensor]]:
+    """``encoded`` (from ``tokenize_statements``) in batches, each with its token ids and
+    attention mask. Padding goes on the right, so every statement keeps the positions it
+    has in a pass of its own."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for begin in range(0, len(encoded), batch_size):
+        batch = list(encoded[begin:begin + batch_size])
+        width = max(len(ids) for ids, _, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, (tokens, _, _) in enumerate(batch):
+            ids[r, :len(tokens)] = torch.tensor(tokens)
+            mask[r, :len(tokens)] = 1
+        yield batch, ids, mask
+
+
 def file_slug(text: str) -> str:
     """``text`` made safe as one part of a file name (the cache names files by model and dataset)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-80:] or "model"
@@ -158,17 +175,9 @@ def statement_activations(lm, dataset: Statements, hooks: Sequence[str], positio
     if use_cache:
         make_folder(folder, "--cache-dir")
     encoded = tokenize_statements(lm.tokenizer, dataset.statements, lm.max_length, position)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     rows: dict[str, list[Tensor]] = {h: [] for h in missing}
     phase = Phase(progress, f"activations of {dataset.name}", len(encoded), unit="statements")
-    for begin in range(0, len(encoded), batch_size):
-        batch = encoded[begin:begin + batch_size]
-        width = max(len(ids) for ids, _, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, (tokens, _, _) in enumerate(batch):  # right padding: positions stay those of the statement alone
-            ids[r, :len(tokens)] = torch.tensor(tokens)
-            mask[r, :len(tokens)] = 1
+    for batch, ids, mask in padded_batches(lm.tokenizer, encoded, batch_size):
         with torch.no_grad():
             acts = read_activations(lm, missing, ids, mask)
         for hook in missing:

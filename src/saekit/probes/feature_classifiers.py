@@ -36,7 +36,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..progress import Phase, ProgressCallback
-from .activations import Position, default_cache_dir, parse_position, statement_activations, tokenize_statements
+from .activations import (Position, default_cache_dir, padded_batches, parse_position, statement_activations,
+                          tokenize_statements)
 from .datasets import TruthDataset
 from .metrics import accuracy, auroc, train_test_split
 from .probes import LogisticRegressionProbe
@@ -211,18 +212,10 @@ def _mean_pooled_pass(lm: Any, dictionary: Any, data: LabelledTexts, batch_size:
 
     hook = dictionary.cfg.hook
     encoded = tokenize_statements(lm.tokenizer, data.texts, lm.max_length, "mean")
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     raw_rows: list[Tensor] = []
     feature_rows: list[Tensor] = []
     phase = Phase(progress, f"activations of {data.name}", len(encoded), unit="texts")
-    for begin in range(0, len(encoded), batch_size):
-        batch = encoded[begin:begin + batch_size]
-        width = max(len(ids) for ids, _, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, (tokens, _, _) in enumerate(batch):  # right padding, as statement_activations pads
-            ids[r, :len(tokens)] = torch.tensor(tokens)
-            mask[r, :len(tokens)] = 1
+    for batch, ids, mask in padded_batches(lm.tokenizer, encoded, batch_size):  # padded as statement_activations pads
         with torch.no_grad():
             acts = read_activations(lm, [hook], ids, mask)[hook].float().cpu()
         own = [acts[r, start:end] for r, (_, start, end) in enumerate(batch)]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from ..progress import Phase, ProgressCallback
-from .activations import tokenize_statements
+from .activations import padded_batches, tokenize_statements
 from .datasets import TruthDataset
 from .metrics import auroc
 
@@ -47,17 +47,9 @@ def statement_log_probs(lm, dataset: TruthDataset, *, batch_size: int = 32,
         if end - start < 2:
             raise DataError(f"statement {i} of {dataset.name} ({dataset.statements[i]!r}) is one token long, so it has "
                             "no token after the first to score; remove it or lengthen it")
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     totals, counts = [], []
     phase = Phase(progress, f"log-probabilities of {dataset.name}", len(encoded), unit="statements")
-    for begin in range(0, len(encoded), batch_size):
-        batch = encoded[begin:begin + batch_size]
-        width = max(len(ids) for ids, _, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, (tokens, _, _) in enumerate(batch):  # right padding: positions stay those of the statement alone
-            ids[r, :len(tokens)] = torch.tensor(tokens)
-            mask[r, :len(tokens)] = 1
+    for batch, ids, mask in padded_batches(lm.tokenizer, encoded, batch_size):
         with torch.no_grad():
             logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
         for r, (tokens, start, end) in enumerate(batch):

@@ -19,7 +19,8 @@ from saekit.probes import (TruthDataset, accuracy, auroc, calibrate_fpr, control
                            statement_log_probs, threshold_at_fpr)
 from saekit.probes.likelihood import point_biserial
 from saekit.probes.matrix import dataset_split
-from saekit.probes.prompting import PromptFormat, ShotPool, _next_token_log_odds, answer_token_ids, prompting_baseline
+from saekit.probes.prompting import PromptFormat, ShotPool, prompting_baseline
+from saekit.probes.verdicts import answer_logprobs, answer_token_ids, verdict_log_odds
 from saekit.probes.training import ProbeRun
 
 # ----------------------------------------------------------------------------- helpers
@@ -141,36 +142,50 @@ def test_shots_are_balanced_seeded_and_never_the_scored_statement():
     assert fmt.prompt([("A is red.", 1)], "B is blue.") == "A is red. This statement is: TRUE\nB is blue. This statement is:"
 
 
-def test_the_prompt_score_is_the_next_token_log_odds(answer_lm):
+def test_the_prompt_score_is_the_answers_log_odds(answer_lm):
     tok = answer_lm.tokenizer
-    true_id, false_id = answer_token_ids(tok, PromptFormat())
+    answers = answer_token_ids(tok, (" TRUE", " FALSE"))
     prompts = ["The sky is green. This statement is:", "A much longer statement about rivers. This statement is:"]
-    got = _next_token_log_odds(answer_lm, prompts, true_id, false_id, batch_size=2, phase=None)  # padded together
+    got = verdict_log_odds(answer_lm, prompts, answers, batch_size=2)  # padded together
     for prompt, value in zip(prompts, got):
-        ids = torch.tensor([tok(prompt)["input_ids"]])
-        logp = torch.log_softmax(answer_lm.model(ids).logits[0, -1].double(), -1)
-        assert float(value) == pytest.approx(float(logp[true_id] - logp[false_id]), abs=1e-5)
+        ids = tok(prompt)["input_ids"]
+        logp = []
+        for answer in answers:  # by hand: each answer token given the prompt and the answer's tokens before it
+            full = torch.tensor([ids + answer])
+            lp = torch.log_softmax(answer_lm.model(full).logits[0].double(), -1)
+            logp.append(sum(float(lp[len(ids) - 1 + k, t]) for k, t in enumerate(answer)))
+        assert float(value) == pytest.approx(logp[0] - logp[1], abs=1e-5)
+
+
+def test_a_multi_token_answer_is_scored_by_its_whole_probability():
+    lm = tiny_loaded_model()  # a byte-level tokenizer: " TRUE" is five tokens
+    answers = answer_token_ids(lm.tokenizer, (" TRUE", " FALSE"))
+    assert [len(a) for a in answers] == [5, 6]
+    prompt = "Rome is in Italy. This statement is:"
+    ids = lm.tokenizer(prompt)["input_ids"]
+    got = float(verdict_log_odds(lm, [prompt], answers)[0])
+    logp = []
+    for answer in answers:
+        lp = torch.log_softmax(lm.model(torch.tensor([ids + answer])).logits[0].double(), -1)
+        logp.append(sum(float(lp[len(ids) - 1 + k, t]) for k, t in enumerate(answer)))
+    assert got == pytest.approx(logp[0] - logp[1], abs=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_running_the_shots_once_gives_the_scores_of_whole_prompts(family):
     from saekit.models import LoadedModel
-    from saekit.probes.prompting import _shared_prefix_log_odds
+    from saekit.probes.verdicts import EncodedPrompt
 
     lm = LoadedModel(model=tiny_model(family), tokenizer=answer_tokenizer(), name=f"tiny-{family}")
     fmt = PromptFormat(shots=2)  # prompts within the tiny model's 128 positions
     shots = ShotPool.from_rows([(f"S{i}.", i % 2) for i in range(6)], 0).shots(2, 0)
     prompts = [fmt.prompt(shots, s) for s in ("Short.", "A longer statement about rivers.", "")]
-    true_id, false_id = answer_token_ids(lm.tokenizer, fmt)
-    whole = _next_token_log_odds(lm, prompts, true_id, false_id, 8, None)
-    shared = _shared_prefix_log_odds(lm, fmt.shots_text(shots), prompts, true_id, false_id, 2, None)
-    assert torch.allclose(shared, whole, atol=1e-4)
-    # A prompt that does not begin with the prefix's tokens is run whole.
-    mixed = _shared_prefix_log_odds(lm, fmt.shots_text(shots), prompts + ["Other. This statement is:"], true_id,
-                                    false_id, 2, None)
-    assert torch.allclose(mixed[:3], whole, atol=1e-4)
-    assert float(mixed[3]) == pytest.approx(float(_next_token_log_odds(lm, ["Other. This statement is:"], true_id,
-                                                                       false_id, 1, None)[0]), abs=1e-6)
+    answers = answer_token_ids(lm.tokenizer, (fmt.true_word, fmt.false_word))
+    encoded = [EncodedPrompt(lm.tokenizer(p)["input_ids"], (0, 0), []) for p in prompts]
+    with torch.no_grad():
+        whole = answer_logprobs(lm, encoded, answers, {}, 0.0, batch_size=8, share_prefix=False)
+    shared = verdict_log_odds(lm, prompts, answers, batch_size=2)
+    assert torch.allclose(shared, whole[:, 0] - whole[:, 1], atol=1e-4)
 
 
 def test_prompting_is_calibrated_on_content_free_inputs(answer_lm):
@@ -180,9 +195,9 @@ def test_prompting_is_calibrated_on_content_free_inputs(answer_lm):
     fmt = PromptFormat(shots=2, seed=0)
     result = prompting_baseline(answer_lm, shot_rows, [ds], [list(range(n))], fmt)
     shots = ShotPool.from_rows(shot_rows, 0).shots(2, 0)
-    true_id, false_id = answer_token_ids(answer_lm.tokenizer, fmt)
-    free = _next_token_log_odds(answer_lm, [fmt.prompt(shots, t) for t in fmt.content_free], true_id, false_id, 4, None)
-    raw = _next_token_log_odds(answer_lm, [fmt.prompt(shots, s) for s in ds.statements], true_id, false_id, 4, None)
+    answers = answer_token_ids(answer_lm.tokenizer, (fmt.true_word, fmt.false_word))
+    free = verdict_log_odds(answer_lm, [fmt.prompt(shots, t) for t in fmt.content_free], answers, 4)
+    raw = verdict_log_odds(answer_lm, [fmt.prompt(shots, s) for s in ds.statements], answers, 4)
     y = torch.tensor(ds.labels)
     assert result.content_free_offset == pytest.approx(float(free.mean()))
     assert result.scores[0].accuracy == pytest.approx(accuracy(raw - free.mean(), y))
@@ -192,25 +207,20 @@ def test_prompting_is_calibrated_on_content_free_inputs(answer_lm):
     assert limited.scores[0].n == 6
 
 
-def test_prompting_refuses_multi_token_answers_and_prompts_past_the_context(answer_lm, model_dir, tmp_path, capsys):
-    plain = tiny_loaded_model()
-    with pytest.raises(DataError, match=r"' TRUE' is 5 tokens .*\[' ', 'T', 'R', 'U', 'E'\]"):
-        answer_token_ids(plain.tokenizer, PromptFormat())
+def test_prompting_refuses_prompts_past_the_context_and_takes_any_answers(answer_lm, model_dir, tmp_path):
     long = "x" * 40
     ds = TruthDataset("long", tuple(f"{long} {i}." for i in range(8)), tuple(i % 2 for i in range(8)), (1,) * 8)
-    with pytest.raises(DataError, match="tokens long but the model reads at most 128; use fewer --shots"):
+    with pytest.raises(DataError, match="tokens long .* but the model reads at most 128; use fewer --shots"):
         prompting_baseline(answer_lm, [(s, y) for s, y in zip(ds.statements, ds.labels)], [ds], [[0, 1]],
                            PromptFormat(shots=4))
-    a = parity_set(tmp_path, "a")  # the CLI says it too, and how to skip the baseline
-    assert main(["probe", "matrix", "--train", str(a), "--test", str(a), "--hook", "resid_post.1", "--model",
-                 str(model_dir), "--cache-dir", str(tmp_path / "c"), "--plot", str(tmp_path / "m.png")]) == 2
-    assert "--no-prompting" in capsys.readouterr().err
-    out = tmp_path / "m.json"  # answer words that are single bytes are single tokens here
-    assert main(["probe", "matrix", "--train", str(a), "--test", str(a), "--hook", "resid_post.1", "--model",
-                 str(model_dir), "--cache-dir", str(tmp_path / "c"), "--plot", str(tmp_path / "m.png"),
-                 "--answers", "Y", "N", "--shots", "2", "--json", str(out)]) == 0
-    prompting = json.loads(out.read_text())["prompting"]
-    assert prompting["answers"] == ["Y", "N"] and len(prompting["accuracy"]) == 1
+    a = parity_set(tmp_path, "a")  # the byte-level tokenizer splits ' TRUE' into five tokens: scored whole
+    for answers in ([], ["--answers", "Y", "N"]):
+        out = tmp_path / f"m{len(answers)}.json"
+        assert main(["probe", "matrix", "--train", str(a), "--test", str(a), "--hook", "resid_post.1", "--model",
+                     str(model_dir), "--cache-dir", str(tmp_path / "c"), "--plot", str(tmp_path / "m.png"),
+                     "--shots", "1", "--json", str(out), *answers]) == 0  # 1 shot: within 128 bytes
+        prompting = json.loads(out.read_text())["prompting"]
+        assert prompting["answers"] == (answers[1:] or [" TRUE", " FALSE"]) and len(prompting["accuracy"]) == 1
 
 
 # ----------------------------------------------------------------------------- PCA

@@ -285,6 +285,12 @@ def _target(structure: _Structure, point: HookPoint) -> tuple[nn.Module, bool]:
 # Public naming API
 
 
+def transformer_blocks(model: Any) -> nn.ModuleList:
+    """The model's transformer blocks in order, as saekit's hook points number them
+    (``resid_post.3`` is the output of block 3)."""
+    return _structure(model).blocks
+
+
 def hook_point_names(model: Any) -> list[str]:
     """Every valid hook-point name of `model`, in forward order."""
     structure = _structure(model)

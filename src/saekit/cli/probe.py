@@ -88,8 +88,8 @@ def register(sub: Any) -> None:
     m.add_argument("--no-prompting", action="store_true", help="skip the few-shot prompting baseline")
     m.add_argument("--shots", type=int, default=4, help="labelled examples in each prompt (default 4)")
     m.add_argument("--answers", nargs=2, default=[" TRUE", " FALSE"], metavar=("TRUE", "FALSE"),
-                   help="the prompt's answer words, each one token of the model, leading space included (default "
-                   "' TRUE' ' FALSE'; e.g. ' True' ' False' where those are split)")
+                   help="the true and the false answer, leading space included (default ' TRUE' ' FALSE'); an answer "
+                   "of several tokens is scored by its whole probability")
     m.add_argument("--prompt-limit", type=int, default=None, metavar="N",
                    help="prompt at most N statements per test dataset (a seeded, label-balanced subset; default all)")
     m.add_argument("--prompt-batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
@@ -147,6 +147,11 @@ def register(sub: Any) -> None:
     k.add_argument("--dtype", default="float32", help="model dtype")
     k.set_defaults(func=run_likelihood)
 
+    # Subverbs written in modules of their own (one job each); each adds its parsers to `verbs`.
+    from . import probe_intervene, probe_lora
+
+    probe_intervene.register(verbs)
+    probe_lora.register(verbs)
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -331,7 +336,7 @@ def run_matrix(ns: argparse.Namespace) -> int:
     from ..io.files import atomic_write_text, check_writable_file
     from ..probes import load_dataset, parse_position
     from ..probes.matrix import dataset_split, generalisation_matrix, same_dataset, write_matrix_plot
-    from ..probes.prompting import PromptFormat, answer_token_ids, prompting_baseline
+    from ..probes.prompting import PromptFormat, prompting_baseline
     from ..probes.training import ProbeRun
     from .progress import ProgressBars
 
@@ -356,8 +361,6 @@ def run_matrix(ns: argparse.Namespace) -> int:
         test_rows.append(own[1] if own is not None else list(range(len(test))))
 
     lm = _load(ns)
-    if not ns.no_prompting:
-        answer_token_ids(lm.tokenizer, fmt)  # a tokenizer that splits " TRUE" fails before any forward pass
     bars = ProgressBars("probe matrix")
     try:
         matrix = generalisation_matrix(lm, run_cfg, train_sets, test_sets, ns.hook, progress=bars, **_cache(ns))

@@ -9,6 +9,9 @@ prompting baseline), ``pca`` (principal components coloured by label), ``calibra
 (a threshold set to a false-positive rate on control texts), ``likelihood`` (truth against
 the model's log-probability of each statement). ``feature_classifiers`` (with ``text_data``, texts
 with two labels) pits a dictionary's features against a probe on the raw activations.
+``verdicts`` asks the model whether a statement is true (the prompting baseline and the
+interventions share it); ``intervention`` adds a probe's direction and measures the verdict;
+``lora`` trains a linear head jointly with LoRA adapters, the stronger baseline.
 """
 
 from .activations import DEFAULT_CACHE_DIR, Position, centre, default_cache_dir, parse_position, statement_activations
@@ -22,8 +25,13 @@ from .metrics import ProbeScore, accuracy, auroc, score_probe, train_test_split
 from .probes import (CCSProbe, LDAProbe, LogisticRegressionProbe, MassMeanProbe, Probe, PROBES, TwoDirectionProbe,
                      load_probe, make_probe)
 from .pca import Components, PCAResult, dataset_pca, principal_components, write_pca_plot
-from .prompting import PromptFormat, PromptingResult, ShotPool, answer_token_ids, prompting_baseline
+from .prompting import PromptFormat, PromptingResult, ShotPool, prompting_baseline
 from .text_data import LabelledTexts, load_labelled_texts, read_labelled_texts
+from .intervention import (EditPositions, SweepResult, encode_prompts, few_shot_prefix, intervention_sweep,
+                           intervention_vector, random_like, write_intervention_plot)
+from .lora import LoraProbe, LoraResult, LoraSettings, require_peft, train_lora_probe
+from .training import ProbeRun, run_probe, training_split, write_layer_plot
+from .verdicts import VerdictPrompt, answer_logprobs, answer_token_ids, verdict_log_odds
 
 __all__ = [
     "BUILDERS", "CCSProbe", "DEFAULT_CACHE_DIR", "centre", "default_cache_dir", "LDAProbe", "LogisticRegressionProbe", "MassMeanProbe", "PROBES",
@@ -39,4 +47,9 @@ __all__ = [
     # dictionary features as classifiers
     "ClassifyConfig", "ClassifyResult", "LabelledTexts", "classify", "load_labelled_texts", "pooled_activations",
     "read_labelled_texts", "write_curve_plot",
+    # fitting runs, interventions, the LoRA baseline, verdict prompts
+    "EditPositions", "LoraProbe", "LoraResult", "LoraSettings", "ProbeRun", "SweepResult", "VerdictPrompt",
+    "answer_logprobs", "encode_prompts", "few_shot_prefix", "intervention_sweep", "intervention_vector", "random_like",
+    "require_peft", "run_probe", "train_lora_probe", "training_split", "verdict_log_odds", "write_intervention_plot",
+    "write_layer_plot",
 ]

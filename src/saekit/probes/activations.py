@@ -108,6 +108,21 @@ def padded_batches(tokenizer, encoded: Sequence[tuple[list[int], int, int]],
         yield batch, ids, mask
 
 
+def statement_rows(acts: Tensor, spans: Sequence[tuple[int, int]], position: Position) -> Tensor:
+    """``(B, d)``: from ``acts`` ``(B, T, d)``, each row's activation at ``position`` of its
+    statement's tokens ``[start, end)``: their mean, the last, or an index into them."""
+    rows = []
+    for r, (start, end) in enumerate(spans):
+        if position == "mean":
+            rows.append(acts[r, start:end].mean(0))
+        elif position == "last":
+            rows.append(acts[r, end - 1])
+        else:
+            assert isinstance(position, int)
+            rows.append(acts[r, start + position if position >= 0 else end + position])
+    return torch.stack(rows)
+
+
 def file_slug(text: str) -> str:
     """``text`` made safe as one part of a file name (the cache names files by model and dataset)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-80:] or "model"
@@ -182,17 +197,10 @@ def statement_activations(lm, dataset: Statements, hooks: Sequence[str], positio
             acts = read_activations(lm, missing, ids, mask)
         for hook in missing:
             a = acts[hook].float().cpu()
-            for r, (_, start, end) in enumerate(batch):
-                if position == "mean":
-                    rows[hook].append(a[r, start:end].mean(0))
-                elif position == "last":
-                    rows[hook].append(a[r, end - 1])
-                else:
-                    assert isinstance(position, int)
-                    rows[hook].append(a[r, (start + position) if position >= 0 else (end + position)])
+            rows[hook].append(statement_rows(a, [(start, end) for _, start, end in batch], position))
         phase.advance(len(batch))
     for hook in missing:
-        found[hook] = torch.stack(rows[hook])
+        found[hook] = torch.cat(rows[hook])
         if use_cache:
             paths[hook].parent.mkdir(parents=True, exist_ok=True)
             atomic_save_tensors({"acts": found[hook]}, paths[hook], metadata={

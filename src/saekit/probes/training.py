@@ -58,6 +58,25 @@ class HookResult:
         return {"hook": self.hook, "n_train": self.n_train, "scores": [dataclasses.asdict(s) for s in self.scores]}
 
 
+def training_split(run: ProbeRun, datasets: Sequence[TruthDataset],
+                   rows: Sequence[int] | None = None) -> tuple[Tensor, list[int], list[int]]:
+    """The labels of the pooled ``datasets`` (of their ``rows`` only, when given) and the
+    training and held-out indices into them, by ``run``'s seed and fraction: stratified by
+    label, and statements sharing a pair key kept on one side, so a city's negated
+    statement is never trained on while its affirmative one is held out. Every command
+    that splits (``probe train``, ``lora``, ``intervene``) splits through here."""
+    if not datasets:
+        raise ConfigError("give at least one training dataset")
+    labels = torch.tensor([label for ds in datasets for label in ds.labels])
+    groups: list[Any] = []
+    for k, ds in enumerate(datasets):
+        groups += list(ds.pairs) if ds.pairs is not None else [(k, i) for i in range(len(ds))]
+    if rows is not None:
+        labels, groups = labels[list(rows)], [groups[i] for i in rows]
+    train_idx, test_idx = train_test_split(labels.tolist(), run.test_fraction, run.seed, groups)
+    return labels, train_idx, test_idx
+
+
 def run_probe(lm, run: ProbeRun, train_sets: Sequence[TruthDataset], hooks: Sequence[str], *,
               test_sets: Sequence[TruthDataset] = (), paired: TruthDataset | None = None,
               cache_dir: str | Path | None = None, use_cache: bool = True, batch_size: int = 32,
@@ -87,16 +106,11 @@ def run_probe(lm, run: ProbeRun, train_sets: Sequence[TruthDataset], hooks: Sequ
                                         batch_size=batch_size, progress=progress)
             acts[id(ds)] = {h: centre(a) if run.centre else a for h, a in got.items()}
 
-    labels = torch.tensor([label for ds in train_sets for label in ds.labels])
+    rows = [i for i, _ in pairs] if needs == "partners" else None
+    labels, train_idx, test_idx = training_split(run, train_sets, rows)
     polarities = torch.tensor([p for ds in train_sets for p in ds.polarities])
-    groups: list[Any] = []
-    for k, ds in enumerate(train_sets):
-        groups += list(ds.pairs) if ds.pairs is not None else [(k, i) for i in range(len(ds))]
-    if needs == "partners":
-        rows = [i for i, _ in pairs]
-        labels, polarities = labels[rows], polarities[rows]
-        groups = [groups[i] for i in rows]
-    train_idx, test_idx = train_test_split(labels.tolist(), run.test_fraction, run.seed, groups)
+    if rows is not None:
+        polarities = polarities[rows]
     results = []
     for hook in hooks:
         X = torch.cat([acts[id(ds)][hook] for ds in train_sets])

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, values_type
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_device_flags, add_statement_cache_flags, values_type
 
 _RANKINGS = ("mean-diff", "standardised")  # saekit.probes.feature_classifiers.RANKINGS, without importing torch
 
@@ -53,11 +53,9 @@ def register(sub: Any) -> None:
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folder's format, if detection is wrong")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--plot", default=None, help="write the learning curve to this PNG")
-    p.add_argument("--cache-dir", default=None, help="activation cache (default ~/.cache/saekit/probes)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the activation cache")
+    add_statement_cache_flags(p)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(p)
     p.set_defaults(func=run)
 
 

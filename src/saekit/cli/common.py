@@ -43,6 +43,18 @@ class Parser(argparse.ArgumentParser):
         return ns
 
 
+def add_device_flags(parser: argparse.ArgumentParser, dtype_help: str = "model dtype (default float32)") -> None:
+    """``--device`` and ``--dtype``, as every command that runs a model takes them."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (default: a GPU if torch sees one)")
+    parser.add_argument("--dtype", default="float32", help=dtype_help)
+
+
+def add_statement_cache_flags(parser: argparse.ArgumentParser) -> None:
+    """``--cache-dir`` and ``--no-cache``: the activation cache of the probe commands."""
+    parser.add_argument("--cache-dir", default=None, help="activation cache (default ~/.cache/saekit/probes)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the activation cache")
+
+
 def add_feature_flags(parser: argparse.ArgumentParser, default: str) -> None:
     """``--features SPEC`` or ``--all``, one or the other; ``default`` says what neither means."""
     which = parser.add_mutually_exclusive_group()

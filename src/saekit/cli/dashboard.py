@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_feature_flags, chosen_features
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_device_flags, add_feature_flags, chosen_features
 
 DEFAULT_FEATURES = 200  # the first 200: a first look in about a minute on a CPU; --all for every feature
 EXPLANATIONS_FILE = "explanations.json"
@@ -43,8 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folder's format, if detection is wrong")
     p.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass (default 32)")
     p.add_argument("--seed", type=int, default=0, help="the corpus order and the samples (default 0)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError, OutputError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, fill_unrecorded
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_device_flags, fill_unrecorded
 from .progress import ProgressBars
 
 
@@ -32,8 +32,7 @@ def register(sub: Any) -> None:
                    help="evaluate and splice the BOS position (default: as the dictionary was trained, which it "
                    "records; an override is recorded in the JSON)")
     p.add_argument("--json", default=None, help="where to write the figures (default FOLDER/eval.json; for a Hub name, eval-NAME.json here)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(p)
     p.set_defaults(func=run)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_feature_flags, chosen_features
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_device_flags, add_feature_flags, chosen_features
 
 DEFAULT_FEATURES = 10  # the first ten: explaining is slow (a model call per example)
 
@@ -56,8 +56,7 @@ def register(sub: Any) -> None:
     p.add_argument("--retries", type=int, default=4, help="further tries after an endpoint's 429, 5xx, timeout or "
                    "malformed answer, with exponential backoff (default 4)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch for a local explainer or scorer (default 8)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="dtype of the models loaded")
+    add_device_flags(p, "dtype of the models loaded (default float32)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 

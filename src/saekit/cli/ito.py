@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError, OutputError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, fill_unrecorded
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_device_flags, fill_unrecorded
 
 
 def register(sub: Any) -> None:
@@ -38,8 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-other-model", action="store_true", help="compare on a model other than the recorded one")
     p.add_argument("--json", default=None, help="where to write the figures (default FOLDER/ito.json; for a Hub name, ito-NAME.json here)")
     p.add_argument("--plot", default=None, help="the thresholding plot, a PNG (default FOLDER/ito.png; for a Hub name, ito-NAME.png here)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(p)
     p.set_defaults(func=run)
 
 

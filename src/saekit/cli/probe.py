@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from ..errors import ConfigError
+from .common import add_device_flags, add_statement_cache_flags
 
 PROBE_NAMES = ("logistic", "mass_mean", "lda", "ccs", "ttpd")  # saekit.probes.PROBES, without importing torch
 # Each built-in dataset's counterpart for CCS (a statement and its negation share a pair key).
@@ -61,11 +62,9 @@ def register(sub: Any) -> None:
     t.add_argument("--json", default=None, help="write the figures to this JSON file")
     t.add_argument("--save", default=None, metavar="FILE", help="save the probe (safetensors); not with --layers")
     t.add_argument("--plot", default=None, help="with --layers: the PNG to write (default probe-layers.png)")
-    t.add_argument("--cache-dir", default=None, help="activation cache (default ~/.cache/saekit/probes)")
-    t.add_argument("--no-cache", action="store_true", help="neither read nor write the activation cache")
+    add_statement_cache_flags(t)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(t)
     t.set_defaults(func=run_train)
 
     m = verbs.add_parser(
@@ -143,8 +142,7 @@ def register(sub: Any) -> None:
     k.add_argument("--seed", type=int, default=0, help="the builders' seed")
     k.add_argument("--json", default=None, help="write the figures to this JSON file")
     k.add_argument("--batch-size", type=int, default=16)
-    k.add_argument("--device", default="auto")
-    k.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(k)
     k.set_defaults(func=run_likelihood)
 
     # Subverbs written in modules of their own (one job each); each adds its parsers to `verbs`.
@@ -294,11 +292,9 @@ def run_train(ns: argparse.Namespace) -> int:
 
 
 def _cache_and_device_flags(p: Any) -> None:
-    p.add_argument("--cache-dir", default=None, help="activation cache (default ~/.cache/saekit/probes)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the activation cache")
+    add_statement_cache_flags(p)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(p)
 
 
 def _shared_probe_flags(p: Any) -> None:

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from ..errors import ConfigError
+from .common import add_device_flags, add_statement_cache_flags
 
 _NUMBER_LIST = re.compile(r"^-?[\d.]+([,:]-?[\d.]*)*$")  # "-8,-4,0,4,8" or "-2:2:0.5"
 _MAX_SCALES = 101
@@ -95,11 +96,9 @@ def register(verbs: Any) -> None:
     p.add_argument("--model", default=None, help="the model (default: the probe file's, else the embedded SmolLM2)")
     p.add_argument("--plot", default="probe-intervene.png", help="the PNG to write (default probe-intervene.png)")
     p.add_argument("--json", default=None, help="also write the sweep to this JSON file")
-    p.add_argument("--cache-dir", default=None, help="activation cache (default ~/.cache/saekit/probes)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the activation cache")
+    add_statement_cache_flags(p)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(p)
     # Scales such as "-8,-4,0,4,8" start with '-'; argparse would take them for an option.
     # This parser has no option that looks like a number, so reading them as values is safe.
     if hasattr(p, "_negative_number_matcher"):

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
+from .common import add_device_flags, add_statement_cache_flags
 
 
 def register(verbs: Any) -> None:
@@ -42,10 +43,8 @@ def register(verbs: Any) -> None:
     p.add_argument("--save", default=None, metavar="DIR",
                    help="write DIR/model (the merged model) and DIR/head.safetensors (the head, a probe file)")
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
-    p.add_argument("--cache-dir", default=None, help="activation cache for the frozen probe")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the activation cache")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype (training wants float32)")
+    add_statement_cache_flags(p)
+    add_device_flags(p, "model dtype (training wants float32) (default float32)")
     p.set_defaults(func=run)
 
 

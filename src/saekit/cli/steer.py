@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..errors import ConfigError
-from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, values_type
+from .common import DICTIONARY_ARG_HELP, FORMAT_CHOICES, add_device_flags, values_type
 
 
 def register(sub: Any) -> None:
@@ -38,8 +38,7 @@ def register(sub: Any) -> None:
                    "the three likeliest without steering and at the largest scale")
     p.add_argument("--plot", default=None, help="with --sweep: the PNG to write (default steer-sweep-featureN.png)")
     p.add_argument("--json", default=None, help="also write both continuations (or the sweep) to this JSON file")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(p)
     p.set_defaults(func=run)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from typing import Any
 
 # No test may reach the real Hub: anything that asks it is sent to a port where nothing
@@ -182,3 +183,40 @@ def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     return path
+
+# ----------------------------------------------------------------------------- a real browser
+# Debian's chromium and chromedriver (scripts/install_browser.sh), driven by Selenium; the
+# browser tests skip, saying why, only when one of the three is missing.
+
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")
+                else shutil.which("chromedriver") or "/usr/bin/chromedriver")
+WAIT = 10  # seconds any one thing may take to appear
+
+
+def browser_missing() -> str | None:
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            return f"{path} is missing: install Debian's {package} (bash scripts/install_browser.sh)"
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium is not installed: .venv/bin/pip install selenium (it is in the test extra)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # Without the networking flags Chromium keeps calling home, which a closed network answers slowly.
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1000",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT * 3)
+    yield driver
+    driver.quit()

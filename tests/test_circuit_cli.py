@@ -86,6 +86,19 @@ def test_saekit_circuit_writes_a_circuit_its_page_and_faithfulness(folders, mode
     summed = json.loads((out / "circuit.json").read_text())
     assert all(n["position"] is None for n in summed["nodes"]) and summed["metadata"]["method"] == "ig"
 
+    # The mask baseline beside the attribution circuit, at the sizes the masks keep.
+    assert main([*args, "--mask", "1e-3,10", "--mask-steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    mask = json.loads((out / "mask.json").read_text())
+    assert [row["sparsity"] for row in mask["matched"]] == [1e-3, 10.0] and mask["steps"] == 3
+    sizes = {p["n_nodes"]: p["faithfulness"] for p in json.loads((out / "faithfulness.json").read_text())["points"]}
+    for row in mask["matched"]:
+        assert 0 <= row["n_nodes"] <= mask["masks"]["n_candidates"]
+        assert f"sparsity {row['sparsity']:g}: {row['n_nodes']} nodes" in printed
+        assert row["attribution_nodes"] <= row["n_nodes"]  # fewer where fewer nodes have an effect
+        if row["attribution_nodes"] in sizes:  # the attribution circuit at that size: the curve's own figure
+            assert row["attribution"] == pytest.approx(sizes[row["attribution_nodes"]], abs=1e-6)
+
 
 def test_the_page_links_feature_nodes_to_their_dashboard_pages(folders, model_dir, data_file, corpus, tmp_path):
     board = tmp_path / "board"
@@ -128,6 +141,8 @@ def test_bad_input_is_refused_before_the_model_loads(folders, model_dir, data_fi
            "--node-threshold must be a finite number of at least 0")
     refuse([*base, "--data", str(data_file), "--out", str(tmp_path / "o"), "--node-threshold", "0"], capsys,
            "must be above 0")
+    refuse([*base, "--data", str(data_file), "--out", str(tmp_path / "o"), "--mask", "0.1,0"], capsys,
+           "--mask takes sparsity penalties above 0")
     (tmp_path / "ro").mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(tmp_path / "ro")

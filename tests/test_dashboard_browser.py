@@ -14,7 +14,6 @@ Skips (saying why) only when chromium, chromedriver or selenium is missing
 from __future__ import annotations
 
 import base64
-import importlib.util
 import os
 import re
 import shutil
@@ -29,45 +28,12 @@ import torch
 import saekit
 from saekit.interpret.dashboard import readable_tokens, write_dashboard
 
-from conftest import random_dictionary
+from conftest import WAIT, browser_missing as _missing, random_dictionary
 from test_dashboard import EXPLANATIONS, PieceTokenizer, hand_examples, hand_views
 
-# Debian's paths (scripts/install_browser.sh); elsewhere, whatever is on PATH.
-CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")
-                else shutil.which("chromedriver") or "/usr/bin/chromedriver")
-WAIT = 10  # seconds any one thing may take to appear
-
-
-def _missing() -> str | None:
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not os.access(path, os.X_OK):
-            return f"{path} is missing: install Debian's {package} (bash scripts/install_browser.sh)"
-    if importlib.util.find_spec("selenium") is None:
-        return "selenium is not installed: .venv/bin/pip install selenium (it is in the test extra)"
-    return None
 
 
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"no browser to drive: {_missing()}")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # Without the networking flags Chromium keeps calling home, which a closed network answers slowly.
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1400,1000",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT * 3)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")

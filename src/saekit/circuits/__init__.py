@@ -18,7 +18,8 @@
 * ``page``: the circuit drawn as a self-contained HTML graph (``saekit circuit`` writes it);
 * ``feature_trimming``: SHIFT, removing a spurious signal from a linear probe by ablating
   the features that carry it (``shift``); the sets it needs, and a
-  synthetic spurious-correlation task to try it on (``spurious_data``).
+  synthetic spurious-correlation task to try it on (``spurious_data``);
+* ``sva``: subject–verb agreement prompts built for a model's tokenizer (``--data sva``).
 """
 
 from .ablation import MeanAblation, MeanPrompts
@@ -61,16 +62,17 @@ from .scoring import (
 )
 from .feature_trimming import FeatureJudgement, ProbeLogit, ShiftAccuracy, ShiftResult, shift
 from .spurious_data import LabelledSet, SpuriousTask, spurious_task
+from .sva import DATASETS as SVA_DATASETS, SvaOptions, sva_records, write_sva_data
 
 __all__ = [
     "DEFAULT_SPARSITIES", "DEFAULT_STEPS", "EDGE_METHODS", "METHODS", "METRIC", "Circuit", "CircuitBatch", "CircuitData",
     "CircuitExample", "CircuitNode", "Edge", "EdgeEffects", "Faithfulness", "FaithfulnessCurve", "FeatureJudgement",
     "LabelledSet", "MaskCurve", "MaskResult", "MeanAblation", "MeanPrompts", "Metric", "Node", "NodeEffect",
     "NodeEffects", "Nodes", "PatchPrefixes", "PatchSource", "ProbeLogit", "ShiftAccuracy", "ShiftResult",
-    "SplicedModel", "SplicedRun", "SpuriousTask", "ZeroAblation", "ablated_metric", "answer_logprob",
+    "SVA_DATASETS", "SplicedModel", "SplicedRun", "SpuriousTask", "SvaOptions", "ZeroAblation", "ablated_metric", "answer_logprob",
     "attribution_patching", "circuit_examples", "circuit_from_effects", "default_metric", "edge_effects",
     "exact_patching", "faithfulness", "faithfulness_curve", "find_circuit", "integrated_gradients",
     "logit_difference", "mask_candidates", "mask_curve", "masked_metric", "node_effects",
     "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "select_nodes", "shift", "spurious_task",
-    "train_mask", "write_circuit_page",
+    "sva_records", "train_mask", "write_circuit_page", "write_sva_data",
 ]

@@ -302,7 +302,8 @@ class NodeEffects:
             kept.sort(key=lambda e: -abs(e.effect))
             out = []
             for e in kept:
-                row: dict[str, Any] = {"hook": e.node.point, "feature": e.node.feature}
+                feature = "error" if e.node.feature is None else e.node.feature  # as circuit.json writes it
+                row: dict[str, Any] = {"hook": e.node.point, "feature": feature}
                 if not summed:
                     row["position"] = e.node.position
                 row["effect"] = e.effect if math.isfinite(e.effect) else str(e.effect)

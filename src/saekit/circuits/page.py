@@ -264,7 +264,7 @@ a .node rect {{ cursor: pointer; stroke-width: 1.5; }}
 .sink rect {{ fill: #f4f4f5; stroke: #111; stroke-width: 2; }}
 .edge {{ stroke-linecap: round; opacity: 0.75; }}
 .dim {{ opacity: 0.12; }}
-#info {{ min-height: 1.4em; font-family: ui-monospace, monospace; white-space: pre; }}
+#info {{ height: 4.5em; overflow: hidden; font-family: ui-monospace, monospace; white-space: pre; }}  /* a fixed height: text that pushed the graph down moved the node from under the pointer, and the hover flickered */
 </style></head>
 <body>
 <h1>Feature circuit</h1>

@@ -6,10 +6,14 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import FORMAT_CHOICES, values_type
+from .common import FORMAT_CHOICES, add_device_flags, values_type
 
 NONZERO = 1e-12  # effects.json lists the nodes with |effect| at least this
-CIRCUIT_FILES = ("circuit.json", "effects.json", "circuit.html", "faithfulness.json", "faithfulness.png")
+# The built-in prompt sets (saekit.circuits.sva.DATASETS; named here so that --help imports no torch).
+BUILT_IN_DATA = ("sva", "sva-simple", "sva-rc")
+BUILT_IN_EXAMPLES = 64
+CIRCUIT_FILES = ("circuit.json", "effects.json", "circuit.html", "faithfulness.json", "faithfulness.png", "mask.json",
+                 *(f"{name}.jsonl" for name in BUILT_IN_DATA))
 
 
 def register(sub: Any) -> None:
@@ -24,7 +28,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--dictionaries", nargs="+", required=True, metavar="DIR",
                    help="the dictionaries, one per hook point: folders in any format saekit reads or Hub names")
-    p.add_argument("--data", required=True, metavar="FILE.jsonl", help="the prompts (see above)")
+    p.add_argument("--data", required=True, metavar="FILE.jsonl",
+                   help="the prompts (see above), or a built-in set made for the model's tokenizer and written to "
+                   "OUT/NAME.jsonl: sva (subject-verb agreement across a prepositional phrase, 'The nurse near the "
+                   "windows' -> ' is'/' are'), sva-simple ('The nurse'), sva-rc ('The nurse that the doctors like')")
+    p.add_argument("--examples", type=int, default=None, metavar="N",
+                   help=f"prompts in a built-in set (default {BUILT_IN_EXAMPLES}; fewer when fewer fit the tokenizer)")
+    p.add_argument("--seed", type=int, default=None, help="which prompts of a built-in set (default 0)")
     p.add_argument("--out", required=True, metavar="OUT", help="the folder to write the circuit into")
     p.add_argument("--method", default="atp", choices=("atp", "ig"),
                    help="node and edge effects by attribution patching (default) or integrated gradients")
@@ -36,6 +46,11 @@ def register(sub: Any) -> None:
     p.add_argument("--faithfulness", type=values_type(int, None, "--faithfulness"), default=None, metavar="N[,...]",
                    help="also measure faithfulness with the top N nodes kept, e.g. 0,1,2,5,10,20,50 "
                    "(writes faithfulness.json and faithfulness.png)")
+    p.add_argument("--mask", type=values_type(float, None, "--mask"), default=None, metavar="S[,...]",
+                   help="also train the baseline: a learned mask over the same nodes (error terms included) at each "
+                   "sparsity penalty, e.g. 1e-3,1e-2,1e-1, and measure the attribution circuit at the masks' sizes "
+                   "(writes mask.json; with --faithfulness, both curves in faithfulness.png)")
+    p.add_argument("--mask-steps", type=int, default=200, help="optimiser steps per mask (default 200)")
     p.add_argument("--dashboard", nargs="+", default=None, metavar="DIR",
                    help="dashboards (saekit dashboard) to link the graph's feature nodes to, one per hook point")
     p.add_argument("--model", default=None, help="the model to run (default: the one the dictionaries record)")
@@ -43,13 +58,13 @@ def register(sub: Any) -> None:
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folders' format, if detection is wrong")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty folder that holds no circuit (only the circuit's files are replaced)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="model dtype")
+    add_device_flags(p)
     p.set_defaults(func=run)
 
 
 def run(ns: argparse.Namespace) -> int:
     import json
+    from dataclasses import replace
     from pathlib import Path
 
     from ..circuits import SplicedModel, faithfulness_curve, find_circuit, node_effects, plot_faithfulness_curve
@@ -67,14 +82,18 @@ def run(ns: argparse.Namespace) -> int:
     edge_threshold = check_threshold(ns.edge_threshold, "--edge-threshold")
     if node_threshold == 0:
         raise ConfigError("--node-threshold must be above 0: at 0 every feature is a node and the edges are too many")
-    for flag, value in (("--steps", ns.steps), ("--batch-size", ns.batch_size)):
+    for flag, value in (("--steps", ns.steps), ("--batch-size", ns.batch_size), ("--mask-steps", ns.mask_steps)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if ns.faithfulness is not None and any(n < 0 for n in ns.faithfulness):
         raise ConfigError(f"--faithfulness takes numbers of nodes (0 or more), got {ns.faithfulness}")
-    data_file = Path(ns.data)
-    _check_data_file(data_file)
+    if ns.mask is not None and any(not v > 0 for v in ns.mask):
+        raise ConfigError(f"--mask takes sparsity penalties above 0 (e.g. 1e-3,1e-2,1e-1), got {ns.mask}")
+    built_in = _built_in(ns)
+    if not built_in:
+        _check_data_file(Path(ns.data))
     out = _check_out(Path(ns.out), ns.overwrite)
+    data_file = out / f"{ns.data}.jsonl" if built_in else Path(ns.data)
     page = out / "circuit.html"
     boards = [dashboard_links(folder, page) for folder in ns.dashboard or []]
     device = resolve_device(ns.device)
@@ -94,6 +113,14 @@ def run(ns: argparse.Namespace) -> int:
 
     lm = load_model(model_name, device=device, dtype=parse_dtype(ns.dtype))
     model = SplicedModel(lm, dictionaries, allow_other_model=ns.allow_other_model)
+    if built_in:
+        from ..circuits.sva import DATASETS, sva_records
+
+        options = replace(DATASETS[ns.data], n=ns.examples or BUILT_IN_EXAMPLES, seed=ns.seed or 0)
+        records = sva_records(lm.tokenizer, options)  # refuses a tokenizer that fits none, before anything is written
+        make_folder(out)
+        atomic_write_text(data_file, "".join(json.dumps(r) + "\n" for r in records))
+        print(f"built {len(records)} {ns.data} prompts for this tokenizer (seed {options.seed}): {data_file}")
     data = read_circuit_data(data_file, lm.tokenizer, max_length=lm.max_length)
     sources = {_writes(d): str(folder) for folder, d in zip(ns.dictionaries, dictionaries)}
     make_folder(out)
@@ -110,12 +137,16 @@ def run(ns: argparse.Namespace) -> int:
             effects.write_json(out / "effects.json", min_abs=NONZERO)
         circuit.write_json(out / "circuit.json")
         write_circuit_page(circuit, page, dashboard=boards, token_labels=_token_labels(data, lm.tokenizer, ns.summed))
-        curve = None
+        curve = matched = None
         if ns.faithfulness is not None:
             curve = faithfulness_curve(model, data, effects, ns.faithfulness, summed=ns.summed,
                                        batch_size=ns.batch_size, progress=bars)
             atomic_write_text(out / "faithfulness.json", json.dumps(curve.to_json(), indent=1) + "\n")
-            plot_faithfulness_curve(curve, out / "faithfulness.png", title=f"faithfulness: {data_file.name}")
+        if ns.mask is not None:
+            matched = _mask_baseline(model, data, effects, ns, out, bars)
+        if curve is not None:
+            curves = {ns.method: curve} if matched is None else {ns.method: curve, "mask": matched["mask_curve"]}
+            plot_faithfulness_curve(curves, out / "faithfulness.png", title=f"faithfulness: {data_file.name}")
     finally:
         bars.close()
 
@@ -134,14 +165,61 @@ def run(ns: argparse.Namespace) -> int:
     if curve is not None:
         print("faithfulness (top n nodes kept; the rest mean-ablated):  " + ", ".join(
             f"{p.n_nodes}: {p.faithfulness + 0.0:.3f}" for p in curve.points))
+    if matched is not None:
+        print(f"mask baseline against {ns.method} at the same sizes (faithfulness):")
+        for row in matched["rows"]:
+            print(f"  sparsity {row['sparsity']:g}: {row['n_nodes']} nodes, mask {row['mask']:.3f}, "
+                  f"{ns.method} top-{row['n_nodes']} {row['attribution']:.3f}")
     for name in CIRCUIT_FILES:
         if (out / name).exists():
             print(f"wrote {out / name}")
     return 0
 
 
+def _mask_baseline(model: Any, data: Any, effects: Any, ns: argparse.Namespace, out: Any, bars: Any) -> dict[str, Any]:
+    """Masks at each --mask penalty over the same nodes, and the attribution circuit's
+    faithfulness at the sizes they keep (the same mean ablation): written to mask.json."""
+    import json
+
+    from ..circuits import faithfulness_curve, mask_curve
+    from ..circuits.scoring import Faithfulness, FaithfulnessCurve
+    from ..io.files import atomic_write_text
+
+    masks = mask_curve(model, data, sparsities=ns.mask, steps=ns.mask_steps, per_position=not ns.summed,
+                       batch_size=ns.batch_size, progress=bars)
+    sizes = sorted({r.n_nodes for r in masks})
+    ranked = faithfulness_curve(model, data, effects, sizes, summed=ns.summed, batch_size=ns.batch_size,
+                                progress=bars)
+    at = dict(zip(sizes, ranked.points))  # a point keeps fewer nodes where fewer have a nonzero effect
+    rows = [{"sparsity": r.sparsity, "n_nodes": r.n_nodes, "mask": r.faithfulness,
+             "attribution": at[r.n_nodes].faithfulness, "attribution_nodes": at[r.n_nodes].n_nodes} for r in masks]
+    record = {"method": ns.method, "steps": ns.mask_steps, "matched": rows, "masks": masks.to_json()}
+    atomic_write_text(out / "mask.json", json.dumps(record, indent=1) + "\n")
+    points = [Faithfulness(r.n_nodes, r.metric_full, r.metric_empty, r.metric_masked, float("nan"))
+              for r in sorted(masks, key=lambda r: r.n_nodes)]
+    return {"rows": rows, "mask_curve": FaithfulnessCurve(points, summed=ns.summed)}
+
+
 def _writes(d: Any) -> str:
     return d.cfg.target if d.cfg.transcoder else d.cfg.hook
+
+
+def _built_in(ns: argparse.Namespace) -> bool:
+    """Whether --data names a built-in prompt set (checked with --examples and --seed)."""
+    from pathlib import Path
+
+    built_in = ns.data in BUILT_IN_DATA
+    if built_in and Path(ns.data).exists():
+        raise ConfigError(f"--data {ns.data} names a built-in prompt set and a file here; give the file as "
+                          f"./{ns.data} or choose the set elsewhere")
+    if not built_in:
+        given = [flag for flag, value in (("--examples", ns.examples), ("--seed", ns.seed)) if value is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} choose the prompts of a built-in set ({', '.join(BUILT_IN_DATA)}); "
+                              f"--data {ns.data} is a file, read as it is")
+    if ns.examples is not None and ns.examples < 1:
+        raise ConfigError(f"--examples must be at least 1, got {ns.examples}")
+    return built_in
 
 
 def _check_data_file(path: Any) -> None:

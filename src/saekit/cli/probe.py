@@ -2,7 +2,9 @@
 
 ``saekit probe datasets`` lists the built-in datasets; ``saekit probe train`` fits a probe
 on one dataset (or several, pooled) at a hook point and prints accuracy and AUROC on a
-held-out split and on other datasets, or, with ``--layers``, sweeps the layers.
+held-out split and on other datasets, or, with ``--layers``, sweeps the layers;
+``matrix``, ``pca``, ``calibrate`` and ``likelihood`` are the analyses written here, and
+``intervene`` and ``lora`` live in ``probe_intervene`` and ``probe_lora``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ and random dictionaries shaped like trained ones."""
 
 import torch
 
+from saekit.hooks import edit_activations
+
 from conftest import random_dictionary
 
 # Same byte length per pair: the tiny tokenizer is byte-level, so these align.
@@ -32,3 +34,20 @@ def mixed_dictionaries(lm, d_sae=40):
         circuit_dictionary(lm, "mlp_out.1", 2, arch="jumprelu", d_sae=d_sae),
         circuit_dictionary(lm, "mlp_in.2", 3, target="mlp_out.2", transcoder=True, skip=True, d_sae=d_sae),
     ]
+
+
+class Nudged:
+    """A patch run on the clean prompts with the embeddings moved by ``eps`` · noise: a
+    counterfactual input close to the clean one, so that first order is nearly exact."""
+
+    name = "nudged embeddings"
+
+    def __init__(self, eps: float):
+        self.eps = eps
+
+    def states(self, model, batch, clean, metric):
+        g = torch.Generator().manual_seed(batch.length)
+        noise = self.eps * torch.randn(batch.size, batch.length, model.lm.d_model, generator=g)
+        with torch.no_grad(), edit_activations(model.lm, {"resid_pre.0": lambda x: x + noise}):
+            run = model.run(batch.clean_ids, bos=batch.bos)
+            return {p: n.detach() for p, n in run.computed.items()}, metric(run.logits, batch)

@@ -24,9 +24,8 @@ from saekit.circuits import (
     node_effects,
 )
 from saekit.errors import ConfigError
-from saekit.hooks import edit_activations
 
-from circuit_fixtures import RECORDS, circuit_dictionary
+from circuit_fixtures import Nudged, RECORDS, circuit_dictionary
 from conftest import tiny_loaded_model
 
 ONE_TOKEN = [
@@ -55,22 +54,6 @@ def model(lm):
 @pytest.fixture(scope="module")
 def data(lm):
     return circuit_examples(RECORDS, lm.tokenizer)
-
-
-class Nudged:
-    """Patch values from the clean prompts with the embeddings moved by ``eps`` · noise."""
-
-    name = "nudged embeddings"
-
-    def __init__(self, eps: float):
-        self.eps = eps
-
-    def states(self, model, batch, clean, metric):
-        g = torch.Generator().manual_seed(batch.length)
-        noise = self.eps * torch.randn(batch.size, batch.length, model.lm.d_model, generator=g)
-        with torch.no_grad(), edit_activations(model.lm, {"resid_pre.0": lambda x: x + noise}):
-            run = model.run(batch.clean_ids, bos=batch.bos)
-            return {p: n.detach() for p, n in run.computed.items()}, metric(run.logits, batch)
 
 
 def by_hand(model, data, node, metric=logit_difference):

@@ -34,7 +34,7 @@ from saekit.errors import ConfigError, DataError, DimensionError, HookPointError
 from saekit.hooks import edit_activations
 from saekit.interpret import AblateFeatures, steer
 
-from circuit_fixtures import RECORDS, circuit_dictionary, mixed_dictionaries
+from circuit_fixtures import Nudged, RECORDS, circuit_dictionary, mixed_dictionaries
 from conftest import random_dictionary, tiny_loaded_model, tiny_tokenizer
 
 
@@ -60,23 +60,6 @@ def model(lm, dictionaries):
 @pytest.fixture(scope="module")
 def data(lm):
     return circuit_examples(RECORDS, lm.tokenizer)
-
-
-class Nudged:
-    """A patch run on the clean prompts with the embeddings moved by ``eps`` · noise: a
-    counterfactual input close to the clean one, so that first order is nearly exact."""
-
-    name = "nudged embeddings"
-
-    def __init__(self, eps: float):
-        self.eps = eps
-
-    def states(self, model, batch, clean, metric):
-        g = torch.Generator().manual_seed(batch.length)
-        noise = self.eps * torch.randn(batch.size, batch.length, model.lm.d_model, generator=g)
-        with torch.no_grad(), edit_activations(model.lm, {"resid_pre.0": lambda x: x + noise}):
-            run = model.run(batch.clean_ids, bos=batch.bos)
-            return {p: n.detach() for p, n in run.computed.items()}, metric(run.logits, batch)
 
 
 class OneNodeMoved:

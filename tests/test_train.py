@@ -9,7 +9,7 @@ import torch
 import saekit
 from saekit import TrainConfig, train
 from saekit.activations import ArrayActivations
-from saekit.errors import CheckpointError, ConfigError, DataError, HookPointError, ModelLoadError, TrainingDivergedError
+from saekit.errors import CheckpointError, ConfigError, DataError, HookPointError, ModelLoadError
 
 
 def small_cfg(model_dir, corpus, out, **kw):

@@ -28,7 +28,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -264,18 +264,27 @@ def _read_txt(path: Path) -> Iterator[str]:
         yield paragraph.strip()
 
 
+def jsonl_records(lines: Iterable[str],
+                  bad_line: Callable[[int, json.JSONDecodeError], Exception]) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` for each non-blank line of JSON-lines text (numbered from
+    1, blank lines counted); ``bad_line(n, error)`` is raised for a line that is not JSON,
+    so each reader says what its lines should hold."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise bad_line(lineno, e) from e
+        yield lineno, record
+
+
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    def bad(lineno: int, e: json.JSONDecodeError) -> DataError:
+        return DataError(f"{path}:{lineno} is not valid JSON ({e}). Fix: each line of a .jsonl file must be one JSON object.")
+
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno} is not valid JSON ({e}). Fix: each line of a .jsonl "
-                    f"file must be one JSON object."
-                ) from e
+        for lineno, record in jsonl_records(f, bad):
             yield _text_of(record, text_field, f"{path}:{lineno}")
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data import jsonl_records
 from ..errors import DataError
 
 FIELDS = ("clean_prefix", "clean_answer", "patch_prefix", "patch_answer")
@@ -220,16 +221,11 @@ def read_circuit_data(
     if not text.strip():
         raise DataError(f"{file} is empty; each line needs a JSON object with clean_prefix and clean_answer")
 
-    def numbered() -> Iterator[tuple[int, str, Any]]:
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield n, f"{file}, line {n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{file}, line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+    def bad(n: int, e: json.JSONDecodeError) -> DataError:
+        return DataError(f"{file}, line {n}: not valid JSON ({e.msg} at column {e.colno})")
 
-    return _check(numbered(), tokenizer, str(file), aligned, max_length)
+    numbered = ((n, f"{file}, line {n}", record) for n, record in jsonl_records(text.splitlines(), bad))
+    return _check(numbered, tokenizer, str(file), aligned, max_length)
 
 
 def _check(

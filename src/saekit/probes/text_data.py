@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..data import jsonl_records
 from ..errors import ConfigError, DataError
 from .datasets import BUILDERS, MIN_PER_CLASS, TruthDataset, build_dataset, read_csv_dataset, texts_hash
 
@@ -137,16 +138,13 @@ def _read_jsonl_rows(path: Path, text_field: str, label_field: str) -> tuple[lis
     texts: list[str] = []
     labels: list[str | None] = []
     fields: dict[str, None] = {}
+    def bad(line_no: int, e: json.JSONDecodeError) -> DataError:
+        return DataError(f"{path}, line {line_no}: not valid JSON ({e.msg}); each line must be one object such as "
+                         f'{{"{text_field}": "...", "{label_field}": 1}}')
+
     try:
         with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {line_no}: not valid JSON ({e.msg}); each line must be one "
-                                    f'object such as {{"{text_field}": "...", "{label_field}": 1}}') from None
+            for line_no, record in jsonl_records(fh, bad):
                 if not isinstance(record, dict):
                     raise DataError(f"{path}, line {line_no}: a JSON {type(record).__name__}, not an object with "
                                     f"{text_field!r} and {label_field!r}")

@@ -32,7 +32,6 @@ from circuit_fixtures import RECORDS, circuit_dictionary, mixed_dictionaries
 from conftest import tiny_loaded_model
 
 
-
 @pytest.fixture(scope="module")
 def lm():
     return tiny_loaded_model("llama")

@@ -38,7 +38,6 @@ from circuit_fixtures import Nudged, RECORDS, circuit_dictionary, mixed_dictiona
 from conftest import random_dictionary, tiny_loaded_model, tiny_tokenizer
 
 
-
 @pytest.fixture(scope="module")
 def lm():
     return tiny_loaded_model("llama")

@@ -360,6 +360,13 @@ class _Accumulator:
         self.n += clean.shape[0]
 
 
+def check_count(name: str, value: Any) -> None:
+    """``value`` is a whole number of at least 1 (a bool is not): steps, batch sizes,
+    nodes per pass."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
 def check_inputs(model: SplicedModel, data: CircuitData, batch_size: int, purpose: str = "node effects",
                  why_aligned: str = "need them aligned (the same token length)") -> None:
     """What every pass over a prompt file checks first: the model with its dictionaries, the
@@ -369,8 +376,7 @@ def check_inputs(model: SplicedModel, data: CircuitData, batch_size: int, purpos
         raise ConfigError(f"{purpose} need a SplicedModel (the model with its dictionaries), got {type(model).__name__}")
     if not isinstance(data, CircuitData):
         raise ConfigError(f"{purpose} need CircuitData (read_circuit_data), got {type(data).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    check_count("batch_size", batch_size)
     limit = model.lm.max_length
     if data.max_length > limit:
         raise DataError(f"{data.source}: a prompt is {data.max_length} tokens, more than the model's {limit}")
@@ -503,8 +509,7 @@ def integrated_gradients(
     effect when some spliced point is a residual stream, and an upstream node whose every
     path crosses a later spliced residual stream gets no effect at all.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a whole number of at least 1, got {steps!r}")
+    check_count("steps", steps)
     if path not in ("per_point", "joint"):
         raise ConfigError(f"path must be 'per_point' or 'joint', got {path!r}")
 
@@ -569,8 +574,7 @@ def exact_patching(
     these nodes (``measured``).
     """
     check_inputs(model, data, batch_size)
-    if isinstance(nodes_per_pass, bool) or not isinstance(nodes_per_pass, int) or nodes_per_pass < 1:
-        raise ConfigError(f"nodes_per_pass must be a positive whole number, got {nodes_per_pass!r}")
+    check_count("nodes_per_pass", nodes_per_pass)
     T = data.max_length
     chosen = [_checked_node(model, n, T) for n in nodes]
     if not chosen:

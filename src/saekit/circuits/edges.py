@@ -51,6 +51,7 @@ from .attribution import (
     DEFAULT_STEPS,
     Node,
     PatchSource,
+    check_count,
     check_inputs,
     clean_run_with_gradients,
     _clean_and_patch,
@@ -292,10 +293,8 @@ def edge_effects(
     check_inputs(model, data, batch_size)
     if method not in EDGE_METHODS:
         raise ConfigError(f"unknown edge method {method!r}; choose one of {', '.join(EDGE_METHODS)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a whole number of at least 1, got {steps!r}")
-    if isinstance(nodes_per_pass, bool) or not isinstance(nodes_per_pass, int) or nodes_per_pass < 1:
-        raise ConfigError(f"nodes_per_pass must be a positive whole number, got {nodes_per_pass!r}")
+    check_count("steps", steps)
+    check_count("nodes_per_pass", nodes_per_pass)
     T = data.max_length
     chosen = checked_nodes(model, nodes, T)
     summed = chosen[0].position is None

@@ -78,7 +78,7 @@ from ..errors import ConfigError, DataError, HookPointError
 from ..progress import Phase, ProgressCallback
 from ..hooks import WatchedActivation, WatchStop, watch_activation
 from .ablation import MeanAblation
-from .attribution import DEFAULT_STEPS, Node, attribution_patching, integrated_gradients
+from .attribution import DEFAULT_STEPS, Node, attribution_patching, check_count, integrated_gradients
 from .data import CircuitBatch, CircuitData, CircuitExample, _prefix_ids
 from .graph import Nodes, SplicedModel
 from .spurious_data import LabelledSet, SpuriousTask
@@ -515,15 +515,13 @@ def shift(
         raise ConfigError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
     if method not in SHIFT_METHODS:
         raise ConfigError(f"method must be one of {', '.join(SHIFT_METHODS)}, got {method!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a whole number of at least 1, got {steps!r}")
+    check_count("steps", steps)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be a positive whole number, got {top_k!r}")
     if isinstance(min_association, bool) or not isinstance(min_association, (int, float)) \
             or not 0.0 <= min_association <= 1.0:
         raise ConfigError(f"min_association is a share between 0 and 1, got {min_association!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    check_count("batch_size", batch_size)
     fresh = _fresh_copy(_checked_probe(probe))  # the caller's probe object is left as it was
     reader: _ModelReader | _ActivationReader
     if isinstance(model, SplicedModel):

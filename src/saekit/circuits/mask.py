@@ -56,7 +56,7 @@ from torch import Tensor
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
 from .ablation import MeanAblation
-from .attribution import Node, check_inputs
+from .attribution import Node, check_count, check_inputs
 from .data import CircuitBatch, CircuitData
 from .graph import Nodes, SplicedModel
 from .metrics import Metric, default_metric, metric_name
@@ -368,8 +368,7 @@ def _check_training(sparsities: Sequence[float], steps: int, lr: float, seed: in
     for s in sparsities:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
             raise ConfigError(f"sparsity must be a finite number of at least 0 (the L0 penalty per node), got {s!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a whole number of at least 1, got {steps!r}")
+    check_count("steps", steps)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -32,7 +32,6 @@ from conftest import WAIT, browser_missing as _missing, random_dictionary
 from test_dashboard import EXPLANATIONS, PieceTokenizer, hand_examples, hand_views
 
 
-
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"no browser to drive: {_missing()}")
 
 

@@ -37,7 +37,6 @@ DEFAULT_CONTEXT_LENGTH = 128  # tokens per training context, BOS included
 RESAMPLE_STOP_FRACTION = 0.8
 
 
-
 def _opt(help: str, **kw: Any) -> Any:
     """A dataclass field with CLI help text attached."""
     default = kw.pop("default")

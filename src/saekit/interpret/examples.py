@@ -531,8 +531,6 @@ def histogram_edges(scale: float, device: torch.device | str = "cpu") -> Tensor:
     return (scale * 10.0**exponents).float().to(device)
 
 
-
-
 @torch.no_grad()
 def collect_examples(
     dictionary: Any,

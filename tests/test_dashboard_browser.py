@@ -80,9 +80,13 @@ def served(site):
 
 
 def wait_for(driver, condition, what: str):
+    """Wait until ``condition(driver)`` holds. An element the page re-renders between being
+    found and being read goes stale; that poll is retried, like one that finds nothing."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT, poll_frequency=0.05).until(lambda d: condition(d), message=f"waiting for {what}")
+    return WebDriverWait(driver, WAIT, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: condition(d), message=f"waiting for {what}")
 
 
 def shown_rows(driver) -> list[int]:

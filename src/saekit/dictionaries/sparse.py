@@ -209,6 +209,22 @@ def _sampled_dots_gathered(a: Tensor, b: Tensor, pattern: SparsityPattern) -> Te
     return out
 
 
+def _transposed(rows: Tensor, block: int = 256) -> Tensor:
+    """``rows.t()`` (F, d) → (d, F), contiguous, as the gradient of a (d, F) parameter.
+
+    A transposed view would be copied to the parameter's layout by autograd anyway,
+    element by element across the whole matrix: 33 ms at F = 18432, d = 576 on 2 CPU
+    threads, where copying blocks of 256 rows (each block's source stays in cache)
+    takes 17 ms. A GPU's transposing copy is already fast.
+    """
+    if rows.device.type != "cpu":
+        return rows.t()
+    out = rows.new_empty(rows.shape[1], rows.shape[0])
+    for start in range(0, rows.shape[0], block):
+        out[:, start : start + block].copy_(rows[start : start + block].t())
+    return out
+
+
 def _feature_sums(values: Tensor, pattern: SparsityPattern) -> Tensor:
     """Σ over tokens of ``values`` per feature (the column sums of the sparse matrix)."""
     return values.new_zeros(pattern.n_features).index_add_(0, pattern.features, values)
@@ -272,9 +288,9 @@ class _PreActsAt(torch.autograd.Function):
             order, starts = pattern.by_feature()
             centred = (x if b_dec is None else x - b_dec).to(W_enc.dtype)
             # (F, d) rows summed feature by feature, returned as the d × F gradient.
-            grad_W = _weighted_row_sums(
-                centred, pattern.tokens_by_feature(), starts, grad.index_select(0, order)
-            ).t()
+            grad_W = _transposed(
+                _weighted_row_sums(centred, pattern.tokens_by_feature(), starts, grad.index_select(0, order))
+            )
         if needs_x:
             grad_x = _weighted_row_sums(W_enc.t(), pattern.features, pattern.token_offsets, grad).to(x.dtype)
         G_features = _feature_sums(grad, pattern) if (needs_b_enc or needs_b_dec) else None

@@ -61,7 +61,7 @@ from .scoring import (
     plot_faithfulness_curve,
 )
 from .feature_trimming import FeatureJudgement, ProbeLogit, ShiftAccuracy, ShiftResult, shift
-from .spurious_data import LabelledSet, SpuriousTask, spurious_task
+from .spurious_data import LabelledSet, SpuriousTask, read_spurious_task, spurious_task
 from .sva import DATASETS as SVA_DATASETS, SvaOptions, sva_records, write_sva_data
 
 __all__ = [
@@ -73,6 +73,6 @@ __all__ = [
     "attribution_patching", "circuit_examples", "circuit_from_effects", "default_metric", "edge_effects",
     "exact_patching", "faithfulness", "faithfulness_curve", "find_circuit", "integrated_gradients",
     "logit_difference", "mask_candidates", "mask_curve", "masked_metric", "node_effects",
-    "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "select_nodes", "shift", "spurious_task",
+    "plot_faithfulness_curve", "read_circuit", "read_circuit_data", "read_spurious_task", "select_nodes", "shift", "spurious_task",
     "sva_records", "train_mask", "write_circuit_page", "write_sva_data",
 ]

@@ -6,19 +6,25 @@ test set where the two concepts always agree; a balanced test set and a small ju
 where they are decorrelated). ``spurious_task`` builds one deterministically from a
 seed: sentences whose topic (sports or cooking) is the intended concept and whose
 subject's gender the spurious one, said four times per sentence so that a probe trained
-on the ambiguous set leans on it.
+on the ambiguous set leans on it. ``read_spurious_task`` reads a user's task from a JSONL
+file (one text per line, with its two labels and its set), each problem named by line.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ..data import jsonl_records
 from ..errors import ConfigError, DataError
+
 
 def _labels(values: Sequence[int] | Tensor, what: str) -> tuple[int, ...]:
     out = tuple(int(v) for v in (values.tolist() if isinstance(values, Tensor) else values))
@@ -201,3 +207,89 @@ def spurious_task(seed: int = 0, *, n_train: int = 64, n_test: int = 64, n_judge
     )
 
 
+# ---------------------------------------------------------------------------
+# A user's task from a JSONL file
+
+SET_NAMES: tuple[str, ...] = ("train", "ambiguous_test", "balanced_test", "judge")
+TASK_FIELDS: tuple[str, ...] = ("text", "intended", "spurious", "set")
+_LINE_FORMAT = ('each line is {"text": ..., "intended": 0 or 1, "spurious": 0 or 1, "set": one of '
+                + ", ".join(SET_NAMES) + "}")
+
+
+def read_spurious_task(path: str | os.PathLike[str], *, intended_name: str = "intended",
+                       spurious_name: str = "spurious") -> SpuriousTask:
+    """A ``SpuriousTask`` from a JSONL file: one text per line, ``{"text": ...,
+    "intended": 0|1, "spurious": 0|1, "set": ...}`` with ``set`` one of ``train``,
+    ``ambiguous_test``, ``balanced_test`` and ``judge`` (see ``SpuriousTask``; the judge
+    lines may be left out when the features to ablate are given). Other fields are
+    ignored; blank lines are skipped. Every problem is a ``DataError`` naming the file's
+    line where one applies. ``intended_name``/``spurious_name`` say what the concepts are.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{file}: no such file; give a JSONL file where {_LINE_FORMAT}") from None
+    except IsADirectoryError:
+        raise DataError(f"{file} is a folder; give a JSONL file where {_LINE_FORMAT}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{file}: cannot read it as UTF-8 text ({e})") from None
+    for what, name in (("intended_name", intended_name), ("spurious_name", spurious_name)):
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{what} names the concept for reports; give a non-empty string, got {name!r}")
+
+    def bad(n: int, e: json.JSONDecodeError) -> DataError:
+        return DataError(f"{file}, line {n}: not valid JSON ({e.msg} at column {e.colno}); {_LINE_FORMAT}")
+
+    rows: dict[str, list[tuple[int, str, int, int]]] = {name: [] for name in SET_NAMES}
+    for n, record in jsonl_records(text.splitlines(), bad):
+        where = f"{file}, line {n}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}; {_LINE_FORMAT}")
+        missing = [f for f in TASK_FIELDS if f not in record]
+        if missing:
+            raise DataError(f"{where}: missing {', '.join(missing)}; {_LINE_FORMAT}")
+        body, role = record["text"], record["set"]
+        if not isinstance(body, str) or not body.strip():
+            raise DataError(f"{where}: text must be a non-empty string, got {body!r}")
+        if role not in SET_NAMES:
+            raise DataError(f"{where}: unknown set {role!r}; the sets are {', '.join(SET_NAMES)}")
+        labels = []
+        for f in ("intended", "spurious"):
+            v = record[f]
+            # 0 or 1 as JSON numbers only: true/false, "1" or 1.0 are more likely a mistake than a label.
+            if type(v) is not int or v not in (0, 1):
+                raise DataError(f"{where}: {f} must be 0 or 1, got {json.dumps(v)}")
+            labels.append(v)
+        rows[role].append((n, body, labels[0], labels[1]))
+    if not any(rows.values()):
+        raise DataError(f"{file} holds no lines; {_LINE_FORMAT}")
+    absent = [name for name in SET_NAMES[:3] if not rows[name]]
+    if absent:
+        raise DataError(f"{file}: no line has \"set\": \"{absent[0]}\"; a task needs train, ambiguous_test and "
+                        "balanced_test lines (and judge lines for the automatic judge)")
+
+    def labelled(name: str) -> LabelledSet | None:
+        r = rows[name]
+        if not r:
+            return None
+        return LabelledSet(name, tuple(x[2] for x in r), tuple(x[3] for x in r), texts=tuple(x[1] for x in r))
+
+    sets = {name: labelled(name) for name in SET_NAMES}
+    try:
+        return SpuriousTask(train=sets["train"], ambiguous_test=sets["ambiguous_test"],  # type: ignore[arg-type]
+                            balanced_test=sets["balanced_test"], judge=sets["judge"],  # type: ignore[arg-type]
+                            intended_name=intended_name, spurious_name=spurious_name)
+    except DataError as e:
+        # The task's own checks say what is wrong with a set; the file's line says where.
+        raise DataError(f"{file}: {e}{_first_offending_line(str(e), rows)}") from None
+
+
+def _first_offending_line(message: str, rows: dict[str, list[tuple[int, str, int, int]]]) -> str:
+    """Where a set that must be ambiguous first breaks the rule (its two labels differ),
+    as text to append to the task's own message about that set; "" for any other message."""
+    for name in ("train", "ambiguous_test"):
+        if message.startswith(f"the {name} set") and "must be ambiguous" in message:
+            n, _, intended, spurious = next(r for r in rows[name] if r[2] != r[3])
+            return f"; line {n} has intended {intended} but spurious {spurious}"
+    return ""

@@ -15,11 +15,11 @@ import sys
 from typing import Sequence
 
 from ..errors import RunInterrupted, SaekitError
-from . import cache, circuit, classify, compare, convert, dashboard, evaluate, explain, ito, probe, push, report, serve, steer, train
+from . import cache, circuit, classify, compare, convert, dashboard, evaluate, explain, ito, probe, push, report, serve, shift, steer, train
 from .common import Parser
 
 # In the order `saekit --help` lists them: the loop a user follows.
-VERBS = (train, cache, evaluate, report, compare, convert, push, dashboard, serve, explain, steer, ito, circuit, probe, classify)
+VERBS = (train, cache, evaluate, report, compare, convert, push, dashboard, serve, explain, steer, ito, circuit, shift, probe, classify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in VERBS:
         verb.register(sub)
     return parser
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

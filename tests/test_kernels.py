@@ -126,9 +126,9 @@ def check_against_reference(sae, x, params, target=None):
     return out
 
 
-# Every architecture on each of its paths: the ReLU-like ones choose per batch, TopK
-# and BatchTopK are always sparse.
-CASES = [(arch, "sparse") for arch in ARCHS] + [(arch, "dense") for arch in RELU_LIKE]
+# Every architecture on each of its paths: the ReLU-like ones choose per batch by the
+# active share, TopK and BatchTopK by k / F against the device's cut-over (dense on a GPU).
+CASES = [(arch, "sparse") for arch in ARCHS] + [(arch, "dense") for arch in ARCHS]
 
 
 def force_path(monkeypatch, path: str) -> None:
@@ -435,3 +435,29 @@ def test_a_wrong_kernel_fails_the_comparison(monkeypatch):
     sae = make("topk", 6, 19, 3)
     with pytest.raises(AssertionError, match="gradient of b_dec"):
         check_against_reference(sae, torch.randn(5, 6, dtype=torch.float64), LossParams())
+
+
+def test_the_cutover_follows_the_device_and_autocast(monkeypatch):
+    """CPU: its own measured cut-over; a GPU: the fp32 one, or under bf16 or fp16 autocast
+    the 16-bit one for wide dictionaries and 0 (dense) for narrower ones (simulated here on
+    the meta device, which has no autocast of its own)."""
+    cpu, gpu = torch.device("cpu"), torch.device("meta")
+    monkeypatch.setattr(sparse, "SPARSE_BELOW_DENSITY", 0.3)
+    monkeypatch.setattr(sparse, "SPARSE_BELOW_DENSITY_GPU", 0.2)
+    monkeypatch.setattr(sparse, "SPARSE_BELOW_DENSITY_GPU_HALF", 0.1)
+    monkeypatch.setattr(sparse, "SPARSE_MIN_FEATURES_GPU_HALF", 1000)
+    assert sparse.sparse_cutover(cpu, 10) == 0.3 and sparse.sparse_cutover(gpu, 10) == 0.2
+    with torch.autocast("cpu", torch.bfloat16):
+        assert sparse.sparse_cutover(cpu, 10) == 0.3
+    autocast = {"dtype": torch.bfloat16}
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda kind: True)
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda kind=None: True)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda kind: autocast["dtype"])
+    assert sparse.sparse_cutover(gpu, 1000) == 0.1 and sparse.sparse_cutover(gpu, 999) == 0.0
+    autocast["dtype"] = torch.float16
+    assert sparse.sparse_cutover(gpu, 5000) == 0.1
+    autocast["dtype"] = torch.float32
+    assert sparse.sparse_cutover(gpu, 10) == 0.2
+    # A cut-over of 0 means the dense path without reading the count from the device.
+    monkeypatch.setattr(sparse, "SPARSE_BELOW_DENSITY", 0.0)
+    assert sparse.sparse_enough(torch.zeros(4, 8, dtype=torch.bool)) is False

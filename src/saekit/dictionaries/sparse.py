@@ -52,10 +52,37 @@ from torch import Tensor
 # F = 18432) and 18 % (ReLU, F = 4608) active; the table is in that script's
 # `cutover` docstring.
 SPARSE_BELOW_DENSITY = 0.08
+# The same cut-over on a GPU, in fp32 and under 16-bit autocast. There the dense products
+# run near the device's matmul rate, about 6 times faster in bf16 than in fp32 (tensor
+# cores; fp32 without TF32 does not use them), while the sparse kernels are gathers,
+# sorts and launches whatever the dtype. Measured on an H200, `saekit train`'s step,
+# B = 4096, d = 576, ms per step, sparse / dense (the fastest of two runs of 16 steps):
+#
+#   F = 4608,  bf16: relu 3.96/3.14  topk 3.73/3.17  batchtopk 4.28/3.43  gated 5.80/3.81  jumprelu 4.94/4.05
+#   F = 4608,  fp32: relu 5.02/4.18  topk 4.15/4.63  batchtopk 4.50/4.95  gated 5.93/6.21  jumprelu 4.50/4.98
+#   F = 18432, bf16: relu 5.29/4.70  topk 4.20/4.76  batchtopk 4.64/5.15  gated 6.49/9.14  jumprelu 5.57/8.09
+#   F = 18432, fp32: relu 6.88/13.2  topk 5.86/13.7  batchtopk 5.98/13.8  gated 8.03/19.9  jumprelu 7.25/16.3
+#
+# At 4,096 tokens such a step is launch-bound (a few ms for well under 1 ms of matmuls in
+# bf16), and benchmarks/train_throughput.py's interleaved runs moved these figures by
+# 15-25 % from run to run. In fp32 the sparse path wins clearly at 32x and about ties at
+# 8x: the CPU's cut-over is kept. Under bf16 the dense products' time grows with F while
+# the sparse kernels' launches do not: the whole table run with the dense path always,
+# then with a 0.5 % cut-over, gave (tokens/s, thousands) at 8x relu 1177/762, topk
+# 974/788, batchtopk 864/804, gated 839/557, jumprelu 801/688, and at 32x relu 612/606,
+# topk 596/725, batchtopk 569/586, gated 362/488, jumprelu 402/570: dense below
+# SPARSE_MIN_FEATURES_GPU_HALF features, the 0.5 % cut-over above.
+SPARSE_BELOW_DENSITY_GPU = 0.08
+SPARSE_BELOW_DENSITY_GPU_HALF = 0.005
+SPARSE_MIN_FEATURES_GPU_HALF = 16_384
 
 # Gathers of rows (B·k × d and the like) are made in chunks of at most this many bytes,
-# so that a GPU batch of 65k tokens does not materialise gigabytes at once.
+# so that a GPU batch of 65k tokens does not materialise gigabytes at once. On a GPU a
+# chunk is a few kernel launches whatever its size: with CPU-sized chunks the sampled
+# products of a 4,096-token TopK batch took 18 chunks and about 90 launches (on an H200
+# the step was launch-bound: 7 ms of wall time for 3.7 ms of kernels).
 GATHER_CHUNK_BYTES = 32 * 2**20
+GATHER_CHUNK_BYTES_GPU = 512 * 2**20
 
 
 # ----------------------------------------------------------------------- the pattern
@@ -201,7 +228,8 @@ def _sampled_dots_csr(a: Tensor, b: Tensor, pattern: SparsityPattern) -> Tensor:
 
 def _sampled_dots_gathered(a: Tensor, b: Tensor, pattern: SparsityPattern) -> Tensor:
     out = a.new_empty(pattern.nnz, dtype=torch.promote_types(a.dtype, b.dtype))
-    step = max(1, GATHER_CHUNK_BYTES // (2 * a.shape[1] * a.element_size()))
+    chunk = GATHER_CHUNK_BYTES if a.device.type == "cpu" else GATHER_CHUNK_BYTES_GPU
+    step = max(1, chunk // (2 * a.shape[1] * a.element_size()))
     for start in range(0, pattern.nnz, step):
         t = pattern.tokens[start : start + step]
         i = pattern.features[start : start + step]
@@ -363,11 +391,27 @@ def dense_activity(f: Tensor) -> tuple[Tensor, Tensor]:
     return on.any(0), on.sum()
 
 
+def sparse_cutover(device: torch.device, n_features: int) -> float:
+    """The share of active (token, feature) pairs below which the sparse kernels beat the
+    dense products for a dictionary of ``n_features`` on ``device``: ``SPARSE_BELOW_DENSITY``
+    on a CPU; on a GPU ``SPARSE_BELOW_DENSITY_GPU``, or under bf16 or fp16 autocast, whose
+    dense products are several times faster, ``SPARSE_BELOW_DENSITY_GPU_HALF`` from
+    ``SPARSE_MIN_FEATURES_GPU_HALF`` features on and 0 (always dense) below."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return SPARSE_BELOW_DENSITY
+    half = (torch.bfloat16, torch.float16)
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) in half:
+        return SPARSE_BELOW_DENSITY_GPU_HALF if n_features >= SPARSE_MIN_FEATURES_GPU_HALF else 0.0
+    return SPARSE_BELOW_DENSITY_GPU
+
+
 def sparse_enough(active: Tensor) -> bool:
     """Whether a batch whose (B, F) active pairs are ``active`` takes the sparse path:
-    fewer than ``SPARSE_BELOW_DENSITY`` of its pairs active. One device-to-host read
-    per step; the sparse path's shapes depend on the count anyway."""
-    return int(torch.count_nonzero(active)) < SPARSE_BELOW_DENSITY * active.numel()
+    fewer than ``sparse_cutover`` of its pairs active. One device-to-host read per step
+    (the sparse path's shapes depend on the count anyway), none where the cut-over is 0."""
+    cutover = sparse_cutover(active.device, active.shape[-1])
+    return cutover > 0 and int(torch.count_nonzero(active)) < cutover * active.numel()
 
 
 _workspace = threading.local()

@@ -22,7 +22,15 @@ import torch
 from torch import Tensor
 
 from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, TokenGroup, mse, register
-from .sparse import SparsityPattern, activity, pre_acts_at, sparse_decode
+from .sparse import (
+    SparsityPattern,
+    activity,
+    dense_activity,
+    dense_pre_acts,
+    pre_acts_at,
+    sparse_cutover,
+    sparse_decode,
+)
 
 
 def largest_entries(flat: Tensor, n: int) -> Tensor:
@@ -102,12 +110,19 @@ class TopKDictionary(Dictionary):
         pre = self.batch_pre_acts(x)
         pattern = self.select(pre, params.group)
         # The ReLU after the selection: a selected pre-activation ≤ 0 contributes 0.
-        values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
-        x_hat = sparse_decode(values, pattern, self.W_dec) + self.output_bias(x)
+        if pattern.nnz < sparse_cutover(pre.device, pre.shape[1]) * pre.numel():
+            values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
+            x_hat = sparse_decode(values, pattern, self.W_dec) + self.output_bias(x)
+            fired, n_active = activity(values, pattern)
+        else:  # the dense products (a GPU at moderate widths): the same loss and gradients
+            selected = torch.zeros(pre.numel(), dtype=torch.bool, device=pre.device)
+            selected = selected.index_fill_(0, pattern.flat_index(), True).view_as(pre)
+            f = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre).relu() * selected
+            x_hat = f @ self.W_dec + self.output_bias(x)
+            fired, n_active = dense_activity(f)
         recon = mse(target, x_hat)
         aux = self.auxk_loss(x, x_hat, pre, params, target)
         loss = recon + params.auxk_coeff * aux
-        fired, n_active = activity(values, pattern)
         return LossOutput(loss, x_hat, {"mse": recon, "auxk": aux}, fired, n_active)
 
     def batch_activate(self, pre: Tensor) -> Tensor:

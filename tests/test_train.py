@@ -211,6 +211,41 @@ def test_bfloat16_model(model_dir, corpus, tmp_path):
     assert math.isfinite(result.heldout.fvu)
 
 
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_bf16_autocast_trains_in_bf16_and_keeps_fp32_weights(model_dir, corpus, tmp_path, arch, monkeypatch):
+    """--autocast bf16: the dictionary's products run in bf16 (seen at the encoder's
+    matmul), its weights stay fp32, it learns, and the run may resume in fp32 (a
+    precision, like a device, is how a run executes, not what it is)."""
+    seen = []
+    real_addmm = torch.addmm
+
+    def watching(*args, **kw):
+        out = real_addmm(*args, **kw)
+        seen.append(out.dtype)
+        return out
+
+    class Crash(Exception):
+        pass
+
+    def crash_after(record):
+        if record.get("tokens", 0) >= 4500:  # past the checkpoint at 4000
+            raise Crash
+
+    extra = {"jumprelu": dict(l0_coeff=0.1)}.get(arch, {})
+    cfg = dict(arch=arch, tokens=8000, checkpoint_every=2000, **extra)
+    monkeypatch.setattr(torch, "addmm", watching)
+    result = train(small_cfg(model_dir, corpus, tmp_path / "run", autocast="bf16", **cfg))
+    assert torch.bfloat16 in seen and all(p.dtype == torch.float32 for p in result.dictionary.parameters())
+    assert result.heldout.fvu < 1.0
+    monkeypatch.setattr(torch, "addmm", real_addmm)
+    with pytest.raises(Crash):
+        train(small_cfg(model_dir, corpus, tmp_path / "cut", autocast="bf16", **cfg), progress=crash_after)
+    resumed = train(small_cfg(model_dir, corpus, tmp_path / "cut", resume=True, **cfg))
+    assert resumed.tokens == result.tokens and math.isfinite(resumed.heldout.fvu)
+    with pytest.raises(ConfigError, match="--autocast"):
+        small_cfg(model_dir, corpus, tmp_path / "x", autocast="fp16")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error(model_dir, corpus, tmp_path):
     with pytest.raises(ConfigError, match="no GPU"):

@@ -268,6 +268,12 @@ class TrainConfig(SourceConfig):
         "the ranks, each running its own model pass",
         default="data", choices=("data", "dictionaries"),
     )
+    autocast: str = _opt(
+        "mixed precision for the dictionaries' step: none (fp32) or bf16 (torch.autocast on the device: the "
+        "products in bf16, weights, gradients and Adam's state in fp32); several times faster on GPUs with bf16 "
+        "tensor cores, usually slower on CPUs",
+        default="none", choices=("none", "bf16"),
+    )
     out: str | None = _opt("output folder; default runs/<model>-<hook>-<arch>", default=None)
     resume: bool = _opt("continue the run in --out from its last checkpoint", default=False)
     overwrite: bool = _opt("replace an --out folder that holds a different run", default=False)
@@ -347,6 +353,8 @@ class TrainConfig(SourceConfig):
                 _bad(f"--target {self.target} needs --hook: the hook point each transcoder reads (e.g. --hook mlp_in.6)")
         if self.skip and self.target is None:
             _bad("--skip adds a skip path to a transcoder; give --target (the hook point it reconstructs) or drop --skip")
+        if self.autocast not in ("none", "bf16"):
+            _bad(f"--autocast must be none or bf16, got {self.autocast!r}")
         if self.parallel not in ("data", "dictionaries"):
             _bad(f"--parallel must be data or dictionaries, got {self.parallel!r}")
         if self.resume and self.overwrite:

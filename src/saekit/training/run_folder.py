@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 # Every file a training run writes into its folder.
 RUN_FILES = (*RUN_RECORD_FILES, CONFIG_FILE, WEIGHTS_FILE)
 
-# Options that change where or how a run executes but not what it computes; they may
-# differ between a run and its resumption.
+# Options that change where or how a run executes but not what it computes (beyond
+# rounding: a device or a precision); they may differ between a run and its resumption.
 EXECUTION_ONLY = frozenset(
-    {"out", "resume", "overwrite", "device", "log_every", "wandb", "wandb_project", "eval_tokens", "checkpoint_every",
-     "parallel"}
+    {"out", "resume", "overwrite", "device", "autocast", "log_every", "wandb", "wandb_project", "eval_tokens",
+     "checkpoint_every", "parallel"}
 )
 # Options whose default is filled in, or whose value is a path, once the model and data
 # are known: compared by their resolved values (``resolved_settings``) instead.

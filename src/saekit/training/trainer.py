@@ -179,7 +179,10 @@ class DictionaryTrainer:
             jumprelu_bandwidth=cfg.jumprelu_bandwidth,
             group=self.group,
         )
-        out = self.model(x, target, params)
+        # Under bf16 autocast the forward's products run in bf16; the backward follows the
+        # forward's dtypes, and the weights and Adam stay fp32.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+            out = self.model(x, target, params)
         # A share's mean loss, weighted so that DDP's average over ranks is the global
         # batch's mean (shares differ by a token when B does not divide).
         weight = x.shape[0] * ranks.world / B

@@ -2,8 +2,9 @@
 
 Not meant to be run by hand: the coordinator starts one worker per library, in that
 library's own virtual environment (saekit: the coordinator's own Python; a peer:
-.peers/<peer>/bin/python), so this file imports nothing from saekit unless it is the
-saekit worker. The library is imported once; each (data, architecture, width) gets a
+.peers/<peer>/bin/python, or with ``--peer-site`` the coordinator's Python with the
+peer's wheels first on PYTHONPATH), so this file imports nothing from saekit unless it is
+the saekit worker. The library is imported once; each (data, architecture, width) gets a
 fresh trainer. It talks JSON lines: commands on stdin, replies on what was stdout (the
 libraries' own prints are sent to stderr).
 
@@ -11,7 +12,7 @@ libraries' own prints are sent to stderr).
     → {"ready": true, "version": ..., "torch": ..., "import_rss_mb": ...}
     {"cmd": "init", "spec": {...}} → {"ok": true}         a new trainer; the peak RSS restarts here
     {"cmd": "step", "batch": i}    → {"seconds": ...}     one optimiser step on training batch i
-    {"cmd": "stats"}               → {"peak_rss_mb": ...} the peak since init (imports included)
+    {"cmd": "stats"}               → {"peak_rss_mb": ..., "peak_cuda_mb": ...} the peaks since init
     {"cmd": "fvu"}                 → {"fvu": ...}         on the held-out rows, the same code for all
     {"cmd": "quit"}                → {"bye": true}
 
@@ -36,10 +37,35 @@ Each library is stepped the way its users step it:
 Schedules are set so that every timed step is a mid-run step for every library: the
 learning-rate and sparsity warm-ups end with the untimed warm-up steps, and the run is
 long enough that no decay starts. Everything else is each library's default.
+
+Device and precision (the spec's ``device``, cpu or cuda, and ``autocast``, none or
+bf16): the dictionary, the sample and each batch are on the device (the batch is copied
+there before the clock starts), the clock is read after ``torch.cuda.synchronize``, and
+bf16 is each library's own mixed precision, its weights and optimiser state staying fp32:
+
+* saekit: its own ``TrainConfig(autocast="bf16")`` (``saekit train --autocast bf16``),
+  which runs ``train_step``'s forward inside ``torch.autocast(device, bfloat16)``;
+* dictionary_learning: what ``trainSAE(autocast_dtype=...)`` does: the batch cast to
+  ``autocast_dtype``, then ``update`` inside ``torch.autocast("cuda", autocast_dtype)``
+  (float32 by default, so its fp32 runs autocast too). trainSAE has no autocast on CPU,
+  where its bf16 batch would meet fp32 weights and fail; on CPU bf16 runs the same
+  wrapping with ``device_type="cpu"``;
+* SAELens: its own ``SAETrainerConfig(autocast=True)``, which wraps the forward pass in
+  ``torch.autocast(device_type, bfloat16)`` on any device;
+* sparsify: its ``SparseCoder.forward`` carries ``@torch.autocast("cuda", bfloat16)``
+  always (where the GPU has bf16), so on CUDA it runs bf16 whatever is asked, and its
+  ``fit`` sets TF32 matmuls; its row's ``precision`` says so. On CPU bf16 the same
+  decorator is put on the forward with ``device_type="cpu"``.
+
+The memory figure on CUDA is ``torch.cuda.max_memory_allocated`` since init (each
+library is its own process); on CPU the RSS high-water mark. FVU is computed the same way
+for all, in fp32 with autocast off (sparsify's forward is called without its decorator),
+on the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib
@@ -75,6 +101,23 @@ def batches_of(x: Tensor, batch_size: int):
     return (x[i : i + batch_size] for i in range(0, x.shape[0] - batch_size + 1, batch_size))
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock reads work done, not work queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bf16_autocast(device: torch.device, autocast: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast(device, bfloat16)`` when the run asks for bf16, else nothing."""
+    if autocast == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def precision_name(autocast: str) -> str:
+    return "bf16 autocast" if autocast == "bf16" else "fp32"
+
+
 class SaekitRunner:
     def __init__(self, spec: dict[str, Any], sample: Tensor):
         from saekit.config import TrainConfig
@@ -82,19 +125,21 @@ class SaekitRunner:
         from saekit.training import DictionaryTrainer
 
         arch, B, W, T = spec["arch"], spec["batch_size"], spec["warmup"], spec["total_steps"]
+        device = torch.device(spec["device"])
         k = spec["k"] if ARCHITECTURES[arch].uses_k else None
         cfg = TrainConfig(
             arch=arch, k=k, expansion=spec["expansion"], batch_size=B, tokens=T * B,
             lr_warmup=W / T, sparsity_warmup=W / T, buffer_tokens=max(B, sample.shape[0]),
-            eval_tokens=0, device="cpu", hook=spec["hook"],
+            eval_tokens=0, device=spec["device"], hook=spec["hook"], autocast=spec["autocast"],
         )
         d = sample.shape[1]
         dict_cfg = DictionaryConfig(arch=arch, d_in=d, d_sae=d * spec["expansion"], k=k, hook=spec["hook"])
-        self.trainer = DictionaryTrainer(cfg, dict_cfg, torch.device("cpu"))
+        self.trainer = DictionaryTrainer(cfg, dict_cfg, device)
         self.trainer.init_from_sample(sample)
+        self.precision = precision_name(spec["autocast"])
 
     def step(self, i: int, x: Tensor) -> None:
-        self.trainer.train_step(x)
+        self.trainer.train_step(x)  # under bf16 autocast when the config says so (--autocast)
 
     def reconstructor(self) -> Callable[[Tensor], Tensor]:
         # The dictionary as a user gets it at the end of a run: calibrated (BatchTopK's
@@ -114,8 +159,9 @@ class DictionaryLearningRunner:
 
         arch, W, T = spec["arch"], spec["warmup"], spec["total_steps"]
         d = sample.shape[1]
+        device = torch.device(spec["device"])
         common = dict(steps=T, activation_dim=d, dict_size=d * spec["expansion"], layer=LAYER,
-                      lm_name=LM_NAME, seed=spec["seed"], device="cpu", warmup_steps=W)
+                      lm_name=LM_NAME, seed=spec["seed"], device=spec["device"], warmup_steps=W)
         if arch in ("topk", "batchtopk"):
             cls = trainers.TopKTrainer if arch == "topk" else trainers.BatchTopKTrainer
             # The inference threshold is tracked from threshold_start_step on (default
@@ -127,9 +173,19 @@ class DictionaryLearningRunner:
             self.trainer = cls(sparsity_warmup_steps=W, **common)
         # trainSAE(normalize_activations=True): x / sqrt(E‖x‖²), so E‖x‖² = 1.
         self.norm_factor = float(sample.pow(2).sum(-1).mean().sqrt())
+        # trainSAE(autocast_dtype=...): the batch cast to that dtype, the update inside
+        # torch.autocast on CUDA (float32 by default); see the module docstring for CPU.
+        self.act_dtype = torch.bfloat16 if spec["autocast"] == "bf16" else torch.float32
+        if device.type == "cuda":
+            self.autocast = torch.autocast(device.type, dtype=self.act_dtype)
+        else:
+            self.autocast = bf16_autocast(device, spec["autocast"])
+        self.precision = precision_name(spec["autocast"])
 
     def step(self, i: int, x: Tensor) -> None:
-        self.trainer.update(i, x / self.norm_factor)
+        act = x.to(dtype=self.act_dtype) / self.norm_factor
+        with self.autocast:
+            self.trainer.update(i, act)
 
     def reconstructor(self) -> Callable[[Tensor], Tensor]:
         ae, s = self.trainer.ae, self.norm_factor
@@ -153,7 +209,7 @@ class SAELensRunner:
 
         arch, B, W, T = spec["arch"], spec["batch_size"], spec["warmup"], spec["total_steps"]
         d = sample.shape[1]
-        common = dict(d_in=d, d_sae=d * spec["expansion"], device="cpu", dtype="float32",
+        common = dict(d_in=d, d_sae=d * spec["expansion"], device=spec["device"], dtype="float32",
                       normalize_activations="expected_average_only_in")
         torch.manual_seed(spec["seed"])
         if arch == "relu":
@@ -169,11 +225,13 @@ class SAELensRunner:
         n_norm = max(1, sample.shape[0] // B)
         lr = SAETrainerConfig.__dataclass_fields__["lr"].default
         cfg = SAETrainerConfig(
-            total_training_samples=T * B, train_batch_size_samples=B, lr=lr, lr_end=lr, lr_warm_up_steps=W, device="cpu",
+            total_training_samples=T * B, train_batch_size_samples=B, lr=lr, lr_end=lr, lr_warm_up_steps=W,
+            device=spec["device"], autocast=spec["autocast"] == "bf16",  # its own mixed-precision option
             logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=n_norm,
         )
         self.trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
-        self.trainer.sae.to("cpu")
+        self.trainer.sae.to(spec["device"])
+        self.precision = precision_name(spec["autocast"])
         # What fit() does before its loop: the scaling factor from the first batches.
         self.trainer.activation_scaler.estimate_scaling_factor(
             d_in=d, data_provider=batches_of(sample, B), n_batches_for_norm_estimate=n_norm
@@ -209,10 +267,10 @@ class _ActivationFeed(nn.Module):
     and its entry marks the end of the previous step (after the optimiser step).
     """
 
-    def __init__(self, d: int, threads: int):
+    def __init__(self, d: int, threads: int, device: torch.device):
         super().__init__()
         self.layers = nn.ModuleList([nn.Identity()])
-        self.d, self.threads = d, threads
+        self.d, self.threads, self._device = d, threads, device
         self.batches: queue.Queue = queue.Queue()
         self.done: queue.Queue = queue.Queue()
         self.feeding = False  # False while sparsify probes widths (a dummy forward at construction)
@@ -223,7 +281,7 @@ class _ActivationFeed(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        return self._device
 
     @property
     def dummy_inputs(self) -> dict[str, Tensor]:
@@ -231,7 +289,7 @@ class _ActivationFeed(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         if not self.feeding:
-            return self.layers[0](torch.zeros(*input_ids.shape, self.d))
+            return self.layers[0](torch.zeros(*input_ids.shape, self.d, device=self._device))
         self.done.put(None)  # the previous step is over
         x = self.batches.get()
         if x is None:
@@ -248,7 +306,8 @@ class SparsifyRunner:
         if spec["arch"] != "topk":
             raise ValueError(f"sparsify has no {spec['arch']} architecture")
         d, B = sample.shape[1], spec["batch_size"]
-        self.model = _ActivationFeed(d, spec["threads"])
+        device = torch.device(spec["device"])
+        self.model = _ActivationFeed(d, spec["threads"], device)
         self.save_dir = tempfile.mkdtemp(prefix="sparsify-bench-")
         cfg = TrainConfig(
             SparseCoderConfig(k=spec["k"], expansion_factor=spec["expansion"]),
@@ -259,6 +318,15 @@ class SparsifyRunner:
         rows = spec["warmup"] + spec["steps"] + 2
         dataset = [{"input_ids": torch.zeros(B, dtype=torch.long)} for _ in range(rows)]
         self.trainer = Trainer(cfg, dataset, self.model)
+        if device.type == "cuda":
+            # Its forward's own @torch.autocast("cuda", bfloat16), on whatever is asked.
+            own = torch.cuda.is_bf16_supported()
+            self.precision = "bf16 autocast (its own, always on CUDA)" if own else "fp32"
+        else:
+            if spec["autocast"] == "bf16":  # the same decorator, for the CPU
+                for sae in self.trainer.saes.values():
+                    sae.forward = torch.autocast("cpu", dtype=torch.bfloat16)(sae.forward)
+            self.precision = precision_name(spec["autocast"])
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._fit, daemon=True)
         self.model.feeding = True
@@ -287,6 +355,8 @@ class SparsifyRunner:
     def reconstructor(self) -> Callable[[Tensor], Tensor]:
         sae = next(iter(self.trainer.saes.values()))
         optimisers = [o for o in self.trainer.optimizers if hasattr(o, "eval")]
+        # FVU in fp32 for all: the forward without its own autocast decorator.
+        forward = getattr(type(sae).forward, "__wrapped__", type(sae).forward)
 
         def reconstruct(x: Tensor) -> Tensor:
             # Schedule-free optimisers keep the evaluation weights apart; sparsify
@@ -294,7 +364,7 @@ class SparsifyRunner:
             for o in optimisers:
                 o.eval()
             try:
-                return sae(x).sae_out
+                return forward(sae, x).sae_out
             finally:
                 for o in optimisers:
                     o.train()
@@ -320,13 +390,16 @@ RUNNERS = {
 
 
 @torch.no_grad()
-def fvu(reconstruct: Callable[[Tensor], Tensor], heldout: np.ndarray, chunk: int) -> float:
-    """Σ‖x − x̂‖² / Σ‖x − mean‖² over the held-out rows (docs/metrics.md, ``fvu``), in float64 sums."""
+def fvu(reconstruct: Callable[[Tensor], Tensor], heldout: np.ndarray, chunk: int, device: torch.device) -> float:
+    """Σ‖x − x̂‖² / Σ‖x − mean‖² over the held-out rows (docs/metrics.md, ``fvu``), in float64
+    sums; the reconstruction in fp32 on the device, autocast off."""
     x_all = torch.from_numpy(np.array(heldout, dtype=np.float32))
     err = 0.0
     for i in range(0, x_all.shape[0], chunk):
-        x = x_all[i : i + chunk]
-        err += float((x.double() - reconstruct(x).double()).pow(2).sum())
+        x = x_all[i : i + chunk].to(device)
+        with torch.autocast(device.type, enabled=False):
+            x_hat = reconstruct(x)
+        err += float((x.double() - x_hat.double()).pow(2).sum())
     x64 = x_all.double()
     return err / float((x64 - x64.mean(0)).pow(2).sum())
 
@@ -363,14 +436,18 @@ class Session:
 
     def __init__(self, runner_cls: type, spec: dict[str, Any]):
         self.spec = spec
+        self.device = torch.device(spec["device"])
         self.train = np.load(spec["train"], mmap_mode="r")
         self.heldout = np.load(spec["heldout"], mmap_mode="r")
-        sample = torch.from_numpy(np.array(self.train[: spec["sample_rows"]], dtype=np.float32))
+        sample = torch.from_numpy(np.array(self.train[: spec["sample_rows"]], dtype=np.float32)).to(self.device)
         self.runner = runner_cls(spec, sample)
 
     def batch(self, i: int) -> Tensor:
+        """Training batch ``i`` on the device, copied there before the clock starts."""
         B = self.spec["batch_size"]
-        return torch.from_numpy(np.array(self.train[i * B : (i + 1) * B], dtype=np.float32))
+        x = torch.from_numpy(np.array(self.train[i * B : (i + 1) * B], dtype=np.float32)).to(self.device)
+        synchronize(self.device)
+        return x
 
     def close(self) -> None:
         if hasattr(self.runner, "close"):
@@ -389,9 +466,10 @@ def main() -> None:
 
     runner_cls = RUNNERS[library]
     version = runner_cls.load()
-    reply({"ready": True, "version": version, "torch": torch.__version__, "import_rss_mb": rss_mb()})
+    reply({"ready": True, "version": version, "torch": torch.__version__, "import_rss_mb": rss_mb(),
+           "cuda": torch.cuda.is_available()})
     session: Session | None = None
-    exact_peak = False
+    exact_peak = on_cuda = False
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "init":
@@ -400,19 +478,25 @@ def main() -> None:
                 session = None
                 release_memory()
             torch.set_num_threads(cmd["spec"]["threads"])
+            on_cuda = torch.device(cmd["spec"]["device"]).type == "cuda"
+            if on_cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
             exact_peak = reset_peak_rss()
             session = Session(runner_cls, cmd["spec"])
-            reply({"ok": True})
+            reply({"ok": True, "precision": session.runner.precision})
         elif cmd["cmd"] == "step":
             x = session.batch(cmd["batch"])
             t0 = time.perf_counter()
             session.runner.step(cmd["batch"], x)
+            synchronize(session.device)
             reply({"seconds": time.perf_counter() - t0})
         elif cmd["cmd"] == "stats":
             reply({"peak_rss_mb": peak_rss_since_reset_mb() if exact_peak else peak_rss_mb(),
-                   "peak_since": "init" if exact_peak else "start"})
+                   "peak_since": "init" if exact_peak else "start",
+                   "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None})
         elif cmd["cmd"] == "fvu":
-            reply({"fvu": fvu(session.runner.reconstructor(), session.heldout, session.spec["batch_size"])})
+            reply({"fvu": fvu(session.runner.reconstructor(), session.heldout, session.spec["batch_size"], session.device)})
         elif cmd["cmd"] == "quit":
             if session is not None:
                 session.close()

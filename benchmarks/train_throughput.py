@@ -3,10 +3,14 @@
     bash benchmarks/peers_setup.sh                          # once: one venv per peer in .peers/
     .venv/bin/python benchmarks/train_throughput.py         # relu and topk (17 min on a busy 2-core machine)
     .venv/bin/python benchmarks/train_throughput.py --archs all --json out.json   # every architecture
+    bash benchmarks/gpu_peers.sh                            # on the lent GPU machine: fp32 and bf16 tables
 
 Flags: --data synthetic|cached|both (both), --archs (relu,topk; or all), --expansions
 (8,32), --libraries (saekit,sae-lens,dictionary-learning,sparsify), --steps (3 timed),
---warmup (1 untimed), --threads (2), --json FILE.
+--warmup (1 untimed), --threads (2), --device cpu|cuda (cpu), --autocast none|bf16
+(none), --json FILE, --peer-site DIR (each peer runs with this Python and DIR/<peer>
+first on PYTHONPATH instead of its venv: what benchmarks/gpu_peers.sh installs from the
+wheels of benchmarks/peer_wheels.sh, where the venvs cannot travel).
 
 Every library trains on the same activations, the same batches in the same order:
 
@@ -26,6 +30,13 @@ else the machine does hits all of them alike; a worker times its own step with
 ``perf_counter`` (the batch is already in memory). Untimed warm-up steps come first
 (initialisation from data, the libraries' warm-up schedules), then the timed steps;
 every worker uses ``torch.set_num_threads(2)`` (``--threads``), fp32, batch 4,096.
+
+``--device cuda`` puts every library's dictionary and batches on the GPU and reads the
+clock after ``torch.cuda.synchronize``; ``--autocast bf16`` runs every library's step in
+its own bf16 mixed precision (each library's wrapping or option, weights fp32; the worker's
+docstring says which: sparsify's forward is bf16 on CUDA whatever is asked, and its row
+says so). The dense bound is then timed on the same device in the same dtype, and the
+memory column is ``torch.cuda.max_memory_allocated`` per trainer instead of RSS.
 
 Printed per (data, architecture, width, library): tokens/s over the timed steps,
 saekit ÷ the fastest peer, the share of the machine's dense bound, FVU on held-out rows
@@ -57,6 +68,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from throughput_worker import precision_name  # the names the workers report their precision by
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "throughput_worker.py"
@@ -171,21 +183,33 @@ class DenseStep:
     FLOPs per token. Timed once per round among the libraries' steps, so the bound
     meets the same machine noise they do."""
 
-    def __init__(self, d: int, F: int, batch: int):
+    def __init__(self, d: int, F: int, batch: int, device: torch.device, dtype: torch.dtype):
         gen = torch.Generator().manual_seed(0)
-        self.x, self.g = torch.randn(batch, d, generator=gen), torch.randn(batch, d, generator=gen)
-        self.W_enc, self.W_dec = torch.randn(d, F, generator=gen), torch.randn(F, d, generator=gen)
-        self.g_pre = torch.randn(batch, F, generator=gen)
+
+        def randn(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+        self.device = device
+        self.x, self.g = randn(batch, d), randn(batch, d)
+        self.W_enc, self.W_dec = randn(d, F), randn(F, d)
+        self.g_pre = randn(batch, F)
         self.flops = 10 * batch * d * F
 
     def seconds(self) -> float:
+        synchronize(self.device)
         t = time.perf_counter()
         f = self.x @ self.W_enc
         f @ self.W_dec
         self.g @ self.W_dec.T
         f.T @ self.g
         self.x.T @ self.g_pre
+        synchronize(self.device)
         return time.perf_counter() - t
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------- workers
@@ -199,12 +223,12 @@ class Worker:
     """One library's worker process (imported once, a new trainer per group) and its
     JSON-lines channel."""
 
-    def __init__(self, library: str, python: str, log_path: Path, env: dict[str, str]):
+    def __init__(self, library: str, launch: Launch, log_path: Path):
         self.library, self.log_path = library, log_path
         self.log = open(log_path, "a")
         self.proc = subprocess.Popen(
-            [python, str(WORKER), library],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=ROOT,
+            [launch.python, str(WORKER), library],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=launch.env, cwd=ROOT,
         )
         self.hello: dict[str, Any] | None = None
 
@@ -254,16 +278,39 @@ class Worker:
         self.log.close()
 
 
-def python_for(library: str, peers_dir: Path) -> str:
+@dataclass(frozen=True)
+class Launch:
+    """How one library's worker is started: which Python, with which environment."""
+
+    python: str
+    env: dict[str, str]
+
+
+def launch_for(library: str, env: dict[str, str], peers_dir: Path, peer_site: Path | None) -> Launch:
+    """saekit: this Python. A peer: its venv from peers_setup.sh, or with ``peer_site`` this
+    Python with ``peer_site/<peer>`` (its wheels, installed with --target) first on PYTHONPATH."""
     if library == "saekit":
-        return sys.executable
+        return Launch(sys.executable, env)
+    if peer_site is not None:
+        site = peer_site / library  # gpu_peers.sh names each folder after its peer
+        if not site.is_dir():
+            raise SystemExit(
+                f"no folder for {library} at {site}: --peer-site wants one folder per peer, with the peer's wheels "
+                f"installed in it. Make the wheels with `bash benchmarks/peer_wheels.sh` (into .whl-peers/{library}/), "
+                f"install them with `python3 -m pip install --no-index --no-deps --target {site} "
+                f".whl-peers/{library}/*.whl` (benchmarks/gpu_peers.sh does this for every peer), "
+                f"or leave {library} out with --libraries"
+            )
+        path = os.pathsep.join(p for p in (str(site.resolve()), env.get("PYTHONPATH", "")) if p)
+        return Launch(sys.executable, {**env, "PYTHONPATH": path})
     python = peers_dir / library / "bin" / "python"  # peers_setup.sh names each venv after its peer
     if not python.exists():
         raise SystemExit(
             f"no virtual environment for {library} at {python.parent.parent}; create the peers' venvs with "
-            f"`bash benchmarks/peers_setup.sh` (or give --peers-dir), or leave {library} out with --libraries"
+            f"`bash benchmarks/peers_setup.sh` (or give --peers-dir, or --peer-site), or leave {library} out "
+            f"with --libraries"
         )
-    return str(python)
+    return Launch(str(python), env)
 
 
 @dataclass
@@ -278,6 +325,8 @@ class Row:
     steps: int
     warmup: int
     threads: int
+    device: str = "cpu"
+    precision: str = "fp32"  # what the library ran: its own mixed precision where asked (or always)
     version: str = ""
     step_seconds: list[float] = field(default_factory=list)
     tokens_per_s: float | None = None
@@ -285,6 +334,7 @@ class Row:
     fvu: float | None = None
     peak_rss_mb: float | None = None
     peak_rss_since: str | None = None  # "init" (this trainer), or "start" where the kernel cannot restart the mark
+    peak_cuda_mb: float | None = None  # on cuda: torch.cuda.max_memory_allocated since the trainer was built
     import_rss_mb: float | None = None
     ratio_vs_fastest_peer: float | None = None
     dense_bound_tokens_per_s: float | None = None
@@ -294,14 +344,14 @@ class Row:
 class Workers:
     """The running workers, one per library; one that failed is started again when next needed."""
 
-    def __init__(self, pythons: dict[str, str], logs: Path, env: dict[str, str]):
-        self.pythons, self.logs, self.env = pythons, logs, env
+    def __init__(self, launches: dict[str, Launch], logs: Path):
+        self.launches, self.logs = launches, logs
         self.running: dict[str, Worker] = {}
 
     def start(self, libraries: list[str]) -> None:
         for lib in libraries:
             if lib not in self.running:
-                self.running[lib] = Worker(lib, self.pythons[lib], self.logs / f"{lib}.log", self.env)
+                self.running[lib] = Worker(lib, self.launches[lib], self.logs / f"{lib}.log")
 
     def drop(self, lib: str) -> None:
         self.running.pop(lib).close()
@@ -330,22 +380,26 @@ def run_group(libraries: list[str], spec: dict[str, Any], rows: dict[str, Row], 
             except WorkerError as e:
                 fail(lib, e)
 
+    on_cuda = torch.device(spec["device"]).type == "cuda"
     for lib in list(alive):
         try:
             hello = alive[lib].wait_ready()
             rows[lib].version, rows[lib].import_rss_mb = hello["version"], hello["import_rss_mb"]
+            if on_cuda and not hello.get("cuda"):
+                raise WorkerError(f"its torch {hello['torch']} sees no CUDA device (see its Python and PYTHONPATH)")
             alive[lib].send({"cmd": "init", "spec": spec})  # all build their trainers at once (untimed)
         except WorkerError as e:
             fail(lib, e)
     for lib in list(alive):
         try:
-            alive[lib].receive(READY_TIMEOUT_S)
+            rows[lib].precision = alive[lib].receive(READY_TIMEOUT_S)["precision"]
         except WorkerError as e:
             fail(lib, e)
 
     W, N, B = spec["warmup"], spec["steps"], spec["batch_size"]
     d = spec["d"]
-    dense = DenseStep(d, d * spec["expansion"], B)
+    dtype = torch.bfloat16 if spec["autocast"] == "bf16" else torch.float32
+    dense = DenseStep(d, d * spec["expansion"], B, torch.device(spec["device"]), dtype)
     dense_seconds = []
     for i in range(W + N):
         if i == W:
@@ -369,6 +423,7 @@ def run_group(libraries: list[str], spec: dict[str, Any], rows: dict[str, Row], 
         try:
             stats = alive[lib].ask({"cmd": "stats"})
             rows[lib].peak_rss_mb, rows[lib].peak_rss_since = stats["peak_rss_mb"], stats["peak_since"]
+            rows[lib].peak_cuda_mb = stats["peak_cuda_mb"]
         except WorkerError as e:
             fail(lib, e)
     ask_all({"cmd": "fvu"}, "fvu", "fvu")
@@ -399,31 +454,45 @@ def set_ratios(rows: list[Row]) -> None:
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     d = rows[0].d
-    print(f"\nTraining throughput: d = {d}, batch {args.batch_size}, fp32, {args.threads} threads per library, "
-          f"{args.steps} timed steps after {args.warmup} warm-up steps, libraries stepped in turn.")
+    on_cuda = args.device == "cuda"
+    device = f"cuda ({torch.cuda.get_device_name()})" if on_cuda else "cpu"
+    precision = precision_name(args.autocast) + (" (each library's own; weights fp32)" if args.autocast == "bf16" else "")
+    print(f"\nTraining throughput: d = {d}, batch {args.batch_size}, {device}, {precision}, "
+          f"{args.threads} threads per library, {args.steps} timed steps after {args.warmup} warm-up steps, "
+          f"libraries stepped in turn.")
     print("saekit/peer: saekit's tokens/s over the fastest peer's. %bound: of the dense bound, the five "
           "B×d×F matmuls of a dense step (10·d·F FLOPs per token) timed in the same rounds.")
+    if on_cuda:
+        print("peak CUDA MB: torch.cuda.max_memory_allocated in the library's process since its trainer was built.")
+    memory = "peak CUDA MB" if on_cuda else "peak RSS MB"
     head = (f"{'data':<10} {'arch':<10} {'exp':>4} {'library':<20} {'tokens/s':>9} {'ms/step':>8} "
-            f"{'saekit/peer':>11} {'%bound':>7} {'fvu warm→end':>14} {'peak RSS MB':>11}")
+            f"{'saekit/peer':>11} {'%bound':>7} {'fvu warm→end':>14} {memory:>11}")
     print("\n" + head + "\n" + "-" * len(head))
     groups: dict[tuple, list[Row]] = {}
     for r in rows:
         groups.setdefault((r.data, r.arch, r.expansion), []).append(r)
+    # A library whose own precision differs from the run's (sparsify's bf16 forward on
+    # CUDA) is starred, with what it ran below the table.
+    own_precision = {r.library: r.precision for r in rows if r.precision != precision_name(args.autocast)}
     for (data, arch, exp), group in groups.items():
         for r in group:
-            lead = f"{data:<10} {arch:<10} {exp:>4} {r.library:<20}"
+            name = r.library + ("*" if r.library in own_precision else "")
+            lead = f"{data:<10} {arch:<10} {exp:>4} {name:<20}"
             if r.error:
                 print(f"{lead} failed: {r.error.splitlines()[0]}")
                 continue
             ms = 1000 * sum(r.step_seconds) / len(r.step_seconds)
             ratio = "" if r.ratio_vs_fastest_peer is None else f"{r.ratio_vs_fastest_peer:.2f}x"
             fvus = f"{fmt(r.fvu_after_warmup, '.3f')}→{fmt(r.fvu, '.3f')}"
+            peak = r.peak_cuda_mb if on_cuda else r.peak_rss_mb
             print(f"{lead} {r.tokens_per_s:>9,.0f} {ms:>8,.0f} {ratio:>11} "
-                  f"{100 * r.tokens_per_s / r.dense_bound_tokens_per_s:>6.0f}% {fvus:>14} {fmt(r.peak_rss_mb, ',.0f'):>11}")
+                  f"{100 * r.tokens_per_s / r.dense_bound_tokens_per_s:>6.0f}% {fvus:>14} {fmt(peak, ',.0f'):>11}")
         bound = group[0].dense_bound_tokens_per_s
         gflops = bound * 10 * d * d * exp / 1e9
         print(f"{data:<10} {arch:<10} {exp:>4} {'(dense bound)':<20} {bound:>9,.0f} "
               f"{1000 * args.batch_size / bound:>8,.0f} {'':>11} {'100%':>7}   ({gflops:.0f} GFLOP/s)\n")
+    for lib, precision in own_precision.items():
+        print(f"* {lib} ran {precision}.")
     versions = sorted({f"{r.library} {r.version}" for r in rows if r.version})
     print("; ".join(versions) + f"; torch {torch.__version__}")
 
@@ -477,11 +546,12 @@ def run_all(args: argparse.Namespace, tmp: Path, workers: Workers, rows: list[Ro
                 spec = dict(
                     data_name=data, arch=arch, expansion=exp, d=d, k=args.k, batch_size=args.batch_size,
                     steps=args.steps, warmup=args.warmup, total_steps=total_steps, threads=args.threads,
+                    device=args.device, autocast=args.autocast,
                     sample_rows=min(SAMPLE_ROWS, train_rows), seed=args.seed, hook=MODEL_HOOK,
                     train=str(tmp / f"{data}-train.npy"), heldout=str(tmp / f"{data}-heldout.npy"),
                 )
                 group = {lib: Row(data, arch, exp, lib, d, d * exp, args.batch_size, args.steps, args.warmup,
-                                  args.threads) for lib in libs}
+                                  args.threads, device=args.device) for lib in libs}
                 print(f"[{time.perf_counter() - start:5.0f} s] {data} {arch} {exp}x: {', '.join(libs)}",
                       file=sys.stderr, flush=True)
                 run_group(libs, spec, group, workers)
@@ -500,6 +570,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--threads", type=int, default=2, help="torch threads in every worker (default 2)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where every library's dictionary and batches live (default cpu)")
+    p.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                   help="bf16: every library's step in its own bf16 mixed precision (default none: fp32)")
     p.add_argument("--k", type=int, default=32, help="active features per token for TopK and BatchTopK (default 32)")
     p.add_argument("--heldout", type=int, default=8192, help="held-out rows FVU is measured on (default 8192)")
     p.add_argument("--max-norm-ratio", type=float, default=10.0,
@@ -507,6 +581,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write one object per row to this file")
     p.add_argument("--peers-dir", type=Path, default=ROOT / ".peers", help="where peers_setup.sh put the peers' venvs")
+    p.add_argument("--peer-site", type=Path,
+                   help="instead of the venvs: run each peer with this Python and DIR/<peer> (its wheels installed "
+                        "with pip --target, see benchmarks/gpu_peers.sh) first on PYTHONPATH")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "saekit-bench",
                    help="where the embedded model's activations are cached (default ~/.cache/saekit-bench)")
     args = p.parse_args()
@@ -520,10 +597,14 @@ def main() -> None:
 
     if not any(arch in ARCHS[lib] for lib in args.libraries for arch in args.archs):
         p.error(f"none of {', '.join(args.libraries)} has any of {', '.join(args.archs)}")
-    pythons = {lib: python_for(lib, args.peers_dir) for lib in args.libraries}
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device cuda: this torch ({torch.__version__}) sees no CUDA device")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "SPARSIFY_DISABLE_TRITON": "1", "TQDM_DISABLE": "1", "WANDB_MODE": "disabled",
+           "TQDM_DISABLE": "1", "WANDB_MODE": "disabled",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.device == "cpu":
+        env["SPARSIFY_DISABLE_TRITON"] = "1"  # its Triton decoder is for GPUs; on CUDA it runs as its users get it
+    launches = {lib: launch_for(lib, env, args.peers_dir, args.peer_site) for lib in args.libraries}
     torch.set_num_threads(args.threads)  # for the dense bound
 
     rows: list[Row] = []
@@ -531,7 +612,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="saekit-throughput-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "logs").mkdir()
-        workers = Workers(pythons, tmp / "logs", env)
+        workers = Workers(launches, tmp / "logs")
         workers.start(args.libraries)  # they import while the data is prepared
         try:
             run_all(args, tmp, workers, rows, start)

@@ -102,6 +102,9 @@ def test_shift_removes_a_planted_spurious_signal_and_keeps_the_intended_one():
     assert r.after.intended > r.before.intended
     assert abs(r.retrained.spurious - 0.5) < 0.1
     assert r.retrained.intended > 0.8 and r.retrained.worst_group > 0.7 and r.retrained.ambiguous > 0.8
+    # The oracle, trained where the concepts are decorrelated, reads the topic from the start.
+    assert r.oracle.intended > 0.85 and abs(r.oracle.spurious - 0.5) < 0.1 and r.oracle.worst_group > 0.7
+    assert "oracle (balanced)" in r.table()
     assert r.method == "exact" and r.sizes == {"train": 200, "ambiguous_test": 200, "balanced_test": 400, "judge": 32}
 
 
@@ -174,7 +177,7 @@ def test_the_pipeline_runs_through_a_spliced_model(lm, task, tmp_path):
     path = tmp_path / "shift.json"
     r.write_json(path)
     saved = json.loads(path.read_text())
-    assert saved["n_ablated"] == len(r.ablated) and set(saved["accuracy"]) == {"before", "shift", "shift_retrain"}
+    assert saved["n_ablated"] == len(r.ablated) and set(saved["accuracy"]) == {"before", "shift", "shift_retrain", "oracle"}
     assert "SHIFT + retrain" in r.table()
     ig = shift(model, task, probe_point="resid_post.1", method="ig", steps=2, ablation="mean", top_k=4)
     assert ig.method == "ig" and ig.before == r.before and len(ig.candidates) == 4
@@ -321,3 +324,29 @@ def test_sets_and_tasks_check_their_labels():
         SpuriousTask(ok, ok, ok)
     with pytest.raises(ConfigError, match="not a mixture"):
         SpuriousTask(ok, ok, LabelledSet("bal", [1, 1, 0, 0], [1, 0, 1, 0], activations=torch.zeros(4, 3)))
+
+
+def test_the_oracle_is_cross_validated_on_the_balanced_set():
+    """Each balanced example is judged by a probe that never saw it: with labels that no
+    input predicts (pure noise) the oracle is at chance, where a probe scored on its own
+    training set would be far above it; and a balanced set too small to split gives None."""
+    from saekit.circuits.feature_trimming import _oracle
+    from saekit.probes import make_probe
+
+    g = torch.Generator().manual_seed(0)
+    every = [(i, s) for i in (0, 1) for s in (0, 1)]
+
+    def noise(name, groups, n):
+        pairs = [p for p in groups for _ in range(n)]
+        return LabelledSet(name, [i for i, _ in pairs], [s for _, s in pairs], activations=torch.randn(len(pairs), 64, generator=g))
+
+    task = SpuriousTask(train=noise("train", [(0, 0), (1, 1)], 4), ambiguous_test=noise("amb", [(0, 0), (1, 1)], 50),
+                        balanced_test=noise("bal", every, 25))
+    probe = make_probe("logistic")
+    X_bal, X_amb = task.balanced_test.activations, task.ambiguous_test.activations
+    seen = make_probe("logistic").fit(X_bal, torch.tensor(task.balanced_test.intended))
+    assert float(((seen.scores(X_bal) > seen.threshold).long() == torch.tensor(task.balanced_test.intended)).float().mean()) > 0.9
+    oracle = _oracle(probe, X_amb, X_bal, task)
+    assert abs(oracle.intended - 0.5) < 0.2 and abs(oracle.ambiguous - 0.5) < 0.2
+    tiny = SpuriousTask(train=task.train, ambiguous_test=task.ambiguous_test, balanced_test=noise("bal", every, 1))
+    assert _oracle(probe, X_amb, tiny.balanced_test.activations, tiny) is None

@@ -28,11 +28,14 @@ the ambiguous data ("SHIFT + retrain"). The steps, as here:
    perfectly) of its pooled activation against the concept's labels, and a candidate is
    judged spurious when its association with the spurious concept is at least
    ``min_association`` and above its association with the intended one. (The judge set
-   is for judging features only: a probe trained on it would be the paper's "oracle".)
+   is for judging features only.)
 4. The ablation: the judged features set, at every position, to zero or to their mean
    over the training texts' tokens (``ablation``), every other node as computed. The
    probe is measured again (SHIFT) and a probe of the same kind is trained on the
-   edited ambiguous activations (SHIFT + retrain).
+   edited ambiguous activations (SHIFT + retrain). Beside them, the skyline: the paper's
+   "oracle", a probe trained where the concepts are decorrelated, on the unedited
+   activations (here by two-fold cross-validation on the balanced set, which is the
+   task's only decorrelated set large enough).
 
 Accuracies (``ShiftAccuracy``): on an ambiguous test set (where both concepts agree,
 so one figure), and on a balanced test set against the intended labels, against the
@@ -146,9 +149,11 @@ def _finite(v: float) -> float | str:
 class ShiftResult:
     """What SHIFT did and measured: accuracies ``before`` (the probe as trained),
     ``after`` (the same probe, the features ablated: SHIFT) and ``retrained`` (a new probe
-    on the edited ambiguous activations: SHIFT + retrain); the ``candidates`` with their
-    judgements, the features ``ablated`` (summed over positions: ablated at every one).
-    ``probe`` and ``retrained_probe`` are the fitted probes."""
+    on the edited ambiguous activations: SHIFT + retrain) and ``oracle`` (the skyline: a
+    probe trained on decorrelated texts, see ``_oracle``; None when the balanced set is
+    too small to split); the ``candidates`` with their judgements, the features
+    ``ablated`` (summed over positions: ablated at every one). ``probe`` and
+    ``retrained_probe`` are the fitted probes."""
 
     probe_point: str
     pooling: str
@@ -162,6 +167,7 @@ class ShiftResult:
     before: ShiftAccuracy
     after: ShiftAccuracy
     retrained: ShiftAccuracy
+    oracle: ShiftAccuracy | None
     candidates: list[FeatureJudgement]
     ablated: list[Node]
     probe: Any = field(repr=False, default=None)
@@ -182,7 +188,8 @@ class ShiftResult:
             "method": self.method, "ablation": self.ablation, "judge": self.judge,
             "intended": self.intended_name, "spurious": self.spurious_name, "sizes": self.sizes,
             "accuracy": {"before": self.before.to_json(), "shift": self.after.to_json(),
-                         "shift_retrain": self.retrained.to_json()},
+                         "shift_retrain": self.retrained.to_json(),
+                         "oracle": None if self.oracle is None else self.oracle.to_json()},
             "n_ablated": len(self.ablated),
             "ablated": [{"hook": n.point, "feature": n.feature} for n in self.ablated],
             "candidates": [c.to_json() for c in self.candidates],
@@ -196,7 +203,10 @@ class ShiftResult:
     def table(self) -> str:
         """The accuracies as a small text table (the caller prints it)."""
         rows = [("", "ambiguous", "intended", "spurious", "worst group")]
-        for label, a in (("before", self.before), ("SHIFT", self.after), ("SHIFT + retrain", self.retrained)):
+        shown = [("before", self.before), ("SHIFT", self.after), ("SHIFT + retrain", self.retrained)]
+        if self.oracle is not None:
+            shown.append(("oracle (balanced)", self.oracle))
+        for label, a in shown:
             rows.append((label, *(f"{v:.3f}" for v in (a.ambiguous, a.intended, a.spurious, a.worst_group))))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -469,20 +479,41 @@ def _association(values: Tensor, labels: Sequence[int]) -> float:
     return 2 * abs(auroc(values, torch.tensor(labels)) - 0.5)
 
 
-def _accuracy(probe: Any, X_ambiguous: Tensor, X_balanced: Tensor, task: SpuriousTask) -> ShiftAccuracy:
-    from ..probes import accuracy
+def _says_one(probe: Any, X: Tensor) -> Tensor:
+    """The probe's verdicts: score above its threshold means label 1 (as ``probes.accuracy``)."""
+    return probe.scores(X).cpu() > probe.threshold
 
-    amb = accuracy(probe.scores(X_ambiguous), torch.tensor(task.ambiguous_test.intended), probe.threshold)
-    scores = probe.scores(X_balanced)
-    intended = torch.tensor(task.balanced_test.intended)
-    spurious = torch.tensor(task.balanced_test.spurious)
-    groups = []
+
+def _accuracy(ambiguous_says: Tensor, balanced_says: Tensor, task: SpuriousTask) -> ShiftAccuracy:
+    """The four accuracies from a probe's verdicts on the two test sets."""
+    amb = torch.tensor(task.ambiguous_test.intended, dtype=torch.bool)
+    intended = torch.tensor(task.balanced_test.intended, dtype=torch.bool)
+    spurious = torch.tensor(task.balanced_test.spurious, dtype=torch.bool)
+    right = balanced_says == intended
+    groups = [float(right[(intended == i) & (spurious == s)].float().mean()) for i in (0, 1) for s in (0, 1)]
+    return ShiftAccuracy(ambiguous=float((ambiguous_says == amb).float().mean()), intended=float(right.float().mean()),
+                         spurious=float((balanced_says == spurious).float().mean()), worst_group=min(groups))
+
+
+def _oracle(probe: Any, X_amb: Tensor, X_bal: Tensor, task: SpuriousTask) -> ShiftAccuracy | None:
+    """The skyline (Marks et al.'s "oracle"): a probe trained where the concepts are
+    decorrelated, on the unedited activations. The task has no decorrelated training set,
+    so the balanced set's figures are by two-fold cross-validation, each (intended,
+    spurious) group split in half, and the ambiguous one by a probe trained on the whole
+    balanced set. None when a fold would train on one label only."""
+    bal = task.balanced_test
+    intended = torch.tensor(bal.intended)
+    spurious = torch.tensor(bal.spurious)
+    first = torch.zeros(len(bal), dtype=torch.bool)
     for i in (0, 1):
         for s in (0, 1):
-            rows = (intended == i) & (spurious == s)
-            groups.append(accuracy(scores[rows], intended[rows], probe.threshold))
-    return ShiftAccuracy(ambiguous=amb, intended=accuracy(scores, intended, probe.threshold),
-                         spurious=accuracy(scores, spurious, probe.threshold), worst_group=min(groups))
+            first[((intended == i) & (spurious == s)).nonzero().squeeze(1)[::2]] = True
+    says = torch.zeros(len(bal), dtype=torch.bool)
+    for held in (first, ~first):
+        if len(set(intended[~held].tolist())) < 2:
+            return None
+        says[held] = _says_one(_fresh_copy(probe).fit(X_bal[~held], intended[~held]), X_bal[held])
+    return _accuracy(_says_one(_fresh_copy(probe).fit(X_bal, intended), X_amb), says, task)
 
 
 def shift(
@@ -566,7 +597,8 @@ def shift(
     fitted = fresh.fit(X_train, labels)
     X_amb = reader.inputs(task.ambiguous_test, ())
     X_bal = reader.inputs(task.balanced_test, ())
-    before = _accuracy(fitted, X_amb, X_bal, task)
+    before = _accuracy(_says_one(fitted, X_amb), _says_one(fitted, X_bal), task)
+    oracle = _oracle(fitted, X_amb, X_bal, task)
     logger.info("SHIFT: probe at %s, before: %s", point, before)
 
     # -- effects, candidates, judgements
@@ -596,15 +628,15 @@ def shift(
     # -- SHIFT, and SHIFT + retrain
     if ablated:
         X_train, X_amb, X_bal = (reader.inputs(s, ablated) for s in (train, task.ambiguous_test, task.balanced_test))
-    after = _accuracy(fitted, X_amb, X_bal, task)
+    after = _accuracy(_says_one(fitted, X_amb), _says_one(fitted, X_bal), task)
     retrained = _fresh_copy(fitted).fit(X_train, labels)
-    again = _accuracy(retrained, X_amb, X_bal, task)
+    again = _accuracy(_says_one(retrained, X_amb), _says_one(retrained, X_bal), task)
     return ShiftResult(
         probe_point=point, pooling=pooling if isinstance(model, SplicedModel) else "none (one row per example)",
         probe_kind=fitted.name, method=method if isinstance(model, SplicedModel) else "exact",
         ablation=ablation, judge="given" if given is not None else "auto", intended_name=task.intended_name,
         spurious_name=task.spurious_name, sizes={k: len(s) for k, s in task.sets().items()},
-        before=before, after=after, retrained=again, candidates=judgements, ablated=ablated, probe=fitted,
+        before=before, after=after, retrained=again, oracle=oracle, candidates=judgements, ablated=ablated, probe=fitted,
         retrained_probe=retrained,
     )
 

@@ -27,6 +27,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -262,6 +263,21 @@ def _read_text(path: Path) -> str:
 def _read_txt(path: Path) -> Iterator[str]:
     for paragraph in re.split(r"\n\s*\n", _read_text(path)):
         yield paragraph.strip()
+
+
+def read_data_file(path: str | os.PathLike[str], what_to_give: str) -> str:
+    """The whole UTF-8 text of a user's data file; a missing file, a folder or unreadable
+    bytes is a ``DataError`` that ends with ``what_to_give`` (e.g. "give a JSONL file of
+    clean_prefix/clean_answer lines")."""
+    file = Path(path)
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{file}: no such file; {what_to_give}") from None
+    except IsADirectoryError:
+        raise DataError(f"{file} is a folder; {what_to_give}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{file}: cannot read it as UTF-8 text ({e})") from None
 
 
 def jsonl_records(lines: Iterable[str],

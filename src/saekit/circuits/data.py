@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import jsonl_records
+from ..data import jsonl_records, read_data_file
 from ..errors import DataError
 
 FIELDS = ("clean_prefix", "clean_answer", "patch_prefix", "patch_answer")
@@ -210,14 +210,7 @@ def read_circuit_data(
     """Read and check a JSONL file of prompts (see the module doc); blank lines are skipped,
     and errors name the file's own line numbers."""
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{file}: no such file; give a JSONL file of clean_prefix/clean_answer lines") from None
-    except IsADirectoryError:
-        raise DataError(f"{file} is a folder; give a JSONL file of clean_prefix/clean_answer lines") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{file}: cannot read it as UTF-8 text ({e})") from None
+    text = read_data_file(file, "give a JSONL file of clean_prefix/clean_answer lines")
     if not text.strip():
         raise DataError(f"{file} is empty; each line needs a JSON object with clean_prefix and clean_answer")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..data import jsonl_records
+from ..data import jsonl_records, read_data_file
 from ..errors import ConfigError, DataError
 
 
@@ -226,14 +226,7 @@ def read_spurious_task(path: str | os.PathLike[str], *, intended_name: str = "in
     line where one applies. ``intended_name``/``spurious_name`` say what the concepts are.
     """
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{file}: no such file; give a JSONL file where {_LINE_FORMAT}") from None
-    except IsADirectoryError:
-        raise DataError(f"{file} is a folder; give a JSONL file where {_LINE_FORMAT}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{file}: cannot read it as UTF-8 text ({e})") from None
+    text = read_data_file(file, f"give a JSONL file where {_LINE_FORMAT}")
     for what, name in (("intended_name", intended_name), ("spurious_name", spurious_name)):
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{what} names the concept for reports; give a non-empty string, got {name!r}")

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import FORMAT_CHOICES, add_device_flags, values_type
+from .common import FORMAT_CHOICES, add_device_flags, model_for, values_type
 
 NONZERO = 1e-12  # effects.json lists the nodes with |effect| at least this
 # The built-in prompt sets (saekit.circuits.sva.DATASETS; named here so that --help imports no torch).
@@ -71,7 +71,6 @@ def run(ns: argparse.Namespace) -> int:
     from ..circuits.circuit import check_threshold
     from ..circuits.data import read_circuit_data
     from ..circuits.page import dashboard_links, write_circuit_page
-    from ..evaluation import check_model, same_model
     from ..io.files import atomic_write_text, make_folder
     from ..loading import load
     from ..models import load_model, parse_dtype, resolve_device
@@ -101,15 +100,7 @@ def run(ns: argparse.Namespace) -> int:
     for folder, d in zip(ns.dictionaries, dictionaries):
         if not d.cfg.hook:
             raise ConfigError(f"{folder} does not record its hook point, so saekit cannot tell where to splice it")
-    recorded = [(folder, d.cfg.model) for folder, d in zip(ns.dictionaries, dictionaries) if d.cfg.model]
-    for folder, model in recorded[1:]:
-        if not same_model(model, recorded[0][1]):
-            raise ConfigError(f"{recorded[0][0]} was trained on {recorded[0][1]} but {folder} on {model}; "
-                              "a circuit needs dictionaries of one model")
-    if not ns.allow_other_model:
-        for d in dictionaries:
-            check_model(d, ns.model)
-    model_name = ns.model or (recorded[0][1] if recorded else None)
+    model_name = model_for(ns.dictionaries, dictionaries, ns.model, ns.allow_other_model, "a circuit")
 
     lm = load_model(model_name, device=device, dtype=parse_dtype(ns.dtype))
     model = SplicedModel(lm, dictionaries, allow_other_model=ns.allow_other_model)

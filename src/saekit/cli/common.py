@@ -142,3 +142,22 @@ def fill_unrecorded(dictionary: Any, folder: str, hook: str | None, model: str |
         dictionary.cfg.hook = hook
     if not dictionary.cfg.model and model:
         dictionary.cfg.model = model
+
+
+def model_for(folders: Sequence[str], dictionaries: Sequence[Any], model: str | None, allow_other_model: bool,
+              job: str) -> str | None:
+    """The model to splice ``dictionaries`` into: ``model``, or the one they record. They
+    must record one model between them (``job`` says what needs that, e.g. "a circuit"),
+    and unless ``allow_other_model`` it must be the one run; checked before it loads."""
+    from ..errors import ConfigError
+    from ..evaluation import check_model, same_model
+
+    recorded = [(folder, d.cfg.model) for folder, d in zip(folders, dictionaries) if d.cfg.model]
+    for folder, other in recorded[1:]:
+        if not same_model(other, recorded[0][1]):
+            raise ConfigError(f"{recorded[0][0]} was trained on {recorded[0][1]} but {folder} on {other}; "
+                              f"{job} needs dictionaries of one model")
+    if not allow_other_model:
+        for d in dictionaries:
+            check_model(d, model)
+    return model or (recorded[0][1] if recorded else None)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import FORMAT_CHOICES, add_device_flags
+from .common import FORMAT_CHOICES, add_device_flags, model_for
 
 # saekit.circuits.feature_trimming's defaults and choices, named here so that --help imports no torch.
 DEFAULT_TOP_K = 30
@@ -89,7 +89,6 @@ def run(ns: argparse.Namespace) -> int:
 
     from ..circuits import Node, SplicedModel, shift
     from ..errors import DataError
-    from ..evaluation import check_model, same_model
     from ..io.files import atomic_write_text, make_folder
     from ..loading import load
     from ..models import load_model, parse_dtype, resolve_device
@@ -118,15 +117,7 @@ def run(ns: argparse.Namespace) -> int:
         raise DataError(f"{ns.data} has no judge lines (\"set\": \"judge\"), which the automatic judge needs: add a "
                         "few lines where the two concepts are decorrelated (every intended, spurious pair), or "
                         "name the features to ablate with --features HOOK:SPEC")
-    recorded = [(folder, d.cfg.model) for folder, d in zip(ns.dictionaries, dictionaries) if d.cfg.model]
-    for folder, model in recorded[1:]:
-        if not same_model(model, recorded[0][1]):
-            raise ConfigError(f"{recorded[0][0]} was trained on {recorded[0][1]} but {folder} on {model}; "
-                              "SHIFT needs dictionaries of one model")
-    if not ns.allow_other_model:
-        for d in dictionaries:
-            check_model(d, ns.model)
-    model_name = ns.model or (recorded[0][1] if recorded else None)
+    model_name = model_for(ns.dictionaries, dictionaries, ns.model, ns.allow_other_model, "SHIFT")
 
     lm = load_model(model_name, device=device, dtype=parse_dtype(ns.dtype))
     model = SplicedModel(lm, dictionaries, allow_other_model=ns.allow_other_model)

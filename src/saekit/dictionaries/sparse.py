@@ -55,8 +55,9 @@ SPARSE_BELOW_DENSITY = 0.08
 # The same cut-over on a GPU, in fp32 and under 16-bit autocast. There the dense products
 # run near the device's matmul rate, about 6 times faster in bf16 than in fp32 (tensor
 # cores; fp32 without TF32 does not use them), while the sparse kernels are gathers,
-# sorts and launches whatever the dtype. Measured on an H200, `saekit train`'s step,
-# B = 4096, d = 576, ms per step, sparse / dense (the fastest of two runs of 16 steps):
+# sorts and launches whatever the dtype. Measured on an H200 (benchmarks/gpu_cutover.py:
+# `saekit train`'s step, B = 4096, d = 576, ms per step, sparse / dense, the faster of two
+# runs of 16 steps):
 #
 #   F = 4608,  bf16: relu 3.96/3.14  topk 3.73/3.17  batchtopk 4.28/3.43  gated 5.80/3.81  jumprelu 4.94/4.05
 #   F = 4608,  fp32: relu 5.02/4.18  topk 4.15/4.63  batchtopk 4.50/4.95  gated 5.93/6.21  jumprelu 4.50/4.98

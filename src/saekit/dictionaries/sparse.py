@@ -15,7 +15,8 @@ after that decision runs here on the active pairs only:
   ``Σ_b G_b · ((x_b − b_dec) W_enc)`` with the batch summed first, a matrix–vector
   product instead of the (B, F)·(F, d) input gradient.
 * ``dense_pre_acts``: the dense-path encoder with that same ``b_dec`` shortcut, for
-  batches too dense for the sparse kernels (``SPARSE_BELOW_DENSITY``).
+  batches too dense for the sparse kernels and for GPUs, where dense products are cheap
+  enough that the sparse kernels pay only for wide dictionaries (``sparse_cutover``).
 
 The kernels were chosen by timing the candidates (fastest of 5 runs, 2 threads of a
 shared AVX-512 AMD EPYC) at B = 4096, d = 576, F = 4608, k = 32;

@@ -1,0 +1,87 @@
+"""Where a training step's time goes on a GPU: wall time against the time the kernels
+take, kernel launches and host-device copies per step, and the ops that cost most.
+
+    python benchmarks/gpu_profile.py                          # on the GPU machine, from the repo root
+    python benchmarks/gpu_profile.py --archs topk --sizes 18432 --precisions fp32
+    python benchmarks/gpu_profile.py --device cpu --sizes 1152 --batch 512   # the same report here (CPU ops)
+
+A step whose wall time is well above its kernels' time is launch-bound: the host cannot
+queue kernels as fast as the GPU runs them (on an H200 at B = 4096, TopK 8x bf16 ran 7 ms
+of wall time for 3.7 ms of kernels before the gathers were chunked for GPUs; see
+``GATHER_CHUNK_BYTES_GPU``). The fix there is fewer launches (fusion, CUDA graphs), not
+faster kernels. Synthetic activations as benchmarks/gpu_cutover.py makes them; the step
+is ``DictionaryTrainer.train_step`` with ``--autocast`` as configured, on the path
+``saekit train`` would take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from gpu_cutover import ARCHS, synthetic
+from saekit.config import TrainConfig
+from saekit.dictionaries import ARCHITECTURES, DictionaryConfig
+from saekit.training import DictionaryTrainer
+
+COPIES = ("cudaMemcpyAsync", "cudaStreamSynchronize", "cudaDeviceSynchronize")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--sizes", default="4608,18432", help="dictionary sizes F, comma-separated")
+    p.add_argument("--archs", default=",".join(ARCHS))
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--precisions", default="bf16,fp32")
+    p.add_argument("--steps", type=int, default=8, help="timed (and then profiled) steps")
+    p.add_argument("--top", type=int, default=8, help="ops listed per step")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    d, B, warmup = 576, args.batch, 3
+    batches = list(synthetic(B * (warmup + args.steps), d).to(device).split(B))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for F in (int(s) for s in args.sizes.split(",")):
+        for precision in args.precisions.split(","):
+            for arch in args.archs.split(","):
+                k = 32 if ARCHITECTURES[arch].uses_k else None
+                cfg = TrainConfig(arch=arch, k=k, dict_size=F, batch_size=B, tokens=100 * B, lr_warmup=0.05,
+                                  sparsity_warmup=0.05, buffer_tokens=B, eval_tokens=0, device=str(device),
+                                  hook="resid_post.9", autocast="bf16" if precision == "bf16" else "none")
+                trainer = DictionaryTrainer(cfg, DictionaryConfig(arch=arch, d_in=d, d_sae=F, k=k, hook="resid_post.9"),
+                                            device)
+                trainer.init_from_sample(torch.cat(batches[:4]))
+                for x in batches[:warmup]:
+                    trainer.train_step(x)
+                sync(device)
+                start = time.perf_counter()
+                for x in batches[warmup:]:
+                    trainer.train_step(x)
+                sync(device)
+                wall = (time.perf_counter() - start) / args.steps * 1000
+                with profile(activities=activities) as prof:
+                    for x in batches[warmup:]:
+                        trainer.train_step(x)
+                    sync(device)
+                ops = prof.key_averages()
+                n = args.steps
+                kernels = sum(e.self_device_time_total for e in ops) / n / 1000
+                launches = sum(e.count for e in ops if e.key in ("cudaLaunchKernel", "cuLaunchKernel")) / n
+                copies = sum(e.count for e in ops if e.key in COPIES) / n
+                print(f"\n{arch} F = {F} {precision}: {wall:.2f} ms per step (wall), kernels {kernels:.2f} ms, "
+                      f"{launches:.0f} launches, {copies:.0f} copies/syncs per step")
+                by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+                for e in sorted(ops, key=lambda e: -getattr(e, by))[: args.top]:
+                    print(f"   {e.key[:72]:<72} {getattr(e, by) / n / 1000:7.3f} ms  x{e.count / n:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -71,7 +71,7 @@ def run(ns: argparse.Namespace) -> int:
     from ..circuits.circuit import check_threshold
     from ..circuits.data import read_circuit_data
     from ..circuits.page import dashboard_links, write_circuit_page
-    from ..io.files import atomic_write_text, make_folder
+    from ..io.files import atomic_write_text, check_output_folder, make_folder
     from ..loading import load
     from ..models import load_model, parse_dtype, resolve_device
     from .progress import ProgressBars
@@ -91,7 +91,11 @@ def run(ns: argparse.Namespace) -> int:
     built_in = _built_in(ns)
     if not built_in:
         _check_data_file(Path(ns.data))
-    out = _check_out(Path(ns.out), ns.overwrite)
+    out = check_output_folder(
+        Path(ns.out), overwrite=ns.overwrite, own_files=CIRCUIT_FILES, result="saekit circuit",
+        holds_result=lambda folder: (folder / "circuit.json").is_file() or (folder / "effects.json").is_file(),
+        written="the circuit's files",
+    )
     data_file = out / f"{ns.data}.jsonl" if built_in else Path(ns.data)
     page = out / "circuit.html"
     boards = [dashboard_links(folder, page) for folder in ns.dashboard or []]
@@ -227,22 +231,6 @@ def _check_data_file(path: Any) -> None:
         raise DataError(f"--data {path}: cannot read it as UTF-8 text ({e})") from None
     if not text.strip():
         raise DataError(f"--data {path} is empty; each line needs a JSON object with clean_prefix and clean_answer")
-
-
-def _check_out(out: Any, overwrite: bool) -> Any:
-    """``out`` may be written: new, empty, holding a circuit (rewritten), or --overwrite."""
-    from ..errors import OutputError
-    from ..io.files import TEMP_GLOB, check_writable_folder
-
-    out = check_writable_folder(out, "--out")
-    if not out.is_dir() or overwrite:
-        return out
-    others = sorted(p.name for p in out.iterdir() if p.name not in CIRCUIT_FILES and not p.match(TEMP_GLOB))
-    if (out / "circuit.json").is_file() or (out / "effects.json").is_file() or not others:
-        return out
-    shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
-    raise OutputError(f"--out {out} is not empty and holds no saekit circuit ({shown}); choose a new or empty folder, "
-                      "or pass --overwrite to write the circuit's files into it (other files are kept)")
 
 
 def _token_labels(data: Any, tokenizer: Any, summed: bool) -> list[str] | None:

@@ -89,7 +89,7 @@ def run(ns: argparse.Namespace) -> int:
 
     from ..circuits import Node, SplicedModel, shift
     from ..errors import DataError
-    from ..io.files import atomic_write_text, make_folder
+    from ..io.files import atomic_write_text, check_output_folder, make_folder
     from ..loading import load
     from ..models import load_model, parse_dtype, resolve_device
     from .progress import ProgressBars
@@ -107,7 +107,9 @@ def run(ns: argparse.Namespace) -> int:
             raise ConfigError(f"{' and '.join(judging)} set the automatic judge; with --features you are the judge "
                               "(drop one or the other)")
     task = _task(ns)
-    out = _check_out(Path(ns.out), ns.overwrite)
+    out = check_output_folder(Path(ns.out), overwrite=ns.overwrite, own_files=SHIFT_FILES,
+                              holds_result=lambda folder: (folder / "shift.json").is_file(),
+                              result="SHIFT result", written="shift.json")
     device = resolve_device(ns.device)
     dictionaries = [load(folder, ns.format, device=device) for folder in ns.dictionaries]
     widths = _written_points(ns.dictionaries, dictionaries)
@@ -240,19 +242,3 @@ def _given_features(specs: list[str], widths: dict[str, int]) -> list[tuple[str,
             raise ConfigError(f"--features {item} ({point}): {said}") from None
         chosen.extend((point, i) for i in indices)
     return list(dict.fromkeys(chosen))
-
-
-def _check_out(out: Any, overwrite: bool) -> Any:
-    """``out`` may be written: new, empty, holding a SHIFT result (rewritten), or --overwrite."""
-    from ..errors import OutputError
-    from ..io.files import TEMP_GLOB, check_writable_folder
-
-    out = check_writable_folder(out, "--out")
-    if not out.is_dir() or overwrite:
-        return out
-    others = sorted(p.name for p in out.iterdir() if p.name not in SHIFT_FILES and not p.match(TEMP_GLOB))
-    if (out / "shift.json").is_file() or not others:
-        return out
-    shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
-    raise OutputError(f"--out {out} is not empty and holds no SHIFT result ({shown}); choose a new or empty folder, "
-                      "or pass --overwrite to write shift.json into it (other files are kept)")

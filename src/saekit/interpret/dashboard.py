@@ -43,7 +43,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, OutputError
-from ..io.files import LOCK_FILE, TEMP_GLOB, check_writable_folder, make_folder
+from ..io.files import LOCK_FILE, check_output_folder, make_folder
 from ..progress import Phase, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -93,15 +93,8 @@ def check_dashboard_folder(out: str | os.PathLike, overwrite: bool = False, flag
     a non-empty folder holding something else is refused unless ``overwrite``, and even then
     only the dashboard's own files are replaced: the folder's other files stay.
     """
-    out = check_writable_folder(out, flag)
-    if not out.is_dir() or overwrite or is_dashboard(out):
-        return out
-    others = sorted(p.name for p in out.iterdir() if p.name not in COMPANIONS and not p.match(TEMP_GLOB))
-    if others:
-        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
-        raise OutputError(f"{flag} {out} is not empty and holds no saekit dashboard ({shown}); choose a new or empty "
-                          "folder, or pass --overwrite to write the dashboard's files into it (other files are kept)")
-    return out
+    return check_output_folder(out, overwrite=overwrite, own_files=COMPANIONS, holds_result=is_dashboard,
+                               result="saekit dashboard", written="the dashboard's files", flag=flag)
 
 
 # ----------------------------------------------------------------------------- tokens

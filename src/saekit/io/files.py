@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from ..errors import FolderBusyError, OutputError
 
@@ -60,6 +60,28 @@ def check_writable_folder(folder: str | os.PathLike, flag: str = "--out") -> Pat
         where = "" if probe == folder else f" (its nearest existing folder, {probe}, is read-only)"
         raise OutputError(f"cannot write into {flag} {folder}{where}: permission denied; choose a writable folder")
     return folder
+
+
+def check_output_folder(
+    folder: str | os.PathLike, *, overwrite: bool, own_files: Collection[str], holds_result: Callable[[Path], bool],
+    result: str, written: str, flag: str = "--out",
+) -> Path:
+    """Check, before any slow work, that a verb may write its files into ``folder``;
+    changes nothing. It must be (or become) a writable folder; one that already holds
+    the verb's ``result`` (``holds_result``) is rewritten; a non-empty folder holding
+    anything but ``own_files`` (and leftover temporary files) is refused unless
+    ``overwrite``, and even then only the verb's own files are replaced. ``result`` and
+    ``written`` word the refusal: "holds no {result}", "to write {written} into it".
+    """
+    out = check_writable_folder(folder, flag)
+    if not out.is_dir() or overwrite or holds_result(out):
+        return out
+    others = sorted(p.name for p in out.iterdir() if p.name not in own_files and not p.match(TEMP_GLOB))
+    if others:
+        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        raise OutputError(f"{flag} {out} is not empty and holds no {result} ({shown}); choose a new or empty folder, "
+                          f"or pass --overwrite to write {written} into it (other files are kept)")
+    return out
 
 
 def check_writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:

@@ -42,7 +42,13 @@ def force(path: str) -> None:
     sparse.SPARSE_MIN_FEATURES_GPU_HALF = 0
 
 
-def step_ms(arch: str, F: int, batches: list[torch.Tensor], device: torch.device, bf16: bool, warmup: int) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_trainer(arch: str, F: int, batches: list[torch.Tensor], device: torch.device, bf16: bool) -> DictionaryTrainer:
+    """A fresh trainer for (arch, F), seeded alike, its scale and init from the first batches."""
     d, B = batches[0].shape[1], batches[0].shape[0]
     k = 32 if ARCHITECTURES[arch].uses_k else None
     cfg = TrainConfig(arch=arch, k=k, dict_size=F, batch_size=B, tokens=100 * B, lr_warmup=0.05, sparsity_warmup=0.05,
@@ -51,27 +57,39 @@ def step_ms(arch: str, F: int, batches: list[torch.Tensor], device: torch.device
     torch.manual_seed(0)
     trainer = DictionaryTrainer(cfg, DictionaryConfig(arch=arch, d_in=d, d_sae=F, k=k, hook="resid_post.9"), device)
     trainer.init_from_sample(torch.cat(batches[:4]))
-    for x in batches[:warmup]:
-        trainer.train_step(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return trainer
+
+
+def steps_ms(trainer: DictionaryTrainer, batches: list[torch.Tensor], device: torch.device) -> float:
+    """Milliseconds per ``train_step`` over ``batches``, the device synchronised around the clock."""
+    sync(device)
     start = time.perf_counter()
-    for x in batches[warmup:]:
+    for x in batches:
         trainer.train_step(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / (len(batches) - warmup) * 1000
+    sync(device)
+    return (time.perf_counter() - start) / len(batches) * 1000
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def step_ms(arch: str, F: int, batches: list[torch.Tensor], device: torch.device, bf16: bool, warmup: int) -> float:
+    trainer = make_trainer(arch, F, batches, device, bf16)
+    steps_ms(trainer, batches[:warmup], device)
+    return steps_ms(trainer, batches[warmup:], device)
+
+
+def add_shape_flags(p: argparse.ArgumentParser) -> None:
+    """The flags both GPU scripts take: where, which widths, architectures, batch and precisions."""
     p.add_argument("--device", default="cuda")
     p.add_argument("--sizes", default="4608,18432", help="dictionary sizes F, comma-separated")
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--precisions", default="bf16,fp32")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_shape_flags(p)
     p.add_argument("--steps", type=int, default=16, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--precisions", default="bf16,fp32")
     args = p.parse_args()
     device = torch.device(args.device)
     d = 576

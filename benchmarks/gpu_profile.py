@@ -17,31 +17,18 @@ is ``DictionaryTrainer.train_step`` with ``--autocast`` as configured, on the pa
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from gpu_cutover import ARCHS, synthetic
-from saekit.config import TrainConfig
-from saekit.dictionaries import ARCHITECTURES, DictionaryConfig
-from saekit.training import DictionaryTrainer
+from gpu_cutover import add_shape_flags, make_trainer, steps_ms, synthetic
 
 COPIES = ("cudaMemcpyAsync", "cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--sizes", default="4608,18432", help="dictionary sizes F, comma-separated")
-    p.add_argument("--archs", default=",".join(ARCHS))
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--precisions", default="bf16,fp32")
+    add_shape_flags(p)
     p.add_argument("--steps", type=int, default=8, help="timed (and then profiled) steps")
     p.add_argument("--top", type=int, default=8, help="ops listed per step")
     args = p.parse_args()
@@ -52,25 +39,11 @@ def main() -> None:
     for F in (int(s) for s in args.sizes.split(",")):
         for precision in args.precisions.split(","):
             for arch in args.archs.split(","):
-                k = 32 if ARCHITECTURES[arch].uses_k else None
-                cfg = TrainConfig(arch=arch, k=k, dict_size=F, batch_size=B, tokens=100 * B, lr_warmup=0.05,
-                                  sparsity_warmup=0.05, buffer_tokens=B, eval_tokens=0, device=str(device),
-                                  hook="resid_post.9", autocast="bf16" if precision == "bf16" else "none")
-                trainer = DictionaryTrainer(cfg, DictionaryConfig(arch=arch, d_in=d, d_sae=F, k=k, hook="resid_post.9"),
-                                            device)
-                trainer.init_from_sample(torch.cat(batches[:4]))
-                for x in batches[:warmup]:
-                    trainer.train_step(x)
-                sync(device)
-                start = time.perf_counter()
-                for x in batches[warmup:]:
-                    trainer.train_step(x)
-                sync(device)
-                wall = (time.perf_counter() - start) / args.steps * 1000
+                trainer = make_trainer(arch, F, batches, device, precision == "bf16")
+                steps_ms(trainer, batches[:warmup], device)
+                wall = steps_ms(trainer, batches[warmup:], device)
                 with profile(activities=activities) as prof:
-                    for x in batches[warmup:]:
-                        trainer.train_step(x)
-                    sync(device)
+                    steps_ms(trainer, batches[warmup:], device)
                 ops = prof.key_averages()
                 n = args.steps
                 kernels = sum(e.self_device_time_total for e in ops) / n / 1000

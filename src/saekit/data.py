@@ -265,19 +265,21 @@ def _read_txt(path: Path) -> Iterator[str]:
         yield paragraph.strip()
 
 
-def read_data_file(path: str | os.PathLike[str], what_to_give: str) -> str:
+def read_data_file(path: str | os.PathLike[str], what_to_give: str, flag: str = "") -> str:
     """The whole UTF-8 text of a user's data file; a missing file, a folder or unreadable
-    bytes is a ``DataError`` that ends with ``what_to_give`` (e.g. "give a JSONL file of
+    bytes is a ``DataError`` that names the file (after ``flag``, the option that gave it,
+    if any) and ends with ``what_to_give`` (e.g. "give a JSONL file of
     clean_prefix/clean_answer lines")."""
     file = Path(path)
+    named = f"{flag} {file}" if flag else str(file)
     try:
         return file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"{file}: no such file; {what_to_give}") from None
+        raise DataError(f"{named}: no such file; {what_to_give}") from None
     except IsADirectoryError:
-        raise DataError(f"{file} is a folder; {what_to_give}") from None
+        raise DataError(f"{named} is a folder; {what_to_give}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{file}: cannot read it as UTF-8 text ({e})") from None
+        raise DataError(f"{named}: cannot read it as UTF-8 text ({e})") from None
 
 
 def jsonl_records(lines: Iterable[str],

@@ -219,16 +219,10 @@ def _built_in(ns: argparse.Namespace) -> bool:
 
 def _check_data_file(path: Any) -> None:
     """The prompts file exists and is readable text (its lines need the tokenizer, checked once it loads)."""
+    from ..data import read_data_file
     from ..errors import DataError
 
-    if not path.exists():
-        raise DataError(f"--data {path}: no such file; give a JSONL file of clean_prefix/clean_answer lines")
-    if path.is_dir():
-        raise DataError(f"--data {path} is a folder; give a JSONL file of clean_prefix/clean_answer lines")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"--data {path}: cannot read it as UTF-8 text ({e})") from None
+    text = read_data_file(path, "give a JSONL file of clean_prefix/clean_answer lines", flag="--data")
     if not text.strip():
         raise DataError(f"--data {path} is empty; each line needs a JSON object with clean_prefix and clean_answer")
 

@@ -402,8 +402,8 @@ def _evaluate_regime(
     hook = first.hook
     # What is compared and replaced: the input itself for a sparse autoencoder, the
     # target point for a transcoder (read in the same pass; it comes after the input).
-    target = first.target if first.transcoder else hook
-    assert all((d.cfg.hook, d.cfg.target if d.cfg.transcoder else d.cfg.hook) == (hook, target) for d in dictionaries)
+    target = first.output_hook
+    assert all((d.cfg.hook, d.cfg.output_hook) == (hook, target) for d in dictionaries)
     layer = HookPoint.parse(hook).layer
     dev = lm.device
 
@@ -749,7 +749,7 @@ def evaluate_many(
             points: dict[tuple[str, str], list[int]] = {}
             for i in members:
                 c = dictionaries[i].cfg
-                points.setdefault((c.hook, c.target if c.transcoder else c.hook), []).append(i)
+                points.setdefault((c.hook, c.output_hook), []).append(i)
             for same_points in points.values():
                 found = _evaluate_regime(
                     [dictionaries[i] for i in same_points], lm, batches, regime, length, tokens, bucket_tokens,

@@ -124,7 +124,7 @@ class SplicedModel:
         splices: dict[str, _Splice] = {}
         for d in dictionaries:
             check_dictionary_fits(d, lm, model_name=None if allow_other_model else lm.name)
-            writes = d.cfg.target if d.cfg.transcoder else d.cfg.hook
+            writes = d.cfg.output_hook
             if writes in splices:
                 raise HookPointError(
                     f"two dictionaries write {writes}; give one dictionary per hook point (a circuit's nodes at a "

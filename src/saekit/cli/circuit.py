@@ -117,7 +117,7 @@ def run(ns: argparse.Namespace) -> int:
         atomic_write_text(data_file, "".join(json.dumps(r) + "\n" for r in records))
         print(f"built {len(records)} {ns.data} prompts for this tokenizer (seed {options.seed}): {data_file}")
     data = read_circuit_data(data_file, lm.tokenizer, max_length=lm.max_length)
-    sources = {_writes(d): str(folder) for folder, d in zip(ns.dictionaries, dictionaries)}
+    sources = {d.cfg.output_hook: str(folder) for folder, d in zip(ns.dictionaries, dictionaries)}
     make_folder(out)
     bars = ProgressBars("circuit")
     try:
@@ -193,10 +193,6 @@ def _mask_baseline(model: Any, data: Any, effects: Any, ns: argparse.Namespace, 
     points = [Faithfulness(r.n_nodes, r.metric_full, r.metric_empty, r.metric_masked, float("nan"))
               for r in sorted(masks, key=lambda r: r.n_nodes)]
     return {"rows": rows, "mask_curve": FaithfulnessCurve(points, summed=ns.summed)}
-
-
-def _writes(d: Any) -> str:
-    return d.cfg.target if d.cfg.transcoder else d.cfg.hook
 
 
 def _built_in(ns: argparse.Namespace) -> bool:

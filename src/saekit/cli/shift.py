@@ -198,7 +198,7 @@ def _written_points(folders: list[str], dictionaries: list[Any]) -> dict[str, in
     for folder, d in zip(folders, dictionaries):
         if not d.cfg.hook:
             raise ConfigError(f"{folder} does not record its hook point, so saekit cannot tell where to splice it")
-        writes = d.cfg.target if d.cfg.transcoder else d.cfg.hook
+        writes = d.cfg.output_hook
         if writes in widths:
             raise HookPointError(f"two dictionaries write {writes}; give one dictionary per hook point")
         widths[writes] = d.cfg.d_sae

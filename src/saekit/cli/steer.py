@@ -69,7 +69,7 @@ def run(ns: argparse.Namespace) -> int:
     result = generate_with_and_without(lm, ns.prompt, intervention, max_new_tokens=ns.max_new_tokens,
                                        temperature=ns.temperature, seed=ns.seed, allow_other_model=ns.allow_other_model)
     what = f"feature {ns.feature} clamped to {ns.clamp:g}" if ns.clamp is not None else f"{ns.scale:g} x feature {ns.feature}"
-    where = sae.cfg.target if sae.cfg.transcoder else sae.cfg.hook
+    where = sae.cfg.output_hook
     print(f"prompt: {result.prompt}\n")
     print(f"without: {result.without}\n")
     print(f"with {what} at {where}: {result.steered}")

@@ -114,6 +114,12 @@ class DictionaryConfig:
                 f"a transcoder from {self.hook} to itself is a sparse autoencoder; drop the target (--target)"
             )
 
+    @property
+    def output_hook(self) -> str:
+        """The hook point the dictionary's output stands for: a transcoder's target, a
+        sparse autoencoder's own hook point."""
+        return self.target if self.transcoder else self.hook
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -126,7 +126,7 @@ def output_tokens(dictionary: Any, lm: Any, features: Sequence[int], k: int = 10
     index = _features(dictionary, features)
     d_out, d_model = dictionary.cfg.d_out, lm.d_model
     if d_out != d_model:
-        where = dictionary.cfg.target if dictionary.cfg.transcoder else dictionary.cfg.hook
+        where = dictionary.cfg.output_hook
         raise DimensionError(
             f"the dictionary's decoder rows have width {d_out} ({where}), but {lm.name}'s residual stream has width "
             f"{d_model}: output tokens need a decoder that writes into a space of the residual stream's width "

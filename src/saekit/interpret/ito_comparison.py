@@ -407,7 +407,7 @@ def compare_codes(
                           f"dictionary.to('{lm.device}')")
     check_dictionary_fits(dictionary, lm, model_name=None if allow_other_model else (asked_name or lm.name))
     keep_bos = cfg.keep_bos
-    target = cfg.target if cfg.transcoder else cfg.hook
+    target = cfg.output_hook
 
     # The tokens saekit.evaluate's fixed regime reads with these settings, and their activations.
     stream = ContextStream(dataset, lm.tokenizer, context_length=ctx, batch_size=max(1, batch_tokens // ctx),

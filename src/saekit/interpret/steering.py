@@ -172,7 +172,7 @@ def steer(lm: Any, interventions: Intervention | Sequence[Intervention], allow_o
     edits: dict[str, list[Callable[[Tensor], Tensor]]] = {}
     for item in items:
         cfg = item.dictionary.cfg
-        read_at, write_at = cfg.hook, (cfg.target if cfg.transcoder else cfg.hook)
+        read_at, write_at = cfg.hook, (cfg.output_hook)
         if read_at != write_at and read_at not in edits:
 
             def keep(a: Tensor, name: str = read_at) -> Tensor:

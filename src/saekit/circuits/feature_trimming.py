@@ -495,6 +495,11 @@ def _accuracy(ambiguous_says: Tensor, balanced_says: Tensor, task: SpuriousTask)
                          spurious=float((balanced_says == spurious).float().mean()), worst_group=min(groups))
 
 
+def _probe_accuracy(probe: Any, X_amb: Tensor, X_bal: Tensor, task: SpuriousTask) -> ShiftAccuracy:
+    """``probe``'s four accuracies on the test sets' probe inputs."""
+    return _accuracy(_says_one(probe, X_amb), _says_one(probe, X_bal), task)
+
+
 def _oracle(probe: Any, X_amb: Tensor, X_bal: Tensor, task: SpuriousTask) -> ShiftAccuracy | None:
     """The skyline (Marks et al.'s "oracle"): a probe trained where the concepts are
     decorrelated, on the unedited activations. The task has no decorrelated training set,
@@ -597,7 +602,7 @@ def shift(
     fitted = fresh.fit(X_train, labels)
     X_amb = reader.inputs(task.ambiguous_test, ())
     X_bal = reader.inputs(task.balanced_test, ())
-    before = _accuracy(_says_one(fitted, X_amb), _says_one(fitted, X_bal), task)
+    before = _probe_accuracy(fitted, X_amb, X_bal, task)
     oracle = _oracle(fitted, X_amb, X_bal, task)
     logger.info("SHIFT: probe at %s, before: %s", point, before)
 
@@ -628,9 +633,9 @@ def shift(
     # -- SHIFT, and SHIFT + retrain
     if ablated:
         X_train, X_amb, X_bal = (reader.inputs(s, ablated) for s in (train, task.ambiguous_test, task.balanced_test))
-    after = _accuracy(_says_one(fitted, X_amb), _says_one(fitted, X_bal), task)
+    after = _probe_accuracy(fitted, X_amb, X_bal, task)
     retrained = _fresh_copy(fitted).fit(X_train, labels)
-    again = _accuracy(_says_one(retrained, X_amb), _says_one(retrained, X_bal), task)
+    again = _probe_accuracy(retrained, X_amb, X_bal, task)
     return ShiftResult(
         probe_point=point, pooling=pooling if isinstance(model, SplicedModel) else "none (one row per example)",
         probe_kind=fitted.name, method=method if isinstance(model, SplicedModel) else "exact",

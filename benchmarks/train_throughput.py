@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from throughput_worker import precision_name  # the names the workers report their precision by
+from throughput_worker import precision_name, synchronize  # the workers' names for precisions; the clock's wait
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "throughput_worker.py"
@@ -205,11 +205,6 @@ class DenseStep:
         self.x.T @ self.g_pre
         synchronize(self.device)
         return time.perf_counter() - t
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------- workers

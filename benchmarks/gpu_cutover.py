@@ -47,13 +47,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_trainer(arch: str, F: int, batches: list[torch.Tensor], device: torch.device, bf16: bool) -> DictionaryTrainer:
-    """A fresh trainer for (arch, F), seeded alike, its scale and init from the first batches."""
+def make_trainer(
+    arch: str, F: int, batches: list[torch.Tensor], device: torch.device, bf16: bool, graphs: bool = False
+) -> DictionaryTrainer:
+    """A fresh trainer for (arch, F), seeded alike, its scale and init from the first batches;
+    its step op by op unless ``graphs`` (then from a CUDA graph where ``graph_pays``)."""
     d, B = batches[0].shape[1], batches[0].shape[0]
     k = 32 if ARCHITECTURES[arch].uses_k else None
     cfg = TrainConfig(arch=arch, k=k, dict_size=F, batch_size=B, tokens=100 * B, lr_warmup=0.05, sparsity_warmup=0.05,
                       buffer_tokens=B, eval_tokens=0, device=str(device), hook="resid_post.9",
-                      autocast="bf16" if bf16 else "none")
+                      autocast="bf16" if bf16 else "none", cuda_graphs=graphs)
     torch.manual_seed(0)
     trainer = DictionaryTrainer(cfg, DictionaryConfig(arch=arch, d_in=d, d_sae=F, k=k, hook="resid_post.9"), device)
     trainer.init_from_sample(torch.cat(batches[:4]))

@@ -31,6 +31,7 @@ def main() -> None:
     add_shape_flags(p)
     p.add_argument("--steps", type=int, default=8, help="timed (and then profiled) steps")
     p.add_argument("--top", type=int, default=8, help="ops listed per step")
+    p.add_argument("--graphs", action="store_true", help="the step from a CUDA graph, where saekit would use one")
     args = p.parse_args()
     device = torch.device(args.device)
     d, B, warmup = 576, args.batch, 3
@@ -39,7 +40,7 @@ def main() -> None:
     for F in (int(s) for s in args.sizes.split(",")):
         for precision in args.precisions.split(","):
             for arch in args.archs.split(","):
-                trainer = make_trainer(arch, F, batches, device, precision == "bf16")
+                trainer = make_trainer(arch, F, batches, device, precision == "bf16", args.graphs)
                 steps_ms(trainer, batches[:warmup], device)
                 wall = steps_ms(trainer, batches[warmup:], device)
                 with profile(activities=activities) as prof:

@@ -128,11 +128,15 @@ def check_against_reference(sae, x, params, target=None):
 
 # Every architecture on each of its paths: the ReLU-like ones choose per batch by the
 # active share, TopK and BatchTopK by k / F against the device's cut-over (dense on a GPU).
-CASES = [(arch, "sparse") for arch in ARCHS] + [(arch, "dense") for arch in ARCHS]
+# "static" is the dense path under ``sparse.static_shapes``, as a CUDA graph captures it
+# (aux-k and BatchTopK's selection without data-dependent shapes).
+CASES = [(arch, path) for path in ("sparse", "dense", "static") for arch in ARCHS]
 
 
 def force_path(monkeypatch, path: str) -> None:
     monkeypatch.setattr(sparse, "SPARSE_BELOW_DENSITY", 1.01 if path == "sparse" else 0.0)
+    if path == "static":
+        monkeypatch.setattr(sparse._mode, "static", True, raising=False)
 
 
 # (B, d, F, k): one token; F prime; k = 1; k = F − 1.
@@ -236,7 +240,7 @@ def test_the_path_follows_the_measured_density(monkeypatch):
     assert taken == ["pre_acts_at", "dense_pre_acts"]
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("path", ["sparse", "dense", "static"])
 def test_input_gradient_when_x_requires_it(path, monkeypatch):
     force_path(monkeypatch, path)
     sae = make("gated", 6, 19)
@@ -461,3 +465,51 @@ def test_the_cutover_follows_the_device_and_autocast(monkeypatch):
     # A cut-over of 0 means the dense path without reading the count from the device.
     monkeypatch.setattr(sparse, "SPARSE_BELOW_DENSITY", 0.0)
     assert sparse.sparse_enough(torch.zeros(4, 8, dtype=torch.bool)) is False
+
+
+# What a CUDA graph cannot capture: reading a device value on the host, or an output
+# whose size is data (both synchronise a GPU; in a capture, both fail).
+HOST_READS = {"aten.nonzero.default", "aten._local_scalar_dense.default", "aten.masked_select.default",
+              "aten.repeat_interleave.Tensor", "aten.unique_consecutive.default", "aten._unique2.default",
+              "aten.item.default"}
+
+
+class _NoHostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        assert str(func) not in HOST_READS, f"{func} reads the device or sizes its output by the data"
+        if str(func).split(".")[1] in ("index", "index_put", "index_put_", "_index_put_impl_"):
+            indices = args[1]
+            assert not any(t is not None and t.dtype == torch.bool for t in indices), f"{func} by a mask"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dead", ["no-dead", "some-dead", "all-dead"])
+@pytest.mark.parametrize("transcoder", [{}, {"transcoder": True, "d_out": 9, "skip": True}], ids=["sae", "skip-transcoder"])
+def test_a_static_shapes_step_never_reads_the_device(arch, dead, transcoder):
+    """Forward and backward under ``static_shapes`` with a tensor sparsity coefficient,
+    as ``training.graphed_step`` captures them: no op of a data-dependent size or host
+    read (the same step on the sparse path lists its pairs, which the check catches)."""
+    sae = make(arch, 8, 60, 4, **transcoder).float()
+    x = torch.randn(33, 8)
+    target = torch.randn(33, 9) if transcoder else None
+    params = LossParams(sparsity_coeff=torch.tensor(0.2), dead_mask=DEAD[dead](60), jumprelu_bandwidth=0.4)
+    with sparse.static_shapes(), _NoHostReads():
+        out = sae(x, target, params)
+        out.loss.backward()
+        sae.remove_parallel_decoder_grad()
+        torch.stack([torch.isfinite(out.loss), out.fired.any(), out.n_active > 0])
+    assert all(torch.isfinite(p.grad).all() for p in sae.parameters())
+    with pytest.raises(AssertionError, match="reads the device|by a mask"), _NoHostReads():
+        sae(x, target, LossParams(sparsity_coeff=0.2, dead_mask=torch.ones(60, dtype=torch.bool)))
+
+
+def test_static_shapes_is_scoped():
+    assert not sparse.shapes_static()
+    with sparse.static_shapes():
+        assert sparse.shapes_static() and sparse.sparse_cutover(torch.device("cpu"), 10) == 0.0
+        with pytest.raises(RuntimeError):
+            with sparse.static_shapes():
+                raise RuntimeError
+        assert sparse.shapes_static()
+    assert not sparse.shapes_static()

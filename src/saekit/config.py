@@ -274,6 +274,12 @@ class TrainConfig(SourceConfig):
         "tensor cores, usually slower on CPUs",
         default="none", choices=("none", "bf16"),
     )
+    cuda_graphs: bool = _opt(
+        "on a GPU, capture each dictionary's forward and backward in a CUDA graph, replayed every step (one "
+        "launch instead of a hundred, where a step at a few thousand tokens is bound by kernel launches); used "
+        "where it was measured to pay (training/graphed_step.py), ignored on CPUs and under DDP",
+        default=True,
+    )
     out: str | None = _opt("output folder; default runs/<model>-<hook>-<arch>", default=None)
     resume: bool = _opt("continue the run in --out from its last checkpoint", default=False)
     overwrite: bool = _opt("replace an --out folder that holds a different run", default=False)

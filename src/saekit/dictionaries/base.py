@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DimensionError
-from .sparse import SparsityPattern, pre_acts_at, scratch, sparse_decode
+from .sparse import SparsityPattern, pre_acts_at, scratch, shapes_static, sparse_decode
 
 ARCHITECTURES: dict[str, type["Dictionary"]] = {}
 # ``Dictionary.reconstruct`` works through many tokens in blocks of about this many
@@ -163,12 +163,13 @@ class LossParams:
     """Per-step hyper-parameters the trainer hands to ``forward``.
 
     ``sparsity_coeff`` is λ after its warm-up (the L1 coefficient for ReLU/gated,
-    the L0 coefficient for JumpReLU; unused by the TopK family). ``dead_mask`` marks
+    the L0 coefficient for JumpReLU; unused by the TopK family), a number or a 0-d
+    device tensor (a step replayed from a CUDA graph reads it from the device). ``dead_mask`` marks
     features silent for longer than the dead window, for the auxiliary-k loss.
     ``group``: the processes sharing the global batch (None: this process has all of it).
     """
 
-    sparsity_coeff: float = 0.0
+    sparsity_coeff: float | Tensor = 0.0
     dead_mask: Tensor | None = None
     auxk_coeff: float = 1 / 32
     aux_k: int | None = None
@@ -405,7 +406,8 @@ class Dictionary(nn.Module):
         return torch.mm(centred, self.W_enc, out=out)
 
     def auxk_loss(
-        self, x: Tensor, x_hat: Tensor, pre: Tensor, params: LossParams, target: Tensor | None = None
+        self, x: Tensor, x_hat: Tensor, pre: Tensor, params: LossParams, target: Tensor | None = None,
+        dense_pre: Tensor | None = None,
     ) -> Tensor:
         """Auxiliary-k loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", §A.2).
 
@@ -420,11 +422,25 @@ class Dictionary(nn.Module):
         ``pre`` is the batch's (B, F) pre-activations (only read: the gradient reaches
         the encoder through ``pre_acts_at``); the residual is ``target − x̂``, with
         ``target`` defaulting to ``x``. Decoding is sparse, as in the main loss.
+
+        Under ``sparse.static_shapes`` (a step captured in a CUDA graph) the dead latents
+        are not listed, whose number is data: the living ones are masked out of one
+        ``topk`` of fixed size, and the step's dense pre-activations with their gradient
+        (``dense_pre``) are decoded densely; the loss is 0 when none is dead.
         """
         dead = params.dead_mask
         zero = x_hat.new_zeros(())
         if dead is None:
             return zero
+        residual = ((x if target is None else target) - x_hat).detach()
+        if shapes_static():
+            assert dense_pre is not None, "a static-shape step decodes aux-k from its dense pre-activations"
+            aux_k = min(params.aux_k or self.cfg.d_in // 2, self.cfg.d_sae)
+            with torch.no_grad():
+                chosen = pre.detach().masked_fill(~dead, float("-inf")).topk(aux_k, dim=-1, sorted=False).indices
+                keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, chosen, True) & dead
+            e_hat = (dense_pre.relu() * keep) @ self.W_dec
+            return self._auxk_error(e_hat, residual, params) * dead.any()
         dead_features = dead.nonzero().squeeze(1)
         n_dead = dead_features.numel()
         if n_dead == 0:
@@ -441,7 +457,11 @@ class Dictionary(nn.Module):
         pattern = SparsityPattern.from_indices(chosen, self.cfg.d_sae)
         values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
         e_hat = sparse_decode(values, pattern, self.W_dec)
-        residual = ((x if target is None else target) - x_hat).detach()
+        return self._auxk_error(e_hat, residual, params)
+
+    @staticmethod
+    def _auxk_error(e_hat: Tensor, residual: Tensor, params: LossParams) -> Tensor:
+        """Aux-k's squared error of ``e_hat`` against the residual, over ``mean ‖e‖²``."""
         sq = residual.pow(2).sum()
         if params.group is not None:  # the mean over the whole global batch
             sq, n = params.group.sum(torch.stack([sq, sq.new_tensor(float(residual.shape[0]))])).unbind()

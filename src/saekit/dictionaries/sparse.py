@@ -37,9 +37,11 @@ benchmarks/step_kernels.py times whole steps:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -127,7 +129,8 @@ class SparsityPattern:
         row (as ``topk`` returns them)."""
         B, m = indices.shape
         device = indices.device
-        tokens = torch.arange(B, device=device).repeat_interleave(m)
+        # expand, not repeat_interleave, which on a GPU reads its output size back
+        tokens = torch.arange(B, device=device).unsqueeze(1).expand(B, m).reshape(-1)
         return cls(tokens, indices.reshape(-1).contiguous(), torch.arange(B, device=device) * m, n_features)
 
     @classmethod
@@ -347,6 +350,12 @@ class _DensePreActs(torch.autograd.Function):
     def forward(ctx, x, W_enc, b_enc, b_dec, pre: Tensor | None) -> Tensor:
         centred = x if b_dec is None else x - b_dec
         ctx.save_for_backward(centred, W_enc)
+        # The products' dtype under 16-bit autocast, which the backward (run outside
+        # autocast) keeps: a bf16 step's weight gradient in fp32 took longer than the rest
+        # of its products together on a GPU without TF32.
+        kind = x.device.type
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        ctx.dtype = torch.get_autocast_dtype(kind) if autocast else W_enc.dtype
         if pre is not None:
             return pre.clone()
         return centred @ W_enc if b_enc is None else torch.addmm(b_enc, centred, W_enc)
@@ -355,10 +364,10 @@ class _DensePreActs(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         centred, W_enc = ctx.saved_tensors
         needs_x, needs_W, needs_b_enc, needs_b_dec = ctx.needs_input_grad[:4]
-        grad = grad.to(W_enc.dtype)
-        grad_x = (grad @ W_enc.t()).to(centred.dtype) if needs_x else None
-        grad_W = centred.to(W_enc.dtype).t() @ grad if needs_W else None
-        G_features = grad.sum(0) if (needs_b_enc or needs_b_dec) else None
+        G_features = grad.to(W_enc.dtype).sum(0) if (needs_b_enc or needs_b_dec) else None
+        grad = grad.to(ctx.dtype)
+        grad_x = (grad @ W_enc.to(ctx.dtype).t()).to(centred.dtype) if needs_x else None
+        grad_W = (centred.to(ctx.dtype).t() @ grad).to(W_enc.dtype) if needs_W else None
         grad_b_enc, grad_b_dec = _bias_gradients(G_features, W_enc, needs_b_enc, needs_b_dec)
         return grad_x, grad_W, grad_b_enc, grad_b_dec, None
 
@@ -393,12 +402,39 @@ def dense_activity(f: Tensor) -> tuple[Tensor, Tensor]:
     return on.any(0), on.sum()
 
 
+_mode = threading.local()
+
+
+@contextlib.contextmanager
+def static_shapes() -> Iterator[None]:
+    """Within this block a training step has shapes that do not depend on the data and
+    never reads a device value on the host, as capturing it in a CUDA graph requires
+    (``training.graphed_step``): the dense path always (``sparse_cutover`` is 0),
+    BatchTopK's selection by one ``topk`` over the batch, and aux-k's dead latents chosen
+    by a mask rather than by listing them. The step computes the same loss and gradients
+    (up to the order of floating-point sums)."""
+    before = getattr(_mode, "static", False)
+    _mode.static = True
+    try:
+        yield
+    finally:
+        _mode.static = before
+
+
+def shapes_static() -> bool:
+    """Whether the step runs under ``static_shapes``."""
+    return getattr(_mode, "static", False)
+
+
 def sparse_cutover(device: torch.device, n_features: int) -> float:
     """The share of active (token, feature) pairs below which the sparse kernels beat the
     dense products for a dictionary of ``n_features`` on ``device``: ``SPARSE_BELOW_DENSITY``
     on a CPU; on a GPU ``SPARSE_BELOW_DENSITY_GPU``, or under bf16 or fp16 autocast, whose
     dense products are several times faster, ``SPARSE_BELOW_DENSITY_GPU_HALF`` from
-    ``SPARSE_MIN_FEATURES_GPU_HALF`` features on and 0 (always dense) below."""
+    ``SPARSE_MIN_FEATURES_GPU_HALF`` features on and 0 (always dense) below; 0 under
+    ``static_shapes``, whose step must not depend on a count."""
+    if shapes_static():
+        return 0.0
     kind = torch.device(device).type
     if kind == "cpu":
         return SPARSE_BELOW_DENSITY

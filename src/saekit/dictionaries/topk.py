@@ -28,6 +28,7 @@ from .sparse import (
     dense_activity,
     dense_pre_acts,
     pre_acts_at,
+    shapes_static,
     sparse_cutover,
     sparse_decode,
 )
@@ -44,7 +45,7 @@ def largest_entries(flat: Tensor, n: int) -> Tensor:
     entries pass, it falls back to the full ``topk``.
     """
     total = flat.numel()
-    if 4 * n > total:
+    if 4 * n > total or shapes_static():  # (the candidates' count is data)
         return flat.topk(n, sorted=False).indices
     # A prime stride that does not divide B·F does not divide the row length F either,
     # so the sample visits every feature column; a stride dividing F would see only
@@ -110,6 +111,7 @@ class TopKDictionary(Dictionary):
         pre = self.batch_pre_acts(x)
         pattern = self.select(pre, params.group)
         # The ReLU after the selection: a selected pre-activation ≤ 0 contributes 0.
+        dense = None
         if pattern.nnz < sparse_cutover(pre.device, pre.shape[1]) * pre.numel():
             values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
             x_hat = sparse_decode(values, pattern, self.W_dec) + self.output_bias(x)
@@ -117,11 +119,12 @@ class TopKDictionary(Dictionary):
         else:  # the dense products (a GPU at moderate widths): the same loss and gradients
             selected = torch.zeros(pre.numel(), dtype=torch.bool, device=pre.device)
             selected = selected.index_fill_(0, pattern.flat_index(), True).view_as(pre)
-            f = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre).relu() * selected
+            dense = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre)
+            f = dense.relu() * selected
             x_hat = f @ self.W_dec + self.output_bias(x)
             fired, n_active = dense_activity(f)
         recon = mse(target, x_hat)
-        aux = self.auxk_loss(x, x_hat, pre, params, target)
+        aux = self.auxk_loss(x, x_hat, pre, params, target, dense_pre=dense)
         loss = recon + params.auxk_coeff * aux
         return LossOutput(loss, x_hat, {"mse": recon, "auxk": aux}, fired, n_active)
 

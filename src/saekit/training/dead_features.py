@@ -24,7 +24,8 @@ class DeadFeatureTracker:
     def update(self, fired: Tensor, n_tokens: int) -> None:
         """``fired``: (F,) bool, the features that fired on some token of a batch of ``n_tokens``."""
         self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired] = 0
+        # masked_fill_, not ``[fired] = 0``: indexing by a mask lists it, a host read on a GPU
+        self.tokens_since_fired.masked_fill_(fired, 0)
 
     @property
     def dead(self) -> Tensor:

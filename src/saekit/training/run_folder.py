@@ -39,8 +39,8 @@ RUN_FILES = (*RUN_RECORD_FILES, CONFIG_FILE, WEIGHTS_FILE)
 # Options that change where or how a run executes but not what it computes (beyond
 # rounding: a device or a precision); they may differ between a run and its resumption.
 EXECUTION_ONLY = frozenset(
-    {"out", "resume", "overwrite", "device", "autocast", "log_every", "wandb", "wandb_project", "eval_tokens",
-     "checkpoint_every", "parallel"}
+    {"out", "resume", "overwrite", "device", "autocast", "cuda_graphs", "log_every", "wandb", "wandb_project",
+     "eval_tokens", "checkpoint_every", "parallel"}
 )
 # Options whose default is filled in, or whose value is a path, once the model and data
 # are known: compared by their resolved values (``resolved_settings``) instead.

@@ -22,6 +22,7 @@ from ..dictionaries import Dictionary, DictionaryConfig, LossOutput, LossParams,
 from ..errors import TrainingDivergedError
 from .dead_features import DeadFeatureTracker, resample_dead
 from .distributed import SINGLE, RankGroup, Ranks, gather_rows
+from .graphed_step import GraphedObjective, graph_pays
 from .schedules import lr_multiplier, sparsity_multiplier
 
 
@@ -127,6 +128,12 @@ class DictionaryTrainer:
         self.step = 0
         self.tokens = 0
         self.resamples = cfg.resample and type(self.sae).revive_dead == "resample"
+        # A CUDA graph of the loss and its backward, captured at the first step where it pays
+        # (not under DDP, whose hooks run between the ops).
+        self.graphs = cfg.cuda_graphs and not ranks.distributed and graph_pays(
+            torch.device(device), type(self.sae), dict_cfg.d_sae, cfg.autocast
+        )
+        self.graphed: GraphedObjective | None = None
         # What to say when an input batch holds NaN (where the activations come from).
         self.source_hint = source_hint
 
@@ -146,23 +153,29 @@ class DictionaryTrainer:
             target = target_sample.to(device, torch.float32) / self.target_scale
         self.sae.init_from_data(sample.to(device, torch.float32) / self.scale, target=target)
 
-    def _scaled(self, raw: Tensor, scale: float, hook: str) -> Tensor:
-        x = raw.to(self.sae.W_dec.device, torch.float32)
-        if not torch.isfinite(x).all():
-            raise TrainingDivergedError(
-                f"the activations at {hook} contain NaN or Inf (step {self.step}); {self.source_hint}"
-            )
-        return x / scale
+    def _scaled(self, raw: Tensor, scale: float) -> Tensor:
+        return raw.to(self.sae.W_dec.device, torch.float32) / scale
+
+    def _refuse_input(self, hook: str) -> None:
+        raise TrainingDivergedError(
+            f"the activations at {hook} contain NaN or Inf (step {self.step}); {self.source_hint}"
+        )
+
+    def _refuse_loss(self, loss: Tensor) -> None:
+        raise TrainingDivergedError(
+            f"the loss became {float(loss)} at step {self.step} ({self.tokens} tokens) with lr "
+            f"{self.opt.param_groups[0]['lr']:.2e}; lower --lr."
+        )
 
     def train_step(self, x_raw: Tensor, target_raw: Tensor | None = None) -> StepResult:
         """One optimiser step on a full (global) batch of raw activations (and a
         transcoder's raw targets)."""
         cfg, sae, ranks = self.cfg, self.sae, self.ranks
-        x_all = self._scaled(x_raw, self.scale, sae.cfg.hook)
+        x_all = self._scaled(x_raw, self.scale)
         target_all = None
         if self.transcoder:
             assert target_raw is not None, "a transcoder steps on its inputs and their targets"
-            target_all = self._scaled(target_raw, self.target_scale, sae.cfg.target)
+            target_all = self._scaled(target_raw, self.target_scale)
         B = x_all.shape[0]
         share = ranks.share(B)
         x = x_all[share] if ranks.distributed else x_all
@@ -179,29 +192,22 @@ class DictionaryTrainer:
             jumprelu_bandwidth=cfg.jumprelu_bandwidth,
             group=self.group,
         )
-        # Under bf16 autocast the forward's products run in bf16; the backward follows the
-        # forward's dtypes, and the weights and Adam stay fp32.
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-            out = self.model(x, target, params)
         # A share's mean loss, weighted so that DDP's average over ranks is the global
         # batch's mean (shares differ by a token when B does not divide).
         weight = x.shape[0] * ranks.world / B
-        fired = out.fired
-        if self.group is not None:
-            # Which features fired anywhere in the batch, and whether the loss is finite
-            # on every rank: one collective, so all ranks raise together or none does.
-            flags = self.group.sum(torch.cat([fired.float(), torch.isfinite(out.loss).float().reshape(1)]))
-            fired, finite = flags[:-1] > 0, bool(flags[-1] == ranks.world)
+        if self.graphs and (self.graphed is None or self.graphed.fits(x, target)):
+            if self.graphed is None:
+                self.graphed = GraphedObjective(sae, x, target, params, cfg.autocast == "bf16")
+            out, (x_ok, target_ok, loss_ok) = self.graphed(x, target, params.sparsity_coeff, params.dead_mask)
+            if not x_ok:
+                self._refuse_input(sae.cfg.hook)
+            if not target_ok:
+                self._refuse_input(sae.cfg.target)
+            if not loss_ok:
+                self._refuse_loss(out.loss)
+            fired = out.fired
         else:
-            finite = bool(torch.isfinite(out.loss))
-        if not finite:
-            raise TrainingDivergedError(
-                f"the loss became {float(out.loss)} at step {self.step} ({self.tokens} tokens) with lr "
-                f"{self.opt.param_groups[0]['lr']:.2e}; lower --lr."
-            )
-        self.opt.zero_grad(set_to_none=True)
-        (out.loss * weight if weight != 1.0 else out.loss).backward()
-        sae.remove_parallel_decoder_grad()
+            out, fired = self._eager_gradients(x_all, target_all, x, target, params, weight)
         self.opt.step()
         sae.after_step()
         self.tracker.update(fired, B)
@@ -223,6 +229,35 @@ class DictionaryTrainer:
                 self.tracker.tokens_since_fired[idx] = 0
                 resampled = idx.numel()
         return StepResult(out, x if target is None else target, resampled, weight)
+
+    def _eager_gradients(
+        self, x_all: Tensor, target_all: Tensor | None, x: Tensor, target: Tensor | None, params: LossParams,
+        weight: float,
+    ) -> tuple[LossOutput, Tensor]:
+        """The loss output and the gradients of a step run op by op (DDP's among them),
+        with which features fired in the whole global batch."""
+        if not torch.isfinite(x_all).all():
+            self._refuse_input(self.sae.cfg.hook)
+        if target_all is not None and not torch.isfinite(target_all).all():
+            self._refuse_input(self.sae.cfg.target)
+        # Under bf16 autocast the forward's products run in bf16; the backward follows the
+        # forward's dtypes, and the weights and Adam stay fp32.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+            out = self.model(x, target, params)
+        fired = out.fired
+        if self.group is not None:
+            # Which features fired anywhere in the batch, and whether the loss is finite
+            # on every rank: one collective, so all ranks raise together or none does.
+            flags = self.group.sum(torch.cat([fired.float(), torch.isfinite(out.loss).float().reshape(1)]))
+            fired, finite = flags[:-1] > 0, bool(flags[-1] == self.ranks.world)
+        else:
+            finite = bool(torch.isfinite(out.loss))
+        if not finite:
+            self._refuse_loss(out.loss)
+        self.opt.zero_grad(set_to_none=True)
+        (out.loss * weight if weight != 1.0 else out.loss).backward()
+        self.sae.remove_parallel_decoder_grad()
+        return out, fired
 
     def state_finite(self) -> bool:
         """Weights and Adam's moments all finite (checked before every checkpoint)."""

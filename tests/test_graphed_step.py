@@ -1,0 +1,167 @@
+"""The training step replayed from a CUDA graph (``training.graphed_step``) trains the
+same dictionary as the step run op by op: same weights after many steps (dead
+features, aux-k and resampling included), the same refusals of NaN with the weights
+left as they were, and batches of another size stepped eagerly in between.
+
+These need a GPU and are skipped without one; the static-shape step they capture is
+checked on the CPU against the reference objective in test_kernels.py."""
+
+import pytest
+import torch
+
+from saekit.config import TrainConfig
+from saekit.dictionaries import ARCHITECTURES, DictionaryConfig
+from saekit.errors import TrainingDivergedError
+from saekit.training import DictionaryTrainer, graphed_step
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+D, F, B = 64, 512, 256
+
+
+@pytest.fixture(autouse=True)
+def graphs_everywhere(monkeypatch):
+    """The tests below are about the graph's mechanics: graph every architecture at
+    every width and precision (``graph_pays`` decides where it is used; tested last)."""
+    monkeypatch.setattr("saekit.training.trainer.graph_pays", lambda device, *rest: device.type == "cuda")
+
+
+def batches(n: int, seed: int = 0, b: int = B) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.nn.functional.normalize(torch.randn(256, D, generator=g), dim=-1)
+    idx = torch.randint(0, 256, (n * b, 8), generator=g)
+    x = (atoms[idx] * torch.rand(n * b, 8, 1, generator=g) * 3).sum(1) + 0.5
+    return list(x.cuda().split(b))
+
+
+def trainer(arch: str, graphs: bool, autocast: str = "none", transcoder: bool = False, **kw) -> DictionaryTrainer:
+    k = 8 if ARCHITECTURES[arch].uses_k else None
+    # A short dead window, so that aux-k and resampling take part within the test.
+    cfg = TrainConfig(arch=arch, k=k, dict_size=F, batch_size=B, tokens=40 * B, buffer_tokens=B, eval_tokens=0,
+                      device="cuda", hook="resid_post.1", autocast=autocast, cuda_graphs=graphs,
+                      dead_after_tokens=3 * B, **kw)
+    extra = {"transcoder": True, "target": "resid_post.2", "skip": True} if transcoder else {}
+    dict_cfg = DictionaryConfig(arch=arch, d_in=D, d_sae=F, k=k, hook="resid_post.1", **extra)
+    t = DictionaryTrainer(cfg, dict_cfg, torch.device("cuda"))
+    sample = torch.cat(batches(4))
+    t.init_from_sample(sample, sample.roll(1, dims=1) if transcoder else None)
+    return t
+
+
+def assert_same_weights(a: DictionaryTrainer, b: DictionaryTrainer, tol: float) -> None:
+    """Each parameter within ``tol`` of the other's, relative to its norm. Not element by
+    element: Adam turns a gradient of 1e-10 into a step of a tenth of the learning rate,
+    so rounding noise in a feature's near-zero gradient moves it visibly (seen: one
+    BatchTopK feature off by 4e-5 after one step, every other within 2e-8)."""
+    for (name, p), q in zip(a.sae.named_parameters(), b.sae.parameters()):
+        gap = float((p - q).norm() / q.norm().clamp_min(1e-12))
+        assert gap < tol, f"{name} differs by {gap:.2e} of its norm"
+
+
+@needs_gpu
+@pytest.mark.parametrize("autocast", ["none", "bf16"])
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_a_graphed_run_trains_the_same_weights(arch, autocast):
+    graphed, eager = trainer(arch, True, autocast), trainer(arch, False, autocast)
+    assert graphed.graphs and not eager.graphs
+    # Rounding differs (sums in another order, and bf16 where autocast is on): the runs
+    # stay together, not bit for bit.
+    tol = 1e-3 if autocast == "none" else 2e-2
+    for x in batches(30, seed=1):
+        a, b = graphed.train_step(x), eager.train_step(x)
+        torch.testing.assert_close(a.out.loss, b.out.loss, rtol=tol, atol=1e-4)
+        assert a.resampled == b.resampled
+    assert graphed.graphed is not None and eager.graphed is None
+    assert_same_weights(graphed, eager, tol)
+
+
+@needs_gpu
+def test_a_graphed_transcoder_trains_the_same_weights():
+    graphed, eager = trainer("topk", True, transcoder=True), trainer("topk", False, transcoder=True)
+    for x in batches(12, seed=2):
+        graphed.train_step(x, x.roll(1, dims=1))
+        eager.train_step(x, x.roll(1, dims=1))
+    assert_same_weights(graphed, eager, 1e-3)
+
+
+@needs_gpu
+def test_a_batch_of_another_size_steps_eagerly_in_between():
+    graphed, eager = trainer("relu", True), trainer("relu", False)
+    data = batches(6, seed=3)
+    odd = batches(1, seed=4, b=37)[0]
+    for x in data[:3] + [odd] + data[3:]:
+        graphed.train_step(x)
+        eager.train_step(x)
+    assert graphed.graphed is not None and graphed.graphed.fits(data[0], None)
+    assert_same_weights(graphed, eager, 1e-3)
+
+
+@needs_gpu
+@pytest.mark.parametrize("what", ["input", "loss"])
+def test_nan_is_refused_with_the_weights_untouched(what):
+    t = trainer("topk", True)
+    data = batches(3, seed=5)
+    t.train_step(data[0])
+    before = {name: p.detach().clone() for name, p in t.sae.named_parameters()}
+    bad = data[1].clone()
+    if what == "input":
+        bad[7, 3] = float("nan")
+        match = "activations at resid_post.1 contain NaN"
+    else:
+        bad[7, 3] = 1e38  # finite, but its square is not
+        match = "the loss became"
+    with pytest.raises(TrainingDivergedError, match=match):
+        t.train_step(bad)
+    for name, p in t.sae.named_parameters():
+        assert torch.equal(p, before[name]), name
+
+
+@needs_gpu
+def test_two_graphed_dictionaries_share_a_pool_without_clobbering_each_other():
+    """Steps of two dictionaries interleaved, as a sweep runs them, give what each gives alone."""
+    data = batches(8, seed=6)
+    pair = [trainer("topk", True), trainer("relu", True)]
+    alone = [trainer("topk", True), trainer("relu", True)]
+    for x in data:
+        outs = [t.train_step(x) for t in pair]
+        losses = [float(o.out.loss) for o in outs]
+        for t, loss in zip(alone, losses):
+            assert float(t.train_step(x).out.loss) == pytest.approx(loss, rel=1e-5)
+    for a, b in zip(pair, alone):
+        assert_same_weights(a, b, 1e-5)
+
+
+@needs_gpu
+def test_a_resumed_graphed_trainer_continues_like_an_uninterrupted_one():
+    data = batches(10, seed=7)
+    whole = trainer("jumprelu", True)
+    for x in data:
+        whole.train_step(x)
+    first = trainer("jumprelu", True)
+    for x in data[:5]:
+        first.train_step(x)
+    resumed = trainer("jumprelu", True)
+    resumed.train_step(data[0])  # captured before the state is loaded over it
+    resumed.load_state_dict(first.state_dict())
+    for x in data[5:]:
+        resumed.train_step(x)
+    assert_same_weights(whole, resumed, 1e-5)
+
+
+def test_graphs_are_used_where_they_were_measured_to_pay():
+    """On a GPU: under bf16 below the width where the step turns sparse, in fp32 only
+    for the ReLU-like architectures and narrower; never on a CPU."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    relu, topk = ARCHITECTURES["relu"], ARCHITECTURES["topk"]
+    assert graphed_step.graph_pays(cuda, topk, 4608, "bf16") and graphed_step.graph_pays(cuda, relu, 4608, "bf16")
+    assert not graphed_step.graph_pays(cuda, relu, 18432, "bf16")
+    assert graphed_step.graph_pays(cuda, relu, 4608, "none") and not graphed_step.graph_pays(cuda, topk, 4608, "none")
+    assert not graphed_step.graph_pays(cuda, relu, 18432, "none")
+    assert not graphed_step.graph_pays(cpu, relu, 64, "bf16")
+
+
+def test_a_trainer_on_a_cpu_steps_op_by_op():
+    cfg = TrainConfig(arch="relu", dict_size=F, batch_size=B, tokens=10 * B, buffer_tokens=B, eval_tokens=0,
+                      hook="resid_post.1")
+    t = DictionaryTrainer(cfg, DictionaryConfig(arch="relu", d_in=D, d_sae=F, hook="resid_post.1"), torch.device("cpu"))
+    assert not t.graphs and t.graphed is None

@@ -54,7 +54,7 @@ def assert_same_weights(a: DictionaryTrainer, b: DictionaryTrainer, tol: float) 
     so rounding noise in a feature's near-zero gradient moves it visibly (seen: one
     BatchTopK feature off by 4e-5 after one step, every other within 2e-8)."""
     for (name, p), q in zip(a.sae.named_parameters(), b.sae.parameters()):
-        gap = float((p - q).norm() / q.norm().clamp_min(1e-12))
+        gap = float((p - q).detach().norm() / q.detach().norm().clamp_min(1e-12))
         assert gap < tol, f"{name} differs by {gap:.2e} of its norm"
 
 
@@ -149,15 +149,17 @@ def test_a_resumed_graphed_trainer_continues_like_an_uninterrupted_one():
 
 
 def test_graphs_are_used_where_they_were_measured_to_pay():
-    """On a GPU: under bf16 below the width where the step turns sparse, in fp32 only
-    for the ReLU-like architectures and narrower; never on a CPU."""
+    """On a GPU: under bf16 below the width where the step turns sparse (ReLU wider too),
+    in fp32 only for the ReLU-like architectures and narrower; never on a CPU."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    relu, topk = ARCHITECTURES["relu"], ARCHITECTURES["topk"]
-    assert graphed_step.graph_pays(cuda, topk, 4608, "bf16") and graphed_step.graph_pays(cuda, relu, 4608, "bf16")
-    assert not graphed_step.graph_pays(cuda, relu, 18432, "bf16")
-    assert graphed_step.graph_pays(cuda, relu, 4608, "none") and not graphed_step.graph_pays(cuda, topk, 4608, "none")
-    assert not graphed_step.graph_pays(cuda, relu, 18432, "none")
-    assert not graphed_step.graph_pays(cpu, relu, 64, "bf16")
+    pays = graphed_step.graph_pays
+    assert pays(cuda, "topk", 4608, "bf16") and pays(cuda, "gated", 4608, "bf16")
+    assert pays(cuda, "relu", 18432, "bf16") and not pays(cuda, "gated", 18432, "bf16")
+    assert pays(cuda, "relu", 4608, "none") and pays(cuda, "jumprelu", 4608, "none")
+    assert not pays(cuda, "topk", 4608, "none") and not pays(cuda, "batchtopk", 512, "none")
+    assert not pays(cuda, "relu", 18432, "none")
+    assert not pays(cpu, "relu", 64, "bf16")
+    assert {arch for _, arch in graphed_step.GRAPH_MAX_FEATURES} - {"*"} <= set(ARCHITECTURES)
 
 
 def test_a_trainer_on_a_cpu_steps_op_by_op():

@@ -464,7 +464,7 @@ def test_the_cutover_follows_the_device_and_autocast(monkeypatch):
     assert sparse.sparse_cutover(gpu, 10) == 0.2
     # A cut-over of 0 means the dense path without reading the count from the device.
     monkeypatch.setattr(sparse, "SPARSE_BELOW_DENSITY", 0.0)
-    assert sparse.sparse_enough(torch.zeros(4, 8, dtype=torch.bool)) is False
+    assert sparse.sparse_mask(torch.zeros(4, 8), 0.0) is None
 
 
 # What a CUDA graph cannot capture: reading a device value on the host, or an output

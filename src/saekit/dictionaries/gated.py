@@ -33,7 +33,8 @@ from .sparse import (
     dense_pre_acts,
     pre_acts_at,
     sparse_decode,
-    sparse_enough,
+    sparse_mask,
+    weighted_l1,
 )
 
 
@@ -63,10 +64,10 @@ class GatedDictionary(Dictionary):
 
     def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
         u_batch = self.batch_pre_acts(x, with_b_enc=False)
-        open_gate = u_batch > -self.b_enc  # π > 0
+        open_gate = sparse_mask(u_batch, -self.b_enc)  # π > 0, where few enough
         norms = self.W_dec.norm(dim=1)
         bias = self.output_bias(x)
-        if sparse_enough(open_gate):
+        if open_gate is not None:
             pattern = SparsityPattern.from_mask(open_gate)
             i = pattern.features
             u = pre_acts_at(u_batch, pattern, x, self.W_enc, None, self.input_bias)
@@ -82,7 +83,7 @@ class GatedDictionary(Dictionary):
             f = (gate > 0).to(u.dtype) * (u * self.r_mag.exp() + self.b_mag).relu()
             x_hat = f @ self.W_dec + bias
             gate_act = gate.relu()
-            l1 = (gate_act * norms).sum(-1).mean()
+            l1 = weighted_l1(gate_act, norms)
             gate_hat = gate_act @ self.W_dec.detach() + bias.detach()
             fired, n_active = dense_activity(f)
         recon = mse(target, x_hat)

@@ -32,7 +32,7 @@ from .sparse import (
     dense_pre_acts,
     pre_acts_at,
     sparse_decode,
-    sparse_enough,
+    sparse_mask,
 )
 
 # Thresholds start here (in units of the scaled activations, E‖x‖² = d), small
@@ -99,8 +99,8 @@ class JumpReLUDictionary(Dictionary):
         eps = params.jumprelu_bandwidth
         # θ − ε (not ε/2): a margin, so rounding never drops a pair the window would
         # count; the extra pairs have f = 0, H = 0 and a zero kernel.
-        relevant = pre_batch > (self.threshold - eps).detach()
-        if sparse_enough(relevant):
+        relevant = sparse_mask(pre_batch, (self.threshold - eps).detach())
+        if relevant is not None:
             pattern = SparsityPattern.from_mask(relevant)
             pre = pre_acts_at(pre_batch, pattern, x, self.W_enc, self.b_enc, self.input_bias)
             theta = self.threshold[pattern.features]

@@ -19,7 +19,8 @@ from .sparse import (
     dense_pre_acts,
     pre_acts_at,
     sparse_decode,
-    sparse_enough,
+    sparse_mask,
+    weighted_l1,
 )
 
 
@@ -34,9 +35,9 @@ class ReLUDictionary(Dictionary):
 
     def objective(self, x: Tensor, target: Tensor, params: LossParams) -> LossOutput:
         pre = self.batch_pre_acts(x)
-        active = pre > 0
         norms = self.W_dec.norm(dim=1)
-        if sparse_enough(active):
+        active = sparse_mask(pre, 0.0)
+        if active is not None:
             pattern = SparsityPattern.from_mask(active)
             # Every entry of the pattern is positive, so the ReLU is the identity there.
             f = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias)
@@ -46,7 +47,7 @@ class ReLUDictionary(Dictionary):
         else:
             f = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre).relu()
             x_hat = f @ self.W_dec + self.output_bias(x)
-            l1 = (f * norms).sum(-1).mean()
+            l1 = weighted_l1(f, norms)
             fired, n_active = dense_activity(f)
         recon = mse(target, x_hat)
         loss = recon + params.sparsity_coeff * l1

@@ -364,7 +364,7 @@ class _DensePreActs(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         centred, W_enc = ctx.saved_tensors
         needs_x, needs_W, needs_b_enc, needs_b_dec = ctx.needs_input_grad[:4]
-        G_features = grad.to(W_enc.dtype).sum(0) if (needs_b_enc or needs_b_dec) else None
+        G_features = grad.sum(0, dtype=W_enc.dtype) if (needs_b_enc or needs_b_dec) else None
         grad = grad.to(ctx.dtype)
         grad_x = (grad @ W_enc.to(ctx.dtype).t()).to(centred.dtype) if needs_x else None
         grad_W = (centred.to(ctx.dtype).t() @ grad).to(W_enc.dtype) if needs_W else None
@@ -397,9 +397,19 @@ def activity(values: Tensor, pattern: SparsityPattern) -> tuple[Tensor, Tensor]:
 
 
 def dense_activity(f: Tensor) -> tuple[Tensor, Tensor]:
-    """``activity`` for a dense (B, F) batch of activations."""
-    on = f > 0
-    return on.any(0), on.sum()
+    """``activity`` for a dense (B, F) batch of activations (one pass over it: the
+    per-feature counts give both)."""
+    counts = (f > 0).sum(0)
+    return counts > 0, counts.sum()
+
+
+def weighted_l1(f: Tensor, norms: Tensor) -> Tensor:
+    """``Σ_i f_bi ‖W_dec[i]‖`` averaged over the B tokens of a dense (B, F) batch, as
+    ``(Σ_b f_b) · norms / B``: summing over tokens first takes one pass over the batch
+    (in f's dtype, accumulated in fp32) instead of a product the size of the batch,
+    which under bf16 autocast was fp32, and its backward."""
+    # A product and a sum rather than ``@``, which autocast would run in bf16.
+    return (f.sum(0, dtype=torch.promote_types(f.dtype, norms.dtype)) * norms).sum() / f.shape[0]
 
 
 _mode = threading.local()
@@ -444,12 +454,16 @@ def sparse_cutover(device: torch.device, n_features: int) -> float:
     return SPARSE_BELOW_DENSITY_GPU
 
 
-def sparse_enough(active: Tensor) -> bool:
-    """Whether a batch whose (B, F) active pairs are ``active`` takes the sparse path:
-    fewer than ``sparse_cutover`` of its pairs active. One device-to-host read per step
-    (the sparse path's shapes depend on the count anyway), none where the cut-over is 0."""
-    cutover = sparse_cutover(active.device, active.shape[-1])
-    return cutover > 0 and int(torch.count_nonzero(active)) < cutover * active.numel()
+def sparse_mask(values: Tensor, cut: Tensor | float) -> Tensor | None:
+    """The (B, F) mask of the pairs with ``values > cut`` when they are few enough for the
+    sparse kernels (fewer than ``sparse_cutover`` of all pairs), else None: the dense path.
+    One device-to-host read per step (the sparse path's shapes depend on the count anyway);
+    where the cut-over is 0 none, and the mask is not even formed (a pass over the batch)."""
+    cutover = sparse_cutover(values.device, values.shape[-1])
+    if cutover == 0:
+        return None
+    mask = values > cut
+    return mask if int(torch.count_nonzero(mask)) < cutover * mask.numel() else None
 
 
 _workspace = threading.local()

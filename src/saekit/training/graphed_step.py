@@ -4,7 +4,9 @@ At a few thousand tokens a GPU training step is bound by kernel launches, not by
 arithmetic: on an H200 a bf16 step at B = 4096 queued about 180 kernels of a few
 microseconds each, and the host took longer to queue them than the device to run them
 (benchmarks/gpu_profile.py). A CUDA graph (``torch.cuda.graph``) records the forward,
-the backward and the decoder-gradient projection once and launches them as one.
+the backward and the decoder-gradient projection once and launches them as one: the
+ReLU step at F = 4608 went from 3.0 ms to 1.2 ms, now as long as its kernels, and with
+Adam and the bookkeeping 10 launches in all (``GRAPH_MAX_FEATURES`` has the table).
 
 A graph replays fixed kernels on fixed memory, so:
 
@@ -39,23 +41,31 @@ from ..dictionaries.sparse import static_shapes
 # Untimed forward-backward passes on a side stream before the capture, as the CUDA
 # graphs documentation asks (they initialise cuBLAS workspaces and autograd's state).
 WARMUP_PASSES = 3
-# Widths up to which a graphed step is used: by precision, and in fp32 only for the
-# architectures whose number of active pairs is data (not ``uses_k``). A graph needs the
-# dense path, so it pays where the dense step is already the faster one, or where the
-# launches it saves outweigh the dense products. Measured on an H200 (benchmarks/gpu_graphs.py,
-# B = 4096, d = 576, ms per step, op by op on saekit's own path / from a graph):
+# The widest dictionary whose step is graphed, by precision ("bf16" or "none", as
+# ``--autocast``) and architecture ("*": the others). A graph needs the dense path, so it
+# pays where saekit's step is dense anyway, or where the launches it saves outweigh the
+# dense products. Measured on an H200 (benchmarks/gpu_graphs.py: B = 4096, d = 576, ms
+# per step, op by op on saekit's own path / replayed from a graph):
 #
-#   F = 4608,  bf16: relu 3.16/1.71  topk 3.63/2.47  batchtopk 4.14/2.61  gated 4.02/2.98  jumprelu 3.62/2.67
-#   F = 4608,  fp32: relu 4.89/4.05  topk 4.04/6.50  batchtopk 4.98/6.66  gated 6.15/5.89  jumprelu 5.47/4.84
-#   F = 18432, bf16: relu 5.62/4.33  topk 4.26/6.49  batchtopk 4.82/6.73  gated 6.73/8.60  jumprelu 5.85/7.88
-#   F = 18432, fp32: relu 7.41/13.1  topk 6.29/21.6  batchtopk 6.49/22.2  gated 8.67/19.6  jumprelu 7.50/16.1
+#   F = 4608,  bf16: relu 3.02/1.23  topk 3.37/2.23  batchtopk 4.30/2.31  gated 4.10/2.54  jumprelu 3.94/2.63
+#   F = 9216,  bf16: relu 2.79/1.85  topk 3.71/3.51  batchtopk 4.52/3.95  gated 5.07/4.38  jumprelu 4.47/3.92
+#   F = 18432, bf16: relu 5.62/2.93  topk 4.59/6.06  batchtopk 4.94/6.60  gated 7.37/7.74  jumprelu 5.99/7.10
+#   F = 4608,  fp32: relu 4.98/3.95  topk 3.56/6.19  batchtopk 4.44/6.46  gated 6.22/5.84  jumprelu 5.26/4.99
+#   F = 9216,  fp32: relu 5.61/6.48  topk 4.35/11.5  batchtopk 4.89/11.7  gated 7.11/10.1  jumprelu 6.27/8.83
+#   F = 18432, fp32: relu 7.60/12.0  topk 6.46/21.4  batchtopk 7.69/23.0  gated 8.97/18.5  jumprelu 8.19/16.2
 #
-# Under bf16 the graph wins wherever saekit's step is dense anyway (below
-# sparse.SPARSE_MIN_FEATURES_GPU_HALF); wider, the sparse kernels win, but for ReLU, which
-# is left eager there for one rule. In fp32 the TopK family's sparse step (k pairs per
-# token) beats the graphed dense one even at 8x, while the ReLU-like ones gain 4-21 % at
-# 8x and lose at 32x: graphed up to 6,144 features, a little past the one point measured.
-GRAPH_MAX_FEATURES = {"bf16": 16_383, "none": 6_144}
+# Under bf16 the graph wins wherever the step is dense anyway (below
+# sparse.SPARSE_MIN_FEATURES_GPU_HALF), and for ReLU, the cheapest dense step, at 32x too.
+# In fp32 the TopK family's sparse step (k pairs per token) beats a graphed dense one even
+# at 8x; the ReLU-like architectures gain 5-26 % at 8x and lose from 16x on.
+GRAPH_MAX_FEATURES: dict[tuple[str, str], int] = {
+    ("bf16", "relu"): 32_768,
+    ("bf16", "*"): 16_383,
+    ("none", "relu"): 6_144,
+    ("none", "gated"): 4_608,
+    ("none", "jumprelu"): 4_608,
+    ("none", "*"): 0,
+}
 
 # The pool the graphs of this process share, and the graphs that hold it: once every
 # graph on a pool is gone, its handle must not be used for another capture.
@@ -63,13 +73,12 @@ _pool: tuple | None = None
 _pool_users: "weakref.WeakSet[GraphedObjective]" = weakref.WeakSet()
 
 
-def graph_pays(device: torch.device, dictionary: type[Dictionary], n_features: int, autocast: str) -> bool:
-    """Whether a ``dictionary`` (its class) of ``n_features`` steps faster from a CUDA graph
-    on ``device`` under ``autocast`` ("none" or "bf16") than op by op: CUDA devices only,
-    up to ``GRAPH_MAX_FEATURES``, in fp32 not for k-sparse architectures."""
-    if device.type != "cuda" or (autocast == "none" and dictionary.uses_k):
-        return False
-    return n_features <= GRAPH_MAX_FEATURES[autocast]
+def graph_pays(device: torch.device, arch: str, n_features: int, autocast: str) -> bool:
+    """Whether a dictionary of architecture ``arch`` and ``n_features`` steps faster from a
+    CUDA graph on ``device`` under ``autocast`` ("none" or "bf16") than op by op: on CUDA
+    devices, up to ``GRAPH_MAX_FEATURES``."""
+    widest = GRAPH_MAX_FEATURES.get((autocast, arch), GRAPH_MAX_FEATURES[(autocast, "*")])
+    return device.type == "cuda" and n_features <= widest
 
 
 def _shared_pool(user: "GraphedObjective") -> tuple:

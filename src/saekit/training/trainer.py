@@ -131,7 +131,7 @@ class DictionaryTrainer:
         # A CUDA graph of the loss and its backward, captured at the first step where it pays
         # (not under DDP, whose hooks run between the ops).
         self.graphs = cfg.cuda_graphs and not ranks.distributed and graph_pays(
-            torch.device(device), type(self.sae), dict_cfg.d_sae, cfg.autocast
+            torch.device(device), dict_cfg.arch, dict_cfg.d_sae, cfg.autocast
         )
         self.graphed: GraphedObjective | None = None
         # What to say when an input batch holds NaN (where the activations come from).

@@ -88,16 +88,22 @@ def add_shape_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precisions", default="bf16,fp32")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def timed_runs(description: str) -> tuple[argparse.Namespace, torch.device, list[torch.Tensor]]:
+    """The flags of a script that times runs of steps (shapes, ``--steps``, ``--warmup``),
+    parsed; the device; the synthetic batches for the warm-up and the timed steps (d = 576)."""
+    p = argparse.ArgumentParser(description=description)
     add_shape_flags(p)
     p.add_argument("--steps", type=int, default=16, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=4)
     args = p.parse_args()
     device = torch.device(args.device)
-    d = 576
-    x = synthetic(args.batch * (args.warmup + args.steps), d).to(device)
-    batches = list(x.split(args.batch))
+    x = synthetic(args.batch * (args.warmup + args.steps), 576).to(device)
+    return args, device, list(x.split(args.batch))
+
+
+def main() -> None:
+    args, device, batches = timed_runs(__doc__.split("\n\n")[0])
+    d = batches[0].shape[1]
     print(f"ms per training step, sparse / dense path, B = {args.batch}, d = {d}, {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     saved = {name: getattr(sparse, name) for name in (*CUTOVERS, "SPARSE_MIN_FEATURES_GPU_HALF")}

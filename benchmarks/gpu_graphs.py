@@ -16,23 +16,15 @@ each printed, in ms per step, with the ratio eager / graphed (above 1: the graph
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from gpu_cutover import add_shape_flags, make_trainer, steps_ms, synthetic
+from gpu_cutover import make_trainer, steps_ms, timed_runs
 from saekit.training import trainer as trainer_module
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_shape_flags(p)
-    p.add_argument("--steps", type=int, default=16, help="timed steps per run")
-    p.add_argument("--warmup", type=int, default=4)
-    args = p.parse_args()
-    device = torch.device(args.device)
-    d = 576
-    batches = list(synthetic(args.batch * (args.warmup + args.steps), d).to(device).split(args.batch))
+    args, device, batches = timed_runs(__doc__.split("\n\n")[0])
+    d = batches[0].shape[1]
     print(f"ms per training step, eager / CUDA graph (ratio), B = {args.batch}, d = {d}, "
           + (torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)), flush=True)
     # Every architecture and width graphed when asked, so that both sides of the limits

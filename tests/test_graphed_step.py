@@ -167,3 +167,30 @@ def test_a_trainer_on_a_cpu_steps_op_by_op():
                       hook="resid_post.1")
     t = DictionaryTrainer(cfg, DictionaryConfig(arch="relu", d_in=D, d_sae=F, hook="resid_post.1"), torch.device("cpu"))
     assert not t.graphs and t.graphed is None
+
+
+@needs_gpu
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_saekit_train_on_a_gpu_graphs_the_step_and_trains_the_same_dictionary(arch, model_dir, corpus, tmp_path,
+                                                                             monkeypatch):
+    """A whole run from text (buffer, log, checkpoints, evaluation) with graphs and without."""
+    from test_train import small_cfg
+
+    from saekit import train
+
+    captured = []
+
+    class Counted(graphed_step.GraphedObjective):
+        def __init__(self, *args, **kw):
+            captured.append(1)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr("saekit.training.trainer.GraphedObjective", Counted)
+    results = {}
+    for graphs in (True, False):
+        cfg = small_cfg(model_dir, corpus, tmp_path / f"run-{graphs}", arch=arch, device="cuda", autocast="bf16",
+                        cuda_graphs=graphs)
+        results[graphs] = train(cfg).heldout
+    assert captured == [1], "one capture, in the run with graphs"
+    assert results[True].fvu == pytest.approx(results[False].fvu, rel=0.05, abs=0.01)
+    assert results[True].l0 == pytest.approx(results[False].l0, rel=0.1, abs=0.5)

@@ -3,8 +3,10 @@
 ``DictionaryTrainer.train_step`` is the whole update on one full batch: scale the
 batch, read the schedules at the step's midpoint, ask the dictionary for its loss
 (its ``forward``), step Adam, keep the decoder rows unit-norm, track dead features and
-resample them where the architecture revives its dead that way. ``state_dict`` holds
-everything that update depends on, so a resumed trainer continues bit-identically.
+resample them where the architecture revives its dead that way. On a GPU the loss and
+its backward are replayed from a CUDA graph where that pays (``graphed_step``), op by op
+otherwise, with the same result to rounding. ``state_dict`` holds everything that
+update depends on, so a resumed trainer continues bit-identically.
 """
 
 from __future__ import annotations
@@ -196,17 +198,8 @@ class DictionaryTrainer:
         # batch's mean (shares differ by a token when B does not divide).
         weight = x.shape[0] * ranks.world / B
         if self.graphs and (self.graphed is None or self.graphed.fits(x, target)):
-            if self.graphed is None:
-                self.graphed = GraphedObjective(sae, x, target, params, cfg.autocast == "bf16")
-            out, (x_ok, target_ok, loss_ok) = self.graphed(x, target, params.sparsity_coeff, params.dead_mask)
-            if not x_ok:
-                self._refuse_input(sae.cfg.hook)
-            if not target_ok:
-                self._refuse_input(sae.cfg.target)
-            if not loss_ok:
-                self._refuse_loss(out.loss)
-            fired = out.fired
-        else:
+            out, fired = self._graphed_gradients(x, target, params)
+        else:  # op by op (also a batch of another size than the graph's, e.g. a last short one)
             out, fired = self._eager_gradients(x_all, target_all, x, target, params, weight)
         self.opt.step()
         sae.after_step()
@@ -229,6 +222,20 @@ class DictionaryTrainer:
                 self.tracker.tokens_since_fired[idx] = 0
                 resampled = idx.numel()
         return StepResult(out, x if target is None else target, resampled, weight)
+
+    def _graphed_gradients(self, x: Tensor, target: Tensor | None, params: LossParams) -> tuple[LossOutput, Tensor]:
+        """``_eager_gradients`` replayed from the CUDA graph (captured on the first call):
+        the same refusals, read from the flags the graph computes, before Adam steps."""
+        if self.graphed is None:
+            self.graphed = GraphedObjective(self.sae, x, target, params, self.cfg.autocast == "bf16")
+        out, (x_ok, target_ok, loss_ok) = self.graphed(x, target, params.sparsity_coeff, params.dead_mask)
+        if not x_ok:
+            self._refuse_input(self.sae.cfg.hook)
+        if not target_ok:
+            self._refuse_input(self.sae.cfg.target)
+        if not loss_ok:
+            self._refuse_loss(out.loss)
+        return out, out.fired
 
     def _eager_gradients(
         self, x_all: Tensor, target_all: Tensor | None, x: Tensor, target: Tensor | None, params: LossParams,

@@ -438,8 +438,8 @@ class Dictionary(nn.Module):
             aux_k = min(params.aux_k or self.cfg.d_in // 2, self.cfg.d_sae)
             with torch.no_grad():
                 chosen = pre.detach().masked_fill(~dead, float("-inf")).topk(aux_k, dim=-1, sorted=False).indices
-                keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, chosen, True) & dead
-            e_hat = (dense_pre.relu() * keep) @ self.W_dec
+            values = dense_pre.gather(1, chosen).relu() * dead[chosen]  # the chosen living ones give 0
+            e_hat = torch.zeros_like(dense_pre).scatter_(1, chosen, values) @ self.W_dec
             return self._auxk_error(e_hat, residual, params) * dead.any()
         dead_features = dead.nonzero().squeeze(1)
         n_dead = dead_features.numel()

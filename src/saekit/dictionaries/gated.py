@@ -79,8 +79,11 @@ class GatedDictionary(Dictionary):
             fired, n_active = activity(f, pattern)
         else:
             u = dense_pre_acts(x, self.W_enc, None, self.input_bias, u_batch)
-            gate = u + self.b_enc
-            f = (gate > 0).to(u.dtype) * (u * self.r_mag.exp() + self.b_mag).relu()
+            # The per-feature vectors in u's dtype: bf16 under autocast, where fp32 ones
+            # made every (B, F) tensor after them fp32, twice the bytes each way.
+            dt = u.dtype
+            gate = u + self.b_enc.to(dt)
+            f = (gate > 0).to(dt) * (u * self.r_mag.exp().to(dt) + self.b_mag.to(dt)).relu()
             x_hat = f @ self.W_dec + bias
             gate_act = gate.relu()
             l1 = weighted_l1(gate_act, norms)

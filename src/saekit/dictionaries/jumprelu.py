@@ -41,41 +41,36 @@ INITIAL_THRESHOLD = 0.1
 MIN_THRESHOLD = 1e-4
 
 
-# The estimators below take ``pre`` and ``theta`` of the same shape, or ``theta``
-# broadcast over leading token axes: (B, F) with (F,) on the dense path, and (nnz,)
-# with the pairs' own thresholds (nnz,) on the sparse one.
-def _window(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
-    return ((pre - theta).abs() < eps / 2).to(pre.dtype) / eps
-
-
 class _JumpReLU(torch.autograd.Function):
+    """``f = pre · H(pre − θ)`` and ``H(pre − θ)`` summed to θ's shape (the L0 counts),
+    with both straight-through estimators in one backward, which forms the rectangle
+    window K once:
+
+        ∂L/∂θ = −(1/ε) · Σ (θ · ∂L/∂f + ∂L/∂counts) · K,      ∂L/∂pre = ∂L/∂f · H
+
+    (H has no gradient in pre: none reaches the encoder through the L0 term). ``pre``
+    and ``θ`` have the same shape, or θ is broadcast over leading token axes: (B, F) with
+    (F,) on the dense path, (nnz,) with the pairs' own thresholds on the sparse one. The
+    window is two comparisons with θ ± ε/2, not ``|pre − θ| < ε/2``, whose difference
+    and absolute value were (B, F) tensors, in fp32 against an fp32 θ even under bf16.
+    """
+
     @staticmethod
-    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(pre, theta)
+    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        above = pre > theta
+        ctx.save_for_backward(pre, theta, above)
         ctx.eps = eps
-        return pre * (pre > theta).to(pre.dtype)
+        return pre * above.to(pre.dtype), above.to(pre.dtype).sum_to_size(theta.shape)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, theta = ctx.saved_tensors
-        grad_pre = grad * (pre > theta).to(pre.dtype)
-        grad_theta = -(theta * _window(pre, theta, ctx.eps) * grad)
-        return grad_pre, grad_theta.sum_to_size(theta.shape), None
-
-
-class _Step(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return (pre > theta).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, theta = ctx.saved_tensors
-        grad_theta = -(_window(pre, theta, ctx.eps) * grad)
-        # H's derivative in pre is zero almost everywhere: no gradient reaches the encoder.
-        return None, grad_theta.sum_to_size(theta.shape), None
+    def backward(ctx, grad_f: Tensor, grad_counts: Tensor):
+        pre, theta, above = ctx.saved_tensors
+        eps = ctx.eps
+        window = (pre > theta - eps / 2) & (pre < theta + eps / 2)
+        in_window = (grad_f * window.to(grad_f.dtype)).sum_to_size(theta.shape).to(theta.dtype)
+        n_window = window.to(theta.dtype).sum_to_size(theta.shape)
+        grad_theta = -(theta * in_window + grad_counts.to(theta.dtype) * n_window) / eps
+        return grad_f * above.to(grad_f.dtype), grad_theta, None
 
 
 @register
@@ -103,17 +98,15 @@ class JumpReLUDictionary(Dictionary):
         if relevant is not None:
             pattern = SparsityPattern.from_mask(relevant)
             pre = pre_acts_at(pre_batch, pattern, x, self.W_enc, self.b_enc, self.input_bias)
-            theta = self.threshold[pattern.features]
-            f = _JumpReLU.apply(pre, theta, eps)
+            f, counts = _JumpReLU.apply(pre, self.threshold[pattern.features], eps)
             x_hat = sparse_decode(f, pattern, self.W_dec) + self.output_bias(x)
-            l0 = _Step.apply(pre, theta, eps).sum() / x.shape[0]
             fired, n_active = activity(f, pattern)
         else:
             pre = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre_batch)
-            f = _JumpReLU.apply(pre, self.threshold, eps)
+            f, counts = _JumpReLU.apply(pre, self.threshold, eps)
             x_hat = f @ self.W_dec + self.output_bias(x)
-            l0 = _Step.apply(pre, self.threshold, eps).sum(-1).mean()
             fired, n_active = dense_activity(f)
+        l0 = counts.sum() / x.shape[0]
         recon = mse(target, x_hat)
         loss = recon + params.sparsity_coeff * l0
         return LossOutput(loss, x_hat, {"mse": recon, "l0_penalty": l0}, fired, n_active)

@@ -353,11 +353,11 @@ class _DensePreActs(torch.autograd.Function):
         # The products' dtype under 16-bit autocast, which the backward (run outside
         # autocast) keeps: a bf16 step's weight gradient in fp32 took longer than the rest
         # of its products together on a GPU without TF32.
-        kind = x.device.type
-        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
-        ctx.dtype = torch.get_autocast_dtype(kind) if autocast else W_enc.dtype
+        ctx.dtype = autocast_dtype(x.device) or W_enc.dtype
         if pre is not None:
-            return pre.clone()
+            # Copied only out of the reused CPU buffer; elsewhere it is the caller's own
+            # (a copy was a pass over the (B, F) batch each way on a GPU).
+            return pre.clone() if _is_scratch(pre) else pre.view_as(pre)
         return centred @ W_enc if b_enc is None else torch.addmm(b_enc, centred, W_enc)
 
     @staticmethod
@@ -380,7 +380,7 @@ def dense_pre_acts(
     instead of the (B, F)·(F, d) input gradient (2·d·F FLOPs per token saved).
 
     ``pre``, when given, is that product already computed without gradient (to choose
-    the path); it is copied rather than computed again, since it may be ``scratch``.
+    the path); it is used rather than computed again (copied if it is ``scratch``).
     """
     return _DensePreActs.apply(x, W_enc, b_enc, b_dec, pre)
 
@@ -406,10 +406,12 @@ def dense_activity(f: Tensor) -> tuple[Tensor, Tensor]:
 def weighted_l1(f: Tensor, norms: Tensor) -> Tensor:
     """``Σ_i f_bi ‖W_dec[i]‖`` averaged over the B tokens of a dense (B, F) batch, as
     ``(Σ_b f_b) · norms / B``: summing over tokens first takes one pass over the batch
-    (in f's dtype, accumulated in fp32) instead of a product the size of the batch,
-    which under bf16 autocast was fp32, and its backward."""
-    # A product and a sum rather than ``@``, which autocast would run in bf16.
-    return (f.sum(0, dtype=torch.promote_types(f.dtype, norms.dtype)) * norms).sum() / f.shape[0]
+    instead of a product the size of the batch and its backward."""
+    # The column sums in f's dtype (torch accumulates a bf16 sum in fp32), whose gradient
+    # is then a broadcast view: summed into fp32 from a bf16 f, it came back as an fp32
+    # (B, F) tensor cast to bf16. A product and a sum rather than ``@``, which autocast
+    # would run in bf16.
+    return (f.sum(0).to(norms.dtype) * norms).sum() / f.shape[0]
 
 
 _mode = threading.local()
@@ -445,13 +447,19 @@ def sparse_cutover(device: torch.device, n_features: int) -> float:
     ``static_shapes``, whose step must not depend on a count."""
     if shapes_static():
         return 0.0
-    kind = torch.device(device).type
-    if kind == "cpu":
+    if torch.device(device).type == "cpu":
         return SPARSE_BELOW_DENSITY
-    half = (torch.bfloat16, torch.float16)
-    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) in half:
+    if autocast_dtype(device) in (torch.bfloat16, torch.float16):
         return SPARSE_BELOW_DENSITY_GPU_HALF if n_features >= SPARSE_MIN_FEATURES_GPU_HALF else 0.0
     return SPARSE_BELOW_DENSITY_GPU
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs products in on ``device``'s kind, None where it is off."""
+    kind = torch.device(device).type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
 
 
 def sparse_mask(values: Tensor, cut: Tensor | float) -> Tensor | None:
@@ -467,6 +475,13 @@ def sparse_mask(values: Tensor, cut: Tensor | float) -> Tensor | None:
 
 
 _workspace = threading.local()
+
+
+def _is_scratch(t: Tensor) -> bool:
+    """Whether ``t`` lives in this thread's ``scratch`` buffer."""
+    buf = getattr(_workspace, "buffer", None)
+    same_memory = buf is not None and t.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
+    return same_memory and t.device == buf.device
 
 
 def scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -25,7 +25,6 @@ from .base import Dictionary, DictionaryConfig, LossOutput, LossParams, TokenGro
 from .sparse import (
     SparsityPattern,
     activity,
-    dense_activity,
     dense_pre_acts,
     pre_acts_at,
     shapes_static,
@@ -58,6 +57,15 @@ def largest_entries(flat: Tensor, n: int) -> Tensor:
     if candidates.numel() < n:
         return flat.topk(n, sorted=False).indices
     return candidates[flat[candidates].topk(n, sorted=False).indices]
+
+
+def scattered(values: Tensor, flat_index: Tensor, like: Tensor) -> Tensor:
+    """A (B, F) tensor shaped like ``like``, zero but for ``values`` at the flat positions
+    ``flat_index``, differentiable in ``values``: the dense path's activations written
+    once, where the ReLU of the whole batch times a selection mask took two passes over
+    it each way."""
+    # In place on a fresh base tensor (not on a view of one, whose backward copies it).
+    return like.new_zeros(like.numel()).index_put_((flat_index,), values).view_as(like)
 
 
 def topk_per_token(pre: Tensor, k: int) -> Tensor:
@@ -117,12 +125,10 @@ class TopKDictionary(Dictionary):
             x_hat = sparse_decode(values, pattern, self.W_dec) + self.output_bias(x)
             fired, n_active = activity(values, pattern)
         else:  # the dense products (a GPU at moderate widths): the same loss and gradients
-            selected = torch.zeros(pre.numel(), dtype=torch.bool, device=pre.device)
-            selected = selected.index_fill_(0, pattern.flat_index(), True).view_as(pre)
             dense = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre)
-            f = dense.relu() * selected
-            x_hat = f @ self.W_dec + self.output_bias(x)
-            fired, n_active = dense_activity(f)
+            values = dense.reshape(-1).index_select(0, pattern.flat_index()).relu()
+            x_hat = scattered(values, pattern.flat_index(), dense) @ self.W_dec + self.output_bias(x)
+            fired, n_active = activity(values, pattern)
         recon = mse(target, x_hat)
         aux = self.auxk_loss(x, x_hat, pre, params, target, dense_pre=dense)
         loss = recon + params.auxk_coeff * aux

@@ -83,7 +83,7 @@ class GatedDictionary(Dictionary):
             # made every (B, F) tensor after them fp32, twice the bytes each way.
             dt = u.dtype
             gate = u + self.b_enc.to(dt)
-            f = (gate > 0).to(dt) * (u * self.r_mag.exp().to(dt) + self.b_mag.to(dt)).relu()
+            f = torch.where(gate > 0, (u * self.r_mag.exp().to(dt) + self.b_mag.to(dt)).relu(), 0)
             x_hat = f @ self.W_dec + bias
             gate_act = gate.relu()
             l1 = weighted_l1(gate_act, norms)

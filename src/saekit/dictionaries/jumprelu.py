@@ -60,17 +60,27 @@ class _JumpReLU(torch.autograd.Function):
         above = pre > theta
         ctx.save_for_backward(pre, theta, above)
         ctx.eps = eps
-        return pre * above.to(pre.dtype), above.to(pre.dtype).sum_to_size(theta.shape)
+        # where() and sums of the boolean masks: one pass each, where multiplying by a
+        # mask cast to pre's dtype took two.
+        return torch.where(above, pre, 0), _summed(above, theta).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, grad_f: Tensor, grad_counts: Tensor):
         pre, theta, above = ctx.saved_tensors
         eps = ctx.eps
         window = (pre > theta - eps / 2) & (pre < theta + eps / 2)
-        in_window = (grad_f * window.to(grad_f.dtype)).sum_to_size(theta.shape).to(theta.dtype)
-        n_window = window.to(theta.dtype).sum_to_size(theta.shape)
+        in_window = _summed(torch.where(window, grad_f, 0), theta).to(theta.dtype)
+        n_window = _summed(window, theta).to(theta.dtype)
         grad_theta = -(theta * in_window + grad_counts.to(theta.dtype) * n_window) / eps
-        return grad_f * above.to(grad_f.dtype), grad_theta, None
+        return torch.where(above, grad_f, 0), grad_theta, None
+
+
+def _summed(t: Tensor, theta: Tensor) -> Tensor:
+    """``t`` summed over the token axes θ is broadcast over (none on the sparse path);
+    a boolean ``t`` counted."""
+    if t.shape == theta.shape:
+        return t
+    return t.sum(tuple(range(t.dim() - theta.dim())))
 
 
 @register

@@ -59,8 +59,8 @@ WARMUP_PASSES = 3
 # In fp32 the TopK family's sparse step (k pairs per token) beats a graphed dense one even
 # at 8x; the ReLU-like architectures gain 5-26 % at 8x and lose from 16x on. A dense
 # step's time is then mostly its passes over the (B, F) batch, which were cut after this
-# table (benchmarks/step_traffic.py, bf16: relu 22 -> 17, topk 45 -> 34, gated 101 -> 50,
-# jumprelu 72 -> 35.5 tensors' worth): rerun benchmarks/gpu_graphs.py before widening.
+# table (benchmarks/step_traffic.py, bf16: relu 22 -> 17, topk 45 -> 34, gated 101 -> 47.5,
+# jumprelu 72 -> 23.5 tensors' worth): rerun benchmarks/gpu_graphs.py before widening.
 GRAPH_MAX_FEATURES: dict[tuple[str, str], int] = {
     ("bf16", "relu"): 32_768,
     ("bf16", "*"): 16_383,

@@ -42,6 +42,7 @@ from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from .checks import is_real
 from .dictionaries import Dictionary, same_weights
 from .errors import FormatError, OutputError, SaekitError
 from .evaluation import BOS_OVERRIDDEN, DENSE_THRESHOLD
@@ -252,7 +253,7 @@ def _check_same_dictionary(evaluation: Mapping[str, Any], weights: Dictionary, e
             "(e.g. an eval.json copied or kept beside other weights)")
     recorded = evaluation.get("fingerprint")
     if recorded not in (None, []):  # [] or absent: written without one (older saekit, or a hand-built file)
-        if not isinstance(recorded, list) or not all(_is_number(v) for v in recorded):
+        if not isinstance(recorded, list) or not all(is_real(v) for v in recorded):
             raise FormatError(f"{epath}: 'fingerprint' must be a list of numbers; the file is damaged, {fix}")
         if not same_weights([float(v) for v in recorded], weights.fingerprint()):
             raise FormatError(f"{what}: their fingerprints differ; {fix}")
@@ -308,10 +309,6 @@ def _num(value: Any) -> float:
     except (TypeError, ValueError):
         return math.nan
     return x if math.isfinite(x) else math.nan
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _fmt(value: Any, missing: str = "—") -> str:
@@ -888,7 +885,7 @@ class _Curves:
 
 
 def _curves(records: Sequence[Mapping[str, Any]]) -> _Curves:
-    keys = list(dict.fromkeys(k for r in records for k, v in r.items() if _is_number(v) or v is None))
+    keys = list(dict.fromkeys(k for r in records for k, v in r.items() if is_real(v) or v is None))
     tokens = [_num(r.get("tokens")) for r in records]
 
     def curve(key: str) -> list[float] | None:
@@ -949,7 +946,7 @@ def _dead_window(folder: Path) -> int | None:
         return None
     for section in ("resolved", "config"):
         value = (info.get(section) or {}).get("dead_after_tokens") if isinstance(info.get(section), dict) else None
-        if _is_number(value):
+        if is_real(value):
             return int(value)
     return None
 

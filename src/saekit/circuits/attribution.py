@@ -52,6 +52,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
 from .data import CircuitBatch, CircuitData
@@ -223,7 +224,7 @@ class NodeEffects:
 
     def _position(self, node: Node) -> int:
         t = node.position
-        if isinstance(t, bool) or not isinstance(t, int) or not -self.n_positions <= t < self.n_positions:
+        if not is_integer(t) or not -self.n_positions <= t < self.n_positions:
             raise ConfigError(f"{node.label()}: position {t!r} is outside the {self.n_positions} positions")
         return t % self.n_positions
 
@@ -270,7 +271,7 @@ class NodeEffects:
 
     def top(self, k: int = 20, summed: bool = False) -> list[NodeEffect]:
         """The ``k`` nodes of largest |effect| (per position, or summed over positions)."""
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        if not is_integer(k) or k <= 0:
             raise ConfigError(f"k must be a positive whole number, got {k!r}")
         candidates: list[NodeEffect] = []
         for p in self.points:
@@ -363,7 +364,7 @@ class _Accumulator:
 def check_count(name: str, value: Any) -> None:
     """``value`` is a whole number of at least 1 (a bool is not): steps, batch sizes,
     nodes per pass."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
 
 
@@ -650,13 +651,13 @@ def _checked_node(model: SplicedModel, node: Node, n_positions: int) -> Node:
         raise ConfigError(f"nodes to patch are saekit.circuits.Node(point, feature, position), got {node!r}")
     d = model.dictionary(node.point)  # names the points there are when it is not one
     F = d.cfg.d_sae
-    if node.feature is not None and (isinstance(node.feature, bool) or not isinstance(node.feature, int)
+    if node.feature is not None and (not is_integer(node.feature)
                                      or not 0 <= node.feature < F):
         raise ConfigError(f"{node.label()}: feature {node.feature!r} is not a feature of the dictionary (0 to {F - 1})")
     position = node.position
     if position is None:
         return node  # patched at every position
-    if isinstance(position, bool) or not isinstance(position, int) or not -n_positions <= position < n_positions:
+    if not is_integer(position) or not -n_positions <= position < n_positions:
         raise ConfigError(
             f"{node.label()}: position {node.position!r} is outside the prompts' {n_positions} positions "
             f"(0 to {n_positions - 1}, or -1 for the last)"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_integer, is_real
 from ..errors import ConfigError, DataError
 from ..progress import ProgressCallback
 from .attribution import DEFAULT_STEPS, Node, NodeEffect, NodeEffects, PatchSource, node_effects
@@ -151,7 +152,7 @@ def _number(v: float) -> float | str:
 def _float(v: Any, where: str) -> float:
     if isinstance(v, str) and v in ("nan", "inf", "-inf"):
         return float(v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if not is_real(v):
         raise DataError(f"{where} must be a number, got {v!r}")
     return float(v)
 
@@ -162,9 +163,9 @@ def _node_from_json(row: Any, where: str) -> tuple[Node, float]:
     hook, feature, position = row.get("hook"), row.get("feature"), row.get("position")
     if not isinstance(hook, str) or not hook:
         raise DataError(f"{where}: 'hook' must be a hook point name, got {hook!r}")
-    if feature != "error" and (isinstance(feature, bool) or not isinstance(feature, int) or feature < 0):
+    if feature != "error" and (not is_integer(feature) or feature < 0):
         raise DataError(f"{where}: 'feature' must be a feature index or \"error\", got {feature!r}")
-    if position is not None and (isinstance(position, bool) or not isinstance(position, int) or position < 0):
+    if position is not None and (not is_integer(position) or position < 0):
         raise DataError(f"{where}: 'position' must be a token position or null (summed), got {position!r}")
     node = Node(hook, None if feature == "error" else feature, position)
     return node, _float(row.get("effect"), f"{where} effect")
@@ -174,7 +175,7 @@ def _node_from_json(row: Any, where: str) -> tuple[Node, float]:
 
 
 def check_threshold(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not is_real(value) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a finite number of at least 0 (an |effect| to keep), got {value!r}")
     return float(value)
 

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from ..errors import ConfigError
 from ..progress import Phase, ProgressCallback
 from .attribution import (
@@ -156,11 +157,11 @@ def checked_nodes(model: SplicedModel, nodes: Iterable[Node], n_positions: int) 
             raise ConfigError(f"circuit nodes are saekit.circuits.Node(point, feature, position), got {node!r}")
         F = model.dictionary(node.point).cfg.d_sae  # names the points there are when it is not one
         f = node.feature
-        if f is not None and (isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < F):
+        if f is not None and (not is_integer(f) or not 0 <= f < F):
             raise ConfigError(f"{node.label()}: feature {f!r} is not a feature of the dictionary (0 to {F - 1})")
         t = node.position
         if t is not None:
-            if isinstance(t, bool) or not isinstance(t, int) or not -n_positions <= t < n_positions:
+            if not is_integer(t) or not -n_positions <= t < n_positions:
                 raise ConfigError(
                     f"{node.label()}: position {t!r} is outside the prompts' {n_positions} positions "
                     f"(0 to {n_positions - 1}, or -1 for the last; None for summed over positions)"

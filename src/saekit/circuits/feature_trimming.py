@@ -76,6 +76,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
+from ..checks import is_integer, is_real
 from ..dictionaries import Dictionary
 from ..errors import ConfigError, DataError, HookPointError
 from ..progress import Phase, ProgressCallback
@@ -462,7 +463,7 @@ def _checked_features(features: Sequence[Node], points: Sequence[str], widths: d
             raise HookPointError(f"{n.label()}: no dictionary writes {n.point}; the points are {', '.join(points)}")
         if n.feature is None:
             raise ConfigError(f"{n.label()}: SHIFT ablates features and keeps the error terms; give a feature index")
-        if isinstance(n.feature, bool) or not isinstance(n.feature, int) or not 0 <= n.feature < widths[n.point]:
+        if not is_integer(n.feature) or not 0 <= n.feature < widths[n.point]:
             raise ConfigError(f"{n.label()}: feature {n.feature!r} is not a feature of the dictionary "
                               f"(0 to {widths[n.point] - 1})")
         if n.position is not None:
@@ -552,9 +553,9 @@ def shift(
     if method not in SHIFT_METHODS:
         raise ConfigError(f"method must be one of {', '.join(SHIFT_METHODS)}, got {method!r}")
     check_count("steps", steps)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if not is_integer(top_k) or top_k < 1:
         raise ConfigError(f"top_k must be a positive whole number, got {top_k!r}")
-    if isinstance(min_association, bool) or not isinstance(min_association, (int, float)) \
+    if not is_real(min_association) \
             or not 0.0 <= min_association <= 1.0:
         raise ConfigError(f"min_association is a share between 0 and 1, got {min_association!r}")
     check_count("batch_size", batch_size)

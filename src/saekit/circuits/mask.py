@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import is_integer, is_real
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
 from .ablation import MeanAblation
@@ -183,11 +184,11 @@ def _checked_nodes(model: SplicedModel, kept: Collection[Node], n_positions: int
         if not isinstance(node, Node):
             raise ConfigError(f"nodes to keep are saekit.circuits.Node(point, feature, position), got {node!r}")
         F = model.dictionary(node.point).cfg.d_sae  # names the model's points when it is not one
-        if node.feature is not None and (isinstance(node.feature, bool) or not isinstance(node.feature, int)
+        if node.feature is not None and (not is_integer(node.feature)
                                          or not 0 <= node.feature < F):
             raise ConfigError(f"{node.label()}: feature {node.feature!r} is not a feature of the dictionary (0 to {F - 1})")
         t = node.position
-        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not -n_positions <= t < n_positions):
+        if t is not None and (not is_integer(t) or not -n_positions <= t < n_positions):
             raise ConfigError(f"{node.label()}: position {t!r} is outside the prompts' {n_positions} positions "
                               f"(0 to {n_positions - 1}, -1 for the last, or None for all)")
         out.append(node if t is None else Node(node.point, node.feature, t % n_positions))
@@ -366,12 +367,12 @@ def _check_means(means: Any, model: SplicedModel | None = None, data: CircuitDat
 
 def _check_training(sparsities: Sequence[float], steps: int, lr: float, seed: int, per_position: bool) -> None:
     for s in sparsities:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
+        if not is_real(s) or not math.isfinite(s) or s < 0:
             raise ConfigError(f"sparsity must be a finite number of at least 0 (the L0 penalty per node), got {s!r}")
     check_count("steps", steps)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+    if not is_real(lr) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_integer(seed):
         raise ConfigError(f"seed must be a whole number, got {seed!r}")
     if not isinstance(per_position, bool):
         raise ConfigError(f"per_position must be True or False, got {per_position!r}")

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
 from .ablation import MeanAblation
@@ -198,7 +199,7 @@ def faithfulness_curve(
     position or ``summed`` over positions; or from a ``Circuit``'s nodes), their
     faithfulness and that of the model without them. One pass over the data per
     circuit (two per size, two for the baselines)."""
-    if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in sizes):
+    if not sizes or any(not is_integer(n) or n < 0 for n in sizes):
         raise ConfigError(f"sizes must be a list of whole numbers of nodes (0 or more), got {sizes!r}")
     if isinstance(effects, Circuit):
         if summed is not None and summed != effects.summed:

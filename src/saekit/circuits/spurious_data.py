@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from ..data import jsonl_records, read_data_file
 from ..errors import ConfigError, DataError
 
@@ -169,7 +170,7 @@ def spurious_task(seed: int = 0, *, n_train: int = 64, n_test: int = 64, n_judge
     gives the same sets.
     """
     for name, n, step in (("n_train", n_train, 2), ("n_test", n_test, 4), ("n_judge", n_judge, 4)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < step or n % step:
+        if not is_integer(n) or n < step or n % step:
             raise ConfigError(f"{name} must be a positive multiple of {step} (equal groups), got {n!r}")
     rng = random.Random(seed)
     pools: dict[tuple[int, int], list[str]] = {}

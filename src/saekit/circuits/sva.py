@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from itertools import product, zip_longest
 from typing import Any
 
+from ..checks import is_integer
 from ..errors import ConfigError, DataError
 
 # (singular, plural). Regular and irregular plurals: the irregular ones that keep their
@@ -88,9 +89,9 @@ class SvaOptions:
     one_length: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+        if not is_integer(self.n) or self.n < 1:
             raise ConfigError(f"the number of prompts must be a whole number of at least 1, got {self.n!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if not is_integer(self.seed):
             raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
         object.__setattr__(self, "templates", _names(self.templates, TEMPLATES, "template"))
         object.__setattr__(self, "verbs", _names(self.verbs, tuple(s for s, _ in VERBS), "verb"))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch import nn
 
+from ..checks import is_integer
 from ..errors import ConfigError, DimensionError, ModelLoadError
 
 COSINE_BLOCK = 1 << 24
@@ -55,7 +56,7 @@ def _features(dictionary: Any, features: Sequence[int]) -> Tensor:
 
 
 def _check_k(k: Any, most: int, what: str) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
+    if not is_integer(k) or not 1 <= k <= most:
         raise ConfigError(f"k must be an integer from 1 to {most} ({what}), got {k!r}")
 
 

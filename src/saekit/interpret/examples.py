@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from ..errors import ConfigError, DataError, FormatError
 
 logger = logging.getLogger(__name__)
@@ -501,7 +502,7 @@ def _feature_indices(features: Sequence[int] | None, d_sae: int) -> list[int]:
 
 
 def _check_count(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 

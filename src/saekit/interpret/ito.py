@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from ..dictionaries import Dictionary
 from ..errors import ConfigError, DimensionError
 
@@ -47,7 +48,7 @@ def _residual(dictionary: Dictionary, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check_l0(l0: int, F: int) -> None:
-    if isinstance(l0, bool) or not isinstance(l0, int) or not 0 < l0 <= F:
+    if not is_integer(l0) or not 0 < l0 <= F:
         raise ConfigError(f"l0 must be a whole number from 1 to the dictionary size {F}, got {l0!r}")
 
 

@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from ..dictionaries import Dictionary
 from ..errors import ConfigError, DataError
 from ..progress import Phase, ProgressCallback
@@ -94,10 +95,10 @@ def check_comparison(
 ) -> tuple[str, ...]:
     """Everything ``compare_codes`` can check before the model loads; the methods, validated."""
     methods = check_methods(methods)
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
+    if not is_integer(tokens) or tokens <= 0:
         raise ConfigError(f"tokens must be a positive whole number, got {tokens!r}")
     F = dictionary.cfg.d_sae
-    if l0 is not None and (isinstance(l0, bool) or not isinstance(l0, int) or not 0 < l0 <= F):
+    if l0 is not None and (not is_integer(l0) or not 0 < l0 <= F):
         raise ConfigError(f"l0 must be a whole number from 1 to the dictionary size {F}, got {l0!r}")
     if not thresholds or any(not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0) for t in thresholds):
         raise ConfigError(f"thresholds must be finite non-negative multiples of the median activation, got {list(thresholds)}")

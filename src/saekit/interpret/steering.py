@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from ..dictionaries import Dictionary
 from ..errors import ConfigError, DimensionError
 
@@ -46,7 +47,7 @@ def _feature_list(dictionary: Dictionary, features: int | Sequence[int], what: s
     F = dictionary.cfg.d_sae
     if not chosen:
         raise ConfigError(f"{what}: give at least one feature")
-    bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < F]
+    bad = [i for i in chosen if not is_integer(i) or not 0 <= i < F]
     if bad:
         raise ConfigError(f"{what}: feature {bad[0]!r} is not a feature of this dictionary (0 to {F - 1})")
     return chosen

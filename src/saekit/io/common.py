@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..checks import is_integer
 from ..dictionaries import Dictionary, DictionaryConfig, build_dictionary
 from ..errors import ConfigError, FormatError, OutputError
 from .files import check_writable_folder, make_folder
@@ -102,28 +103,24 @@ def check_finite(t: torch.Tensor, what: str, path: Path) -> None:
         raise FormatError(f"{path}: {what} holds {bad} NaN or infinite value(s) (as float32); the file is corrupt")
 
 
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a size
-
-
 # What each DictionaryConfig field must be in a file, checked before the config is built
 # (DictionaryConfig itself checks ranges: positive sizes, k < d_sae, a finite scale).
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "arch": (lambda v: isinstance(v, str), "a string"),
-    "d_in": (is_int, "an integer"),
-    "d_sae": (is_int, "an integer"),
-    "k": (lambda v: v is None or is_int(v), "an integer or null"),
+    "d_in": (is_integer, "an integer"),
+    "d_sae": (is_integer, "an integer"),
+    "k": (lambda v: v is None or is_integer(v), "an integer or null"),
     "hook": (lambda v: isinstance(v, str), "a string"),
     "model": (lambda v: isinstance(v, str), "a string"),
     # abs() bound: a JSON integer of 400 digits is an int that float() cannot take.
-    "act_scale": (lambda v: isinstance(v, float) or is_int(v) and abs(v) < 1e300, "a number"),
-    "context_length": (lambda v: v is None or is_int(v) and v > 0, "a positive integer or null"),
+    "act_scale": (lambda v: isinstance(v, float) or is_integer(v) and abs(v) < 1e300, "a number"),
+    "context_length": (lambda v: v is None or is_integer(v) and v > 0, "a positive integer or null"),
     "keep_bos": (lambda v: isinstance(v, bool), "true or false"),
     "transcoder": (lambda v: isinstance(v, bool), "true or false"),
     "target": (lambda v: isinstance(v, str), "a string"),
-    "d_out": (lambda v: v is None or is_int(v), "an integer or null"),
+    "d_out": (lambda v: v is None or is_integer(v), "an integer or null"),
     "skip": (lambda v: isinstance(v, bool), "true or false"),
-    "target_scale": (lambda v: isinstance(v, float) or is_int(v) and abs(v) < 1e300, "a number"),
+    "target_scale": (lambda v: isinstance(v, float) or is_integer(v) and abs(v) < 1e300, "a number"),
 }
 
 
@@ -146,7 +143,7 @@ def require_key(cfg: dict, key: str, path: Path, kind: type | tuple = int) -> An
     if key not in cfg:
         raise FormatError(f"{path} is missing the key {key!r}")
     value = cfg[key]
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+    if kind is int and not is_integer(value):
         raise FormatError(f"{path}: {key!r} must be an integer, got {value!r}")
     if kind is not int and not isinstance(value, kind):
         raise FormatError(f"{path}: {key!r} has the wrong type ({value!r})")

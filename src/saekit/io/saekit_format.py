@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from ..checks import is_integer
 from ..dictionaries import Dictionary, DictionaryConfig, build_dictionary
 from ..errors import FormatError
 from .checkpoint import CHECKPOINT_FILE, PENDING_FILE
-from .common import CONFIG_FILE, WEIGHTS_FILE, checked_tensor, is_int, make_config, read_json, read_safetensors, writable_folder_for
+from .common import CONFIG_FILE, WEIGHTS_FILE, checked_tensor, make_config, read_json, read_safetensors, writable_folder_for
 from .files import atomic_save_tensors, atomic_write_text, make_folder
 
 FORMAT_NAME = "saekit"
@@ -72,7 +73,7 @@ def load_dictionary(path: str | os.PathLike, device: str | torch.device = "cpu")
     if header.get("format") != FORMAT_NAME:
         raise FormatError(f"{config_path} does not say format 'saekit'; it is not a saekit dictionary config")
     version = header.get("format_version")
-    if not is_int(version) or version > FORMAT_VERSION:
+    if not is_integer(version) or version > FORMAT_VERSION:
         raise FormatError(
             f"{config_path} has format_version {version!r}; this saekit reads up to {FORMAT_VERSION}. "
             "Upgrade saekit to read it."

@@ -26,12 +26,12 @@ def graphs_everywhere(monkeypatch):
     monkeypatch.setattr("saekit.training.trainer.graph_pays", lambda device, *rest: device.type == "cuda")
 
 
-def batches(n: int, seed: int = 0, b: int = B) -> list[torch.Tensor]:
+def batches(n: int, seed: int = 0, b: int = B, device: str = "cuda") -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     atoms = torch.nn.functional.normalize(torch.randn(256, D, generator=g), dim=-1)
     idx = torch.randint(0, 256, (n * b, 8), generator=g)
     x = (atoms[idx] * torch.rand(n * b, 8, 1, generator=g) * 3).sum(1) + 0.5
-    return list(x.cuda().split(b))
+    return list(x.to(device).split(b))
 
 
 def trainer(arch: str, graphs: bool, autocast: str = "none", transcoder: bool = False, **kw) -> DictionaryTrainer:
@@ -194,3 +194,38 @@ def test_saekit_train_on_a_gpu_graphs_the_step_and_trains_the_same_dictionary(ar
     assert captured == [1], "one capture, in the run with graphs"
     assert results[True].fvu == pytest.approx(results[False].fvu, rel=0.05, abs=0.01)
     assert results[True].l0 == pytest.approx(results[False].l0, rel=0.1, abs=0.5)
+
+
+def test_a_capture_that_fails_costs_speed_not_the_run(monkeypatch, caplog):
+    """Where a torch or driver cannot capture the step, it warns once and steps op by op,
+    exactly as a trainer without graphs (simulated on the CPU: the capture raises)."""
+
+    class Uncapturable:
+        def __init__(self, *args, **kw):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr("saekit.training.trainer.graph_pays", lambda *args: True)
+    monkeypatch.setattr("saekit.training.trainer.GraphedObjective", Uncapturable)
+
+    def cpu_trainer(graphs: bool) -> DictionaryTrainer:
+        cfg = TrainConfig(arch="topk", k=8, dict_size=F, batch_size=B, tokens=10 * B, buffer_tokens=B, eval_tokens=0,
+                          hook="resid_post.1", cuda_graphs=graphs, dead_after_tokens=2 * B)
+        t = DictionaryTrainer(cfg, DictionaryConfig(arch="topk", d_in=D, d_sae=F, k=8, hook="resid_post.1"),
+                              torch.device("cpu"))
+        t.init_from_sample(torch.cat(batches(4, device="cpu")))
+        return t
+
+    tried, plain = cpu_trainer(True), cpu_trainer(False)
+    assert tried.graphs
+    with caplog.at_level("WARNING", logger="saekit.training.trainer"):
+        for x in batches(5, seed=8, device="cpu"):
+            tried.train_step(x)
+            plain.train_step(x)
+    assert not tried.graphs and tried.graphed is None
+    assert [r.getMessage() for r in caplog.records if "CUDA graph" in r.getMessage()] == [
+        "could not capture the topk dictionary's step in a CUDA graph (operation not permitted when stream is "
+        "capturing); it runs op by op (--no-cuda-graphs skips the attempt)"
+    ]
+    for p, q in zip(tried.sae.parameters(), plain.sae.parameters()):
+        assert torch.equal(p, q)
+

@@ -12,6 +12,7 @@ update depends on, so a resumed trainer continues bit-identically.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from .dead_features import DeadFeatureTracker, resample_dead
 from .distributed import SINGLE, RankGroup, Ranks, gather_rows
 from .graphed_step import GraphedObjective, graph_pays
 from .schedules import lr_multiplier, sparsity_multiplier
+
+log = logging.getLogger(__name__)
 
 
 # Training inputs kept (the last ones, in whole batches) to set inference thresholds
@@ -227,7 +230,16 @@ class DictionaryTrainer:
         """``_eager_gradients`` replayed from the CUDA graph (captured on the first call):
         the same refusals, read from the flags the graph computes, before Adam steps."""
         if self.graphed is None:
-            self.graphed = GraphedObjective(self.sae, x, target, params, self.cfg.autocast == "bf16")
+            try:
+                self.graphed = GraphedObjective(self.sae, x, target, params, self.cfg.autocast == "bf16")
+            except RuntimeError as e:
+                # A capture this torch or driver cannot make costs speed, not the run: the
+                # same step runs op by op from here on.
+                log.warning("could not capture the %s dictionary's step in a CUDA graph (%s); it runs op by op "
+                            "(--no-cuda-graphs skips the attempt)", self.sae.cfg.arch, str(e).splitlines()[0])
+                self.graphs = False
+                self.sae.zero_grad(set_to_none=True)
+                return self._eager_gradients(x, target, x, target, params, 1.0)
         out, (x_ok, target_ok, loss_ok) = self.graphed(x, target, params.sparsity_coeff, params.dead_mask)
         if not x_ok:
             self._refuse_input(self.sae.cfg.hook)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import FORMAT_CHOICES, add_device_flags, model_for, values_type
+from .common import add_device_flags, add_spliced_flags, load_spliced, model_for, values_type
 
 NONZERO = 1e-12  # effects.json lists the nodes with |effect| at least this
 # The built-in prompt sets (saekit.circuits.sva.DATASETS; named here so that --help imports no torch).
@@ -26,8 +26,7 @@ def register(sub: Any) -> None:
         "--node-threshold and the edges among them past --edge-threshold, and write OUT/circuit.json, "
         "OUT/effects.json and OUT/circuit.html (the graph); with --faithfulness, also the faithfulness curve.",
     )
-    p.add_argument("--dictionaries", nargs="+", required=True, metavar="DIR",
-                   help="the dictionaries, one per hook point: folders in any format saekit reads or Hub names")
+    add_spliced_flags(p)
     p.add_argument("--data", required=True, metavar="FILE.jsonl",
                    help="the prompts (see above), or a built-in set made for the model's tokenizer and written to "
                    "OUT/NAME.jsonl: sva (subject-verb agreement across a prepositional phrase, 'The nurse near the "
@@ -53,9 +52,6 @@ def register(sub: Any) -> None:
     p.add_argument("--mask-steps", type=int, default=200, help="optimiser steps per mask (default 200)")
     p.add_argument("--dashboard", nargs="+", default=None, metavar="DIR",
                    help="dashboards (saekit dashboard) to link the graph's feature nodes to, one per hook point")
-    p.add_argument("--model", default=None, help="the model to run (default: the one the dictionaries record)")
-    p.add_argument("--allow-other-model", action="store_true", help="run a model other than the recorded one")
-    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folders' format, if detection is wrong")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty folder that holds no circuit (only the circuit's files are replaced)")
     add_device_flags(p)
@@ -72,7 +68,6 @@ def run(ns: argparse.Namespace) -> int:
     from ..circuits.data import read_circuit_data
     from ..circuits.page import dashboard_links, write_circuit_page
     from ..io.files import atomic_write_text, check_output_folder, make_folder
-    from ..loading import load
     from ..models import load_model, parse_dtype, resolve_device
     from .progress import ProgressBars
 
@@ -100,10 +95,7 @@ def run(ns: argparse.Namespace) -> int:
     page = out / "circuit.html"
     boards = [dashboard_links(folder, page) for folder in ns.dashboard or []]
     device = resolve_device(ns.device)
-    dictionaries = [load(folder, ns.format, device=device) for folder in ns.dictionaries]
-    for folder, d in zip(ns.dictionaries, dictionaries):
-        if not d.cfg.hook:
-            raise ConfigError(f"{folder} does not record its hook point, so saekit cannot tell where to splice it")
+    dictionaries = load_spliced(ns, device)
     model_name = model_for(ns.dictionaries, dictionaries, ns.model, ns.allow_other_model, "a circuit")
 
     lm = load_model(model_name, device=device, dtype=parse_dtype(ns.dtype))

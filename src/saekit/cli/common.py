@@ -144,6 +144,30 @@ def fill_unrecorded(dictionary: Any, folder: str, hook: str | None, model: str |
         dictionary.cfg.model = model
 
 
+def add_spliced_flags(parser: argparse.ArgumentParser) -> None:
+    """``--dictionaries`` (one per hook point, spliced into the model) and the flags that say
+    which model and how to read them: ``--model``, ``--allow-other-model``, ``--format``."""
+    parser.add_argument("--dictionaries", nargs="+", required=True, metavar="DIR",
+                        help="the dictionaries, one per hook point: folders in any format saekit reads or Hub names")
+    parser.add_argument("--model", default=None, help="the model to run (default: the one the dictionaries record)")
+    parser.add_argument("--allow-other-model", action="store_true", help="run a model other than the recorded one")
+    parser.add_argument("--format", default=None, choices=FORMAT_CHOICES,
+                        help="the folders' format, if detection is wrong")
+
+
+def load_spliced(ns: argparse.Namespace, device: Any) -> list[Any]:
+    """The ``--dictionaries`` loaded onto ``device``, each recording the hook point it is
+    spliced at."""
+    from ..errors import ConfigError
+    from ..loading import load
+
+    dictionaries = [load(folder, ns.format, device=device) for folder in ns.dictionaries]
+    for folder, d in zip(ns.dictionaries, dictionaries):
+        if not d.cfg.hook:
+            raise ConfigError(f"{folder} does not record its hook point, so saekit cannot tell where to splice it")
+    return dictionaries
+
+
 def model_for(folders: Sequence[str], dictionaries: Sequence[Any], model: str | None, allow_other_model: bool,
               job: str) -> str | None:
     """The model to splice ``dictionaries`` into: ``model``, or the one they record. They

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import FORMAT_CHOICES, add_device_flags, model_for
+from .common import add_device_flags, add_spliced_flags, load_spliced, model_for
 
 # saekit.circuits.feature_trimming's defaults and choices, named here so that --help imports no torch.
 DEFAULT_TOP_K = 30
@@ -29,8 +29,7 @@ def register(sub: Any) -> None:
         "probe again where the concepts are decorrelated, and retrain it on the edited activations (SHIFT + "
         "retrain). Writes OUT/shift.json and prints the accuracies.",
     )
-    p.add_argument("--dictionaries", nargs="+", required=True, metavar="DIR",
-                   help="the dictionaries, one per hook point: folders in any format saekit reads or Hub names")
+    add_spliced_flags(p)
     p.add_argument("--out", required=True, metavar="OUT", help="the folder to write shift.json into")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", default=None, metavar="FILE.jsonl",
@@ -72,9 +71,6 @@ def register(sub: Any) -> None:
     p.add_argument("--ablation", default="zero", choices=("zero", "mean"),
                    help="an ablated feature is set to zero (default) or to its mean over the training texts' tokens")
     p.add_argument("--batch-size", type=int, default=16, help="texts per pass (default 16)")
-    p.add_argument("--model", default=None, help="the model to run (default: the one the dictionaries record)")
-    p.add_argument("--allow-other-model", action="store_true", help="run a model other than the recorded one")
-    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folders' format, if detection is wrong")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty folder that holds no SHIFT result (only shift.json and "
                    f"{SYNTHETIC_FILE} are replaced)")
@@ -90,7 +86,6 @@ def run(ns: argparse.Namespace) -> int:
     from ..circuits import Node, SplicedModel, shift
     from ..errors import DataError
     from ..io.files import atomic_write_text, check_output_folder, make_folder
-    from ..loading import load
     from ..models import load_model, parse_dtype, resolve_device
     from .progress import ProgressBars
 
@@ -111,8 +106,8 @@ def run(ns: argparse.Namespace) -> int:
                               holds_result=lambda folder: (folder / "shift.json").is_file(),
                               result="SHIFT result", written="shift.json")
     device = resolve_device(ns.device)
-    dictionaries = [load(folder, ns.format, device=device) for folder in ns.dictionaries]
-    widths = _written_points(ns.dictionaries, dictionaries)
+    dictionaries = load_spliced(ns, device)
+    widths = _written_points(dictionaries)
     probe_point = _probe_point(ns.probe_point, list(widths))
     features = None if ns.features is None else [Node(p, i) for p, i in _given_features(ns.features, widths)]
     if features is None and task.judge is None:
@@ -190,14 +185,12 @@ def _task_records(task: Any) -> list[dict[str, Any]]:
             for t, i, s in zip(labelled.texts, labelled.intended, labelled.spurious)]
 
 
-def _written_points(folders: list[str], dictionaries: list[Any]) -> dict[str, int]:
+def _written_points(dictionaries: list[Any]) -> dict[str, int]:
     """Each point a dictionary writes (a transcoder its target), with its number of features."""
     from ..errors import HookPointError
 
     widths: dict[str, int] = {}
-    for folder, d in zip(folders, dictionaries):
-        if not d.cfg.hook:
-            raise ConfigError(f"{folder} does not record its hook point, so saekit cannot tell where to splice it")
+    for d in dictionaries:
         writes = d.cfg.output_hook
         if writes in widths:
             raise HookPointError(f"two dictionaries write {writes}; give one dictionary per hook point")

@@ -432,7 +432,7 @@ class Dictionary(nn.Module):
         zero = x_hat.new_zeros(())
         if dead is None:
             return zero
-        residual = ((x if target is None else target) - x_hat).detach()
+        reference = x if target is None else target
         if shapes_static():
             assert dense_pre is not None, "a static-shape step decodes aux-k from its dense pre-activations"
             aux_k = min(params.aux_k or self.cfg.d_in // 2, self.cfg.d_sae)
@@ -440,7 +440,7 @@ class Dictionary(nn.Module):
                 chosen = pre.detach().masked_fill(~dead, float("-inf")).topk(aux_k, dim=-1, sorted=False).indices
             values = dense_pre.gather(1, chosen).relu() * dead[chosen]  # the chosen living ones give 0
             e_hat = torch.zeros_like(dense_pre).scatter_(1, chosen, values) @ self.W_dec
-            return self._auxk_error(e_hat, residual, params) * dead.any()
+            return self._auxk_error(e_hat, reference, x_hat, params) * dead.any()
         dead_features = dead.nonzero().squeeze(1)
         n_dead = dead_features.numel()
         if n_dead == 0:
@@ -457,11 +457,13 @@ class Dictionary(nn.Module):
         pattern = SparsityPattern.from_indices(chosen, self.cfg.d_sae)
         values = pre_acts_at(pre, pattern, x, self.W_enc, self.b_enc, self.input_bias).relu()
         e_hat = sparse_decode(values, pattern, self.W_dec)
-        return self._auxk_error(e_hat, residual, params)
+        return self._auxk_error(e_hat, reference, x_hat, params)
 
     @staticmethod
-    def _auxk_error(e_hat: Tensor, residual: Tensor, params: LossParams) -> Tensor:
-        """Aux-k's squared error of ``e_hat`` against the residual, over ``mean ‖e‖²``."""
+    def _auxk_error(e_hat: Tensor, reference: Tensor, x_hat: Tensor, params: LossParams) -> Tensor:
+        """Aux-k's squared error of ``e_hat`` against the residual ``e = reference − x̂``,
+        over ``mean ‖e‖²``."""
+        residual = (reference - x_hat).detach()
         sq = residual.pow(2).sum()
         if params.group is not None:  # the mean over the whole global batch
             sq, n = params.group.sum(torch.stack([sq, sq.new_tensor(float(residual.shape[0]))])).unbind()

@@ -238,7 +238,6 @@ class DictionaryTrainer:
                 log.warning("could not capture the %s dictionary's step in a CUDA graph (%s); it runs op by op "
                             "(--no-cuda-graphs skips the attempt)", self.sae.cfg.arch, str(e).splitlines()[0])
                 self.graphs = False
-                self.sae.zero_grad(set_to_none=True)
                 return self._eager_gradients(x, target, x, target, params, 1.0)
         out, (x_ok, target_ok, loss_ok) = self.graphed(x, target, params.sparsity_coeff, params.dead_mask)
         if not x_ok:

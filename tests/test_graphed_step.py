@@ -34,16 +34,17 @@ def batches(n: int, seed: int = 0, b: int = B, device: str = "cuda") -> list[tor
     return list(x.to(device).split(b))
 
 
-def trainer(arch: str, graphs: bool, autocast: str = "none", transcoder: bool = False, **kw) -> DictionaryTrainer:
+def trainer(arch: str, graphs: bool, autocast: str = "none", transcoder: bool = False,
+            device: str = "cuda") -> DictionaryTrainer:
     k = 8 if ARCHITECTURES[arch].uses_k else None
     # A short dead window, so that aux-k and resampling take part within the test.
     cfg = TrainConfig(arch=arch, k=k, dict_size=F, batch_size=B, tokens=40 * B, buffer_tokens=B, eval_tokens=0,
-                      device="cuda", hook="resid_post.1", autocast=autocast, cuda_graphs=graphs,
-                      dead_after_tokens=3 * B, **kw)
+                      device=device, hook="resid_post.1", autocast=autocast, cuda_graphs=graphs,
+                      dead_after_tokens=3 * B)
     extra = {"transcoder": True, "target": "resid_post.2", "skip": True} if transcoder else {}
     dict_cfg = DictionaryConfig(arch=arch, d_in=D, d_sae=F, k=k, hook="resid_post.1", **extra)
-    t = DictionaryTrainer(cfg, dict_cfg, torch.device("cuda"))
-    sample = torch.cat(batches(4))
+    t = DictionaryTrainer(cfg, dict_cfg, torch.device(device))
+    sample = torch.cat(batches(4, device=device))
     t.init_from_sample(sample, sample.roll(1, dims=1) if transcoder else None)
     return t
 
@@ -163,9 +164,7 @@ def test_graphs_are_used_where_they_were_measured_to_pay():
 
 
 def test_a_trainer_on_a_cpu_steps_op_by_op():
-    cfg = TrainConfig(arch="relu", dict_size=F, batch_size=B, tokens=10 * B, buffer_tokens=B, eval_tokens=0,
-                      hook="resid_post.1")
-    t = DictionaryTrainer(cfg, DictionaryConfig(arch="relu", d_in=D, d_sae=F, hook="resid_post.1"), torch.device("cpu"))
+    t = trainer("relu", True, device="cpu")
     assert not t.graphs and t.graphed is None
 
 
@@ -207,15 +206,7 @@ def test_a_capture_that_fails_costs_speed_not_the_run(monkeypatch, caplog):
     monkeypatch.setattr("saekit.training.trainer.graph_pays", lambda *args: True)
     monkeypatch.setattr("saekit.training.trainer.GraphedObjective", Uncapturable)
 
-    def cpu_trainer(graphs: bool) -> DictionaryTrainer:
-        cfg = TrainConfig(arch="topk", k=8, dict_size=F, batch_size=B, tokens=10 * B, buffer_tokens=B, eval_tokens=0,
-                          hook="resid_post.1", cuda_graphs=graphs, dead_after_tokens=2 * B)
-        t = DictionaryTrainer(cfg, DictionaryConfig(arch="topk", d_in=D, d_sae=F, k=8, hook="resid_post.1"),
-                              torch.device("cpu"))
-        t.init_from_sample(torch.cat(batches(4, device="cpu")))
-        return t
-
-    tried, plain = cpu_trainer(True), cpu_trainer(False)
+    tried, plain = trainer("topk", True, device="cpu"), trainer("topk", False, device="cpu")
     assert tried.graphs
     with caplog.at_level("WARNING", logger="saekit.training.trainer"):
         for x in batches(5, seed=8, device="cpu"):

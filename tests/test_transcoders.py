@@ -246,6 +246,14 @@ def test_evaluation_reconstructs_and_replaces_the_target(model_dir, corpus, tmp_
         logits = lm.model(input_ids=ids[:n_seq], attention_mask=attn[:n_seq]).logits
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:n_seq, 1:].reshape(-1))
     assert result.fixed.ce_spliced == pytest.approx(float(ce), rel=1e-4)
+    assert result.table().splitlines()[0] == f"relu skip transcoder from mlp_in.1 to mlp_out.1 of {model_dir}"
+
+
+def test_a_dictionary_says_what_it_is():
+    sae = DictionaryConfig(arch="topk", d_in=8, d_sae=16, k=2, hook="resid_post.3", model="m")
+    tc = DictionaryConfig(arch="gated", d_in=8, d_sae=16, hook="mlp_in.3", target="mlp_out.3", transcoder=True)
+    assert sae.describe() == "topk dictionary on resid_post.3 of m"
+    assert tc.describe() == "gated transcoder from mlp_in.3 to mlp_out.3"
 
 
 def test_reconstruction_figures_need_the_targets():

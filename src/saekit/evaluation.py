@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .dictionaries import Dictionary
+from .dictionaries.base import describe
 from .errors import ConfigError, DataError, DimensionError, HookPointError
 from .progress import Phase, ProgressCallback
 
@@ -289,7 +290,7 @@ class EvalResult:
         """The figures of both regimes side by side, with the counts behind them."""
         regimes = self.regimes()
         head = f"{'figure':<30}" + "".join(f"{name:>14}" for name in regimes)
-        rows = [f"{self.dictionary.get('arch')} dictionary on {self.hook} of {self.model}", head]
+        rows = [describe({**self.dictionary, "hook": self.hook, "model": self.model}), head]
         rows.append(f"{'context length':<30}" + "".join(f"{r.context_length:>14}" for r in regimes.values()))
         rows.append(f"{'tokens (reconstruction)':<30}" + "".join(f"{r.n_tokens:>14,}" for r in regimes.values()))
         rows.append(f"{'tokens (cross-entropy)':<30}" + "".join(f"{r.n_ce_tokens:>14,}" for r in regimes.values()))

@@ -54,7 +54,7 @@ def run(ns: argparse.Namespace) -> int:
         return 0
     for result in results:
         c = result.dictionary.cfg
-        print(f"\nsaved {c.arch} dictionary ({c.d_sae} features, {c.hook} of {c.model}) to {result.out}")
+        print(f"\nsaved {c.describe()} ({c.d_sae:,} features) to {result.out}")
         if len(results) == 1:
             print(f"trained on {result.tokens:,} tokens in {result.steps:,} steps")
         if result.evaluation is not None:

@@ -120,6 +120,11 @@ class DictionaryConfig:
         sparse autoencoder's own hook point."""
         return self.target if self.transcoder else self.hook
 
+    def describe(self) -> str:
+        """What the dictionary is, in words: "topk dictionary on resid_post.9 of M", or for
+        a transcoder "relu skip transcoder from mlp_in.6 to mlp_out.6 of M"."""
+        return describe(self.to_dict())
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -175,6 +180,18 @@ class LossParams:
     aux_k: int | None = None
     jumprelu_bandwidth: float = 0.05
     group: TokenGroup | None = None
+
+
+def describe(cfg: dict) -> str:
+    """``DictionaryConfig.describe`` for a config read back as a dict (an evaluation's
+    record of its dictionary, which may predate the transcoder fields)."""
+    where = f"of {cfg.get('model')}" if cfg.get("model") else ""
+    if cfg.get("transcoder"):
+        kind = "skip transcoder" if cfg.get("skip") else "transcoder"
+        text = f"{cfg.get('arch')} {kind} from {cfg.get('hook')} to {cfg.get('target') or '?'}"
+    else:
+        text = f"{cfg.get('arch')} dictionary on {cfg.get('hook')}"
+    return f"{text} {where}".rstrip()
 
 
 def register(cls: type["Dictionary"]) -> type["Dictionary"]:

@@ -22,12 +22,11 @@ import pytest
 import torch
 from conftest import random_dictionary
 
-from saekit import report as report_module
 from saekit.errors import FormatError, OutputError, SaekitError
 from saekit.evaluation import evaluate_reconstruction
 from saekit.io.saekit_format import save_dictionary
 from saekit.io.formats import convert
-from saekit.report import compare, load_evaluated, write_report
+from saekit.report import compare, figures, load_evaluated, plots, training_curves, write_report
 
 D_SAE = 64
 RECONSTRUCTION = (
@@ -266,7 +265,7 @@ def test_identical_l0_histograms_both_stay_visible() -> None:
     Drawn as two plain outlines, the second hides the first."""
     spike = {"l0": 32.0, "l0_histogram": {"edges": list(range(41)), "counts": [0] * 32 + [5000] + [0] * 7}}
     counts = _pixels_by_hue(
-        lambda ax: report_module._l0_hist(ax, regimes={"fixed": spike, "documents": dict(spike)}),
+        lambda ax: plots.l0_hist(ax, regimes={"fixed": spike, "documents": dict(spike)}),
         {"fixed": "C0", "documents": "C1"},
     )
     assert counts["fixed"] > 300 and counts["documents"] > 100, counts
@@ -284,10 +283,10 @@ def test_identical_l0_histograms_are_said_to_coincide(tmp_path: Path) -> None:
 
 def test_loss_stays_visible_when_it_equals_its_only_nonzero_term() -> None:
     records = _new_log()
-    curves = report_module._curves(records)
+    curves = training_curves.read_curves(records)
     counts = _pixels_by_hue(
-        lambda ax: report_module._objective_panel(ax, tokens=curves.tokens, objective=curves.objective, title="t", vlines=[]),
-        {"loss": report_module.TOTAL_COLOUR, "loss_mse": report_module.TERM_COLOURS[0]},
+        lambda ax: plots.objective_panel(ax, tokens=curves.tokens, objective=curves.objective, title="t", vlines=[]),
+        {"loss": plots.TOTAL_COLOUR, "loss_mse": plots.TERM_COLOURS[0]},
     )
     assert counts["loss"] > 2 * counts["loss_mse"] > 0, counts
 
@@ -301,15 +300,15 @@ def test_zero_terms_and_coinciding_curves_are_named(tmp_path: Path) -> None:
     records = _new_log()
     for r in records[:3]:
         r["loss_auxk"] = 0.01
-    notes = report_module._objective_notes(report_module._curves(records).objective)
+    notes = training_curves.objective_notes(training_curves.read_curves(records).objective)
     assert "loss_auxk was 0 at 7 of 10 records (gaps in its line: 0 has no place on a log axis)." in notes
 
 
 def test_new_log_keeps_raw_mse_apart_from_the_scaled_objective() -> None:
-    new = report_module._curves(_new_log())
+    new = training_curves.read_curves(_new_log())
     assert list(new.objective) == ["loss", "loss_mse", "loss_auxk"]
     assert new.raw_mse == [500.0 / s for s in range(1, 11)]
-    old = report_module._curves(_old_log())
+    old = training_curves.read_curves(_old_log())
     assert list(old.objective) == ["loss", "mse", "aux"] and old.raw_mse is None
     assert old.resampled == [4096 * 5]
 
@@ -326,8 +325,8 @@ def test_dead_fraction_axis_starts_at_zero() -> None:
 
     for values, top in (([0.0] * 10, 1.0), ([0.0, 0.1, 0.2], 0.23), ([None, None, 0.05], 0.0575)):
         ax = Figure().subplots()
-        report_module._dead_panel(ax, tokens=[1.0, 2.0, 3.0][: len(values)] if len(values) == 3 else list(range(10)),
-                                  dead=[report_module._num(v) for v in values], vlines=[])  # fmt: skip
+        plots.dead_panel(ax, tokens=[1.0, 2.0, 3.0][: len(values)] if len(values) == 3 else list(range(10)),
+                         dead=[figures.num(v) for v in values], vlines=[])  # fmt: skip
         bottom, upper = ax.get_ylim()
         assert bottom == 0.0 and upper == pytest.approx(top), (values, ax.get_ylim())
 
@@ -589,7 +588,7 @@ def test_frontier_joins_only_dictionaries_of_one_model_and_hook(tmp_path: Path) 
             group_of[l0 * 1.1] = (hook, model)  # the documents regime's L0
     entries = [load_evaluated(f) for f in folders]
     ax = Figure().subplots()
-    report_module._frontier(ax, entries, "fvu", "FVU")
+    plots.frontier(ax, entries, "fvu", "FVU")
     lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
     assert len(lines) == 6  # 3 (model, hook) groups × 2 regimes
     for line in lines:
@@ -649,7 +648,7 @@ def test_report_pages_render_as_png(report: tuple[Path, str]) -> None:
 
 
 def test_frontier_never_joins_evaluations_on_other_text_or_bos_policy(tmp_path):
-    from saekit.report import _frontier_series, load_evaluated
+    from saekit.report.plots import frontier_series
 
     folders = []
     for i, (dataset, keep_bos) in enumerate([("a.jsonl", False), ("a.jsonl", False), ("b.jsonl", False), ("a.jsonl", True)]):
@@ -658,6 +657,6 @@ def test_frontier_never_joins_evaluations_on_other_text_or_bos_policy(tmp_path):
         ev.update(dataset=f"/data/{dataset}", keep_bos=keep_bos)
         (folder / "eval.json").write_text(json.dumps(ev))
         folders.append(folder)
-    series = _frontier_series([load_evaluated(f) for f in folders], "fvu")
+    series = frontier_series([load_evaluated(f) for f in folders], "fvu")
     sizes = sorted(len(points) for key, points in series.items() if key[0] == "fixed")
     assert sizes == [1, 1, 2]  # only the two on a.jsonl without BOS share a line

@@ -86,6 +86,28 @@ def test_shares_cover_a_batch_that_does_not_divide():
         assert Ranks(world=world).share_sizes(251) == [len(range(251)[s]) for s in shares]
 
 
+@pytest.mark.parametrize("device, backend", [("cpu", "gloo"), ("auto", "nccl"), ("cuda", "nccl")])
+def test_the_backend_follows_the_device_not_the_machine(device, backend, monkeypatch):
+    """On a machine with GPUs, `--device cpu` ranks hold CPU tensors, which NCCL cannot
+    reduce: they get gloo."""
+    from saekit.training import distributed
+
+    started = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: started.setdefault("gpu", i))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda b, **kw: started.setdefault("backend", b))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    ranks = distributed.ranks_from_environment(device)
+    assert started["backend"] == backend and (ranks.rank, ranks.world, ranks.local_rank) == (1, 2, 1)
+    assert started.get("gpu") == (1 if backend == "nccl" else None)
+
+
 def test_data_parallel_matches_one_process_for_every_architecture(model_dir, corpus, tmp_path):
     """Three ranks, a global batch of 251 (shares of 83 and 84), every architecture from
     one pass, with features dying (aux-k, resampling): each dictionary ends as in one

@@ -38,7 +38,7 @@ def run(ns: argparse.Namespace) -> int:
     cfgs = train_configs(ns)
     hooks = [] if cfgs[0].hook is None else parse_hook_spec(cfgs[0].hook)
     many = len(cfgs) > 1 or len(hooks) > 1 or any(is_hook_pattern(h) for h in hooks)
-    ranks = ranks_from_environment()  # under torchrun: this process's rank
+    ranks = ranks_from_environment(cfgs[0].device)  # under torchrun: this process's rank
     # In a data-parallel run rank 0 speaks for all (the others hold the same figures).
     quiet = ranks.distributed and cfgs[0].parallel == "data" and not ranks.main
     bars = None if quiet else ProgressBars(

@@ -79,9 +79,11 @@ class Ranks:
 SINGLE = Ranks()
 
 
-def ranks_from_environment() -> Ranks:
+def ranks_from_environment(device: str = "auto") -> Ranks:
     """The ranks torchrun describes in the environment, with the process group started
-    (once); one rank when the environment names none."""
+    (once); one rank when the environment names none. The backend follows ``device``
+    (``--device``): NCCL where the ranks use GPUs, gloo where they use CPUs (also on a
+    machine that has GPUs: NCCL cannot reduce CPU tensors)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
@@ -93,7 +95,8 @@ def ranks_from_environment() -> Ranks:
                 f"WORLD_SIZE={world} but {', '.join(missing)} is not set; start distributed runs with torchrun "
                 "(torchrun --nproc_per_node N -m saekit train ...)"
             )
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_gpus = device in ("auto", "cuda") or device.startswith("cuda:")
+        backend = "nccl" if on_gpus and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         # A long timeout: rank 0 evaluates on its own at the end while the others wait.

@@ -230,7 +230,7 @@ def train_many(
     cfg = cfgs[0]
     if _one and cfg.hook is not None and len(parse_hook_spec(cfg.hook)) > 1:
         raise ConfigError(f"--hook {cfg.hook} names several hook points; train_many trains one dictionary per point")
-    ranks = ranks_from_environment()
+    ranks = ranks_from_environment(cfg.device)
     # Data parallel: every rank trains every dictionary and rank 0 alone writes. Dealt
     # out: each rank trains (and writes) its own dictionaries as a one-process run.
     data_parallel = ranks.distributed and cfg.parallel == "data"

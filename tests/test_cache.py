@@ -113,6 +113,22 @@ def test_a_hook_or_model_the_cache_lacks_is_refused_by_name(three_hook_cache, tm
     assert open_activation_source(cfg, torch.device("cpu"), cfg.activation_cache).context_length == written
 
 
+def test_flags_a_cache_makes_moot_are_refused_not_ignored(three_hook_cache, corpus, tmp_path):
+    """Another text, or a model-run setting (text field, model dtype, model batch): the
+    cached activations are already read, so each would be silently ignored."""
+    common = dict(activation_cache=str(three_hook_cache), tokens=1000, batch_size=100)
+    other = tmp_path / "other.jsonl"
+    with pytest.raises(ConfigError, match=r"--dataset .*other\.jsonl contradicts the activation cache.*holds activations of"):
+        open_activation_source(TrainConfig(dataset=str(other), **common), torch.device("cpu"), str(three_hook_cache))
+    same = TrainConfig(dataset=str(corpus), **common)  # the cache's own text: nothing contradicts it
+    assert open_activation_source(same, torch.device("cpu"), str(three_hook_cache)).hooks == tuple(HOOKS)
+    moot = TrainConfig(dtype="bfloat16", model_batch_size=4, **common)
+    with pytest.raises(ConfigError, match=r"--dtype bfloat16, --model-batch-size 4: .*these flags have no effect; drop them"):
+        open_activation_source(moot, torch.device("cpu"), str(three_hook_cache))
+    with pytest.raises(ConfigError, match=r"--text-field body: .*this flag has no effect; drop it"):
+        open_activation_source(TrainConfig(text_field="body", **common), torch.device("cpu"), str(three_hook_cache))
+
+
 def test_training_on_one_hook_point_of_a_three_hook_cache(three_hook_cache, tmp_path):
     result = train(TrainConfig(activation_cache=str(three_hook_cache), hook="mlp_out.1", k=4, expansion=2, tokens=1000,
                                batch_size=100, buffer_tokens=500, eval_tokens=100, out=str(tmp_path / "run")))

@@ -273,14 +273,15 @@ def test_a_transcoder_trains_from_an_activation_cache(model_dir, corpus, tmp_pat
     cache_activations(CacheConfig(model=str(model_dir), dataset=str(corpus), hook="mlp_in.1,mlp_out.1",
                                   context_length=32, tokens=3000, heldout_tokens=300, out=str(tmp_path / "c")))
     cfg = small_cfg(model_dir, corpus, tmp_path / "run", hook="mlp_in.1", target="mlp_out.1", skip=True,
-                    activation_cache=str(tmp_path / "c"), tokens=2560, eval_tokens=256)
+                    activation_cache=str(tmp_path / "c"), tokens=2560, eval_tokens=256,
+                    model_batch_size=32)  # the default: with a cache the model does not run
     result = train(cfg)
     assert result.dictionary.cfg.target == "mlp_out.1" and result.heldout.n_tokens == 256
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert ev["fixed"]["fvu"] == pytest.approx(result.heldout.fvu)
     with pytest.raises(ConfigError, match="resid_post.1"):
         train(small_cfg(model_dir, corpus, tmp_path / "run2", hook="mlp_in.1", target="resid_post.1",
-                        activation_cache=str(tmp_path / "c"), tokens=2560))
+                        activation_cache=str(tmp_path / "c"), tokens=2560, model_batch_size=32))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -473,6 +473,24 @@ def open_activation_source(cfg: SourceConfig, device: torch.device, activation_c
                 f"activations were read in contexts of {source.context_length} tokens; drop --context-length or "
                 "write a cache with the length you want"
             )
+        if cfg.dataset is not None and describe_source(cfg.dataset) != source.dataset_name:
+            raise ConfigError(
+                f"--dataset {cfg.dataset} contradicts the activation cache {activation_cache}, which holds "
+                f"activations of {source.dataset_name}; drop --dataset or write a cache of that text"
+            )
+        # What only shapes a model run: with a cache the model never runs, so a value
+        # given here would be silently ignored.
+        defaults = SourceConfig()
+        unused = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("text_field", "dtype", "model_batch_size")
+                  if getattr(cfg, name) != getattr(defaults, name)]
+        if unused:
+            several = len(unused) > 1
+            them = "them" if several else "it"
+            raise ConfigError(
+                f"{', '.join(unused)}: the activation cache {activation_cache} holds activations already read, so the "
+                f"model does not run: {'these flags have' if several else 'this flag has'} no effect; drop {them}, "
+                f"or pass {them} to the `saekit cache` command that writes a cache"
+            )
         source.verify()  # reads every file: after the cheap checks above
         return source
     if cfg.hook is not None:

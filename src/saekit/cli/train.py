@@ -8,6 +8,7 @@ import itertools
 from typing import Any
 
 from ..config import DICTIONARY_FIELDS, TrainConfig
+from ..errors import ConfigError
 from .common import add_config_flags
 from .progress import ProgressBars
 
@@ -76,13 +77,23 @@ def train_configs(ns: argparse.Namespace) -> list[TrainConfig]:
 
     When the architecture itself is swept, a flag only some of them take (``--k`` for the
     TopK family, ``--l1`` for ReLU and gated, ``--l0-coeff`` for JumpReLU) applies to those
-    and is left out for the others, so ``--arch relu,topk --k 16,32`` is three dictionaries.
+    and is left out for the others, so ``--arch relu,topk --k 16,32`` is three dictionaries;
+    one that none of them takes is refused.
     """
     from ..dictionaries import ARCHITECTURES
 
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     swept = {name: getattr(ns, name) for name in SWEEPABLE if isinstance(getattr(ns, name), list)}
     arch_swept = len(swept.get("arch", [])) > 1
+    if arch_swept:  # a flag that none of the swept architectures takes would be dropped for all
+        archs = swept["arch"]
+        for flag, name, takes in (("--k", "k", lambda c: c.uses_k),
+                                  ("--l1", "l1_coeff", lambda c: c.sparsity_penalty == "l1"),
+                                  ("--l0-coeff", "l0_coeff", lambda c: c.sparsity_penalty == "l0")):
+            if getattr(ns, name) is not None and not any(takes(ARCHITECTURES[a]) for a in archs):
+                taken_by = " and ".join(a for a, c in sorted(ARCHITECTURES.items()) if takes(c))
+                raise ConfigError(f"{flag} applies to {taken_by}, none of --arch {','.join(archs)}; drop it or add "
+                                  "an architecture that takes it")
     configs: list[TrainConfig] = []
     seen: set[tuple[Any, ...]] = set()
     for combo in itertools.product(*swept.values()):

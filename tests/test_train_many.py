@@ -63,6 +63,20 @@ def test_without_out_a_sweep_goes_under_runs_and_the_model_name(model_dir, corpu
     assert {r.out.parent for r in results} == {Path("runs") / model_dir.name}
 
 
+def test_a_setting_given_as_its_default_names_the_same_folder_as_left_out():
+    """`--expansion 8` or `--l1 2` train what leaving them out trains, so a later command
+    with or without them finds the same folders."""
+    from saekit.training.plan import plan_members
+
+    def names(l1_coeff=None, **given):
+        cfgs = [TrainConfig(arch="relu", l1_coeff=l1_coeff, tokens=1000, batch_size=100, out="s", **given),
+                TrainConfig(arch="topk", tokens=1000, batch_size=100, out="s", **given)]
+        return [m.out.name for m in plan_members(cfgs, [("resid_post.1", None)], ["resid_post.1"], "m")]
+
+    assert names() == names(expansion=8) == names(expansion=8, l1_coeff=2.0) == ["resid_post.1-relu", "resid_post.1-topk-k32"]
+    assert names(expansion=4, l1_coeff=1.0) == ["resid_post.1-relu-x4-l1_1", "resid_post.1-topk-k32-x4"]
+
+
 def test_a_hook_pattern_trains_every_matching_point_in_forward_order(model_dir, corpus, tmp_path):
     n_layers = saekit.load_model(str(model_dir)).n_layers
     results = train_many([small_cfg(model_dir, corpus, tmp_path / "all", hook="resid_post.*", tokens=1024,
@@ -183,9 +197,19 @@ def test_cli_sweep_flags(model_dir, corpus, tmp_path, capsys):
     assert main(args + ["--arch", "relu,topk", "--k", "8", "--resume"]) == 0  # finished: found by name, re-evaluated
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
         "resid_post.1-relu-x2", "resid_post.1-topk-k4-x2", "resid_post.1-topk-k8-x2"]
+    # one dictionary of the sweep: its --out is its own folder, which the refusal names
+    assert main(args + ["--arch", "topk", "--k", "8", "--resume"]) == 2
+    assert f"pass --out {tmp_path / 's' / 'resid_post.1-topk-k8-x2'}" in capsys.readouterr().err
+    assert main(args + ["--arch", "topk", "--k", "16"]) == 2
+    assert f"trains just one, so --out is that dictionary's own folder: pass --out {tmp_path / 's'}/<its folder>" in (
+        capsys.readouterr().err)
     assert main(args + ["--k", "4,4"]) == 2
     assert "gives a value twice" in capsys.readouterr().err
     assert main(args + ["--arch", "topk,lstm"]) == 2
     assert "invalid choice: 'lstm'" in capsys.readouterr().err
     assert main(args + ["--arch", "relu", "--k", "4,8"]) == 2  # --k applies to neither dictionary
     assert "--k applies to batchtopk and topk, not relu" in capsys.readouterr().err
+    assert main(args + ["--arch", "relu,gated", "--k", "4,8"]) == 2  # nor to any swept one: not dropped silently
+    assert "--k applies to batchtopk and topk, none of --arch relu,gated" in capsys.readouterr().err
+    assert main(args + ["--arch", "relu,topk", "--l0-coeff", "2"]) == 2
+    assert "--l0-coeff applies to jumprelu, none of --arch relu,topk" in capsys.readouterr().err

@@ -30,6 +30,7 @@ ARCH_CHOICES = tuple(sorted(ARCHITECTURES))
 # λ=2 → L0 56, jumprelu λ=1 → L0 77 (see benchmarks/architectures.py).
 DEFAULT_SPARSITY_COEFF = {"l1": 2.0, "l0": 1.0}
 DEFAULT_K = 32  # active features per token, for the TopK family
+DEFAULT_EXPANSION = 8  # dictionary size as a multiple of the activation width
 DEFAULT_CONTEXT_LENGTH = 128  # tokens per training context, BOS included
 
 # Fraction of the run after which dead-feature resampling stops, so the learning-rate
@@ -370,7 +371,7 @@ class TrainConfig(SourceConfig):
     def dictionary_size(self, d_in: int) -> int:
         if self.dict_size is not None:
             return self.dict_size
-        return d_in * (self.expansion or 8)
+        return d_in * (self.expansion or DEFAULT_EXPANSION)
 
     def sparsity_coeff(self) -> float:
         penalty = ARCHITECTURES[self.arch].sparsity_penalty

@@ -76,8 +76,9 @@ def start_members(
             where = ", ".join(f"{r.member.name}: {s and s.get('tokens_done')} tokens" for r, s in zip(runs, states))
             raise CheckpointError(
                 f"the checkpoints of this run's dictionaries stopped at different points ({where}), so they cannot "
-                "resume together; resume those at one point on their own (--resume with the --hook and sweep values "
-                "that select just them)"
+                "resume together (the ranks of a --parallel dictionaries run checkpoint apart: resume it on as many "
+                "ranks); resume those at one point on their own (--resume with the --hook and sweep values that "
+                "select just them; for a single one, --out its own folder)"
             )
         for run, state in zip(runs, states):
             try:

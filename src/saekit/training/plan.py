@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import DICTIONARY_FIELDS, TrainConfig, flag_name
+from ..config import DEFAULT_EXPANSION, DEFAULT_SPARSITY_COEFF, DICTIONARY_FIELDS, TrainConfig, flag_name
 from ..errors import ConfigError
 
 # How a member's folder name shows a setting that varies across the sweep.
@@ -139,10 +139,23 @@ def plan_members(
         return [member(cfg, hook, target, Path(cfg.out) if cfg.out else default_out(cfg, model_name, hook, target))]
     parent = Path(cfgs[0].out) if cfgs[0].out else Path("runs") / _model_stem(model_name)
     return [
-        member(cfg, hook, target, parent / "-".join([_point_name(hook, target), cfg.arch, *_setting_parts(cfg)]))
+        member(cfg, hook, target, parent / member_name(cfg, hook, target))
         for hook, target in pairs
         for cfg in cfgs
     ]
+
+
+# Settings whose flag defaults to None but stands for a value: given as that value, they
+# name the same dictionary as left out, so they add nothing to its folder's name.
+_IMPLIED_DEFAULTS = {
+    "expansion": DEFAULT_EXPANSION, "l1_coeff": DEFAULT_SPARSITY_COEFF["l1"], "l0_coeff": DEFAULT_SPARSITY_COEFF["l0"],
+}
+
+
+def member_name(cfg: TrainConfig, hook: str, target: str | None) -> str:
+    """The folder of the dictionary ``cfg`` trains on ``hook`` (to ``target``) among the
+    members of a run of several: ``resid_post.6-topk-k32-x16``."""
+    return "-".join([_point_name(hook, target), cfg.arch, *_setting_parts(cfg)])
 
 
 def _setting_parts(cfg: TrainConfig) -> list[str]:
@@ -152,6 +165,7 @@ def _setting_parts(cfg: TrainConfig) -> list[str]:
     parts = []
     for name, pattern in _NAME_PARTS.items():
         value = getattr(cfg, name)
-        if name != "arch" and value is not None and value != fields[name].default:
+        default = (fields[name].default, _IMPLIED_DEFAULTS.get(name))
+        if name != "arch" and value is not None and value not in default:
             parts.append(pattern.format(_value(value)))
     return parts

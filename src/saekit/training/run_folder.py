@@ -30,6 +30,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from ..io.files import LOCK_FILE, TEMP_GLOB, atomic_write_text, check_writable_folder, output_error
 from ..io.saekit_format import CONFIG_FILE, LOG_FILE, RUN_RECORD_FILES, TRAINING_FILE, WEIGHTS_FILE
+from .plan import member_name
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def check_run_folder(cfg: TrainConfig, out: Path, source_from_cfg: bool = True,
     check_writable_folder(out)
     if cfg.resume:
         if not (out / CHECKPOINT_FILE).exists():
+            _refuse_one_of_several(cfg, out)
             raise CheckpointError(f"--resume: {out} holds no checkpoint to resume; start without --resume")
         state = (reads or CheckpointReads()).load(out)
         recorded = state.get("settings")
@@ -161,6 +163,8 @@ def check_run_folder(cfg: TrainConfig, out: Path, source_from_cfg: bool = True,
     temps = {p.name for p in out.glob(TEMP_GLOB)}
     present = [p.name for p in out.iterdir() if p.name != LOCK_FILE and p.name not in temps]
     others = sorted(set(present) - set(RUN_FILES))
+    if others:
+        _refuse_one_of_several(cfg, out)
     if cfg.overwrite:
         if others:
             raise ConfigError(
@@ -177,6 +181,24 @@ def check_run_folder(cfg: TrainConfig, out: Path, source_from_cfg: bool = True,
         )
     fix = "pass --resume to continue it, " if (out / CHECKPOINT_FILE).exists() else ""
     raise ConfigError(f"the output folder {out} already holds a run; {fix}pass --overwrite to replace it, or choose another --out")
+
+
+def _refuse_one_of_several(cfg: TrainConfig, out: Path) -> None:
+    """A command for one dictionary, pointed at the folder of a run of several (``--out``
+    is then the dictionary's own folder, not their parent): name the member's folder."""
+    try:
+        members = sorted(p.name for p in out.iterdir() if p.is_dir() and (p / TRAINING_FILE).is_file())
+    except OSError:
+        return
+    if not members:
+        return
+    name = member_name(cfg, cfg.hook, cfg.target) if cfg.hook else None
+    which = f"--out {out / name}" if name in members else f"--out {out}/<its folder>"
+    listed = ", ".join(members[:4]) + (", ..." if len(members) > 4 else "")
+    raise ConfigError(
+        f"{out} holds the folders of {len(members)} dictionaries trained together ({listed}), and this command "
+        f"trains just one, so --out is that dictionary's own folder: pass {which}"
+    )
 
 
 def checkpoint_stamp(out: Path) -> tuple[int, int, int] | None:

@@ -421,6 +421,17 @@ def test_cache_trained_run_shows_what_exists_and_says_what_does_not(tmp_path: Pa
     assert _alts(page) == ["histogram of log10 feature density per regime", "L0 distribution",
                            "training objective and reconstruction error", "FVU, L0 and dead fraction during training"]  # fmt: skip
     assert "fixed: eval.json holds no figures by position." in text
+    assert f"`saekit eval {tmp_path / 'cached-run'}` runs the model" in re.sub(r"\s+", " ", text)
+
+
+def test_the_way_to_the_missing_figures_names_the_text_the_run_was_trained_on(tmp_path: Path) -> None:
+    """`saekit eval` reads the embedded corpus unless told otherwise; a run trained on
+    other text (from a cache of it) is pointed at that text's held-out split."""
+    folder = _cache_trained_folder(tmp_path)
+    (folder / "training.json").write_text(json.dumps({"config": {}, "resolved": {"dataset": "/data/texts.jsonl"}}))
+    text = re.sub(r"\s+", " ", _text(write_report(folder).read_text()))
+    assert f"`saekit eval {folder} --dataset /data/texts.jsonl` runs the model" in text
+    assert "on the held-out split of the text it was trained on" in text
 
 
 # ------------------------------------------------------------------ eval.json must be of these weights

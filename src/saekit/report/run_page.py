@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..data import EMBEDDED_DESCRIPTION
 from ..errors import FormatError
 from ..evaluation import BOS_OVERRIDDEN, DENSE_THRESHOLD
 from ..hub import default_output, parse_hub_spec, resolve
@@ -43,8 +44,24 @@ def _absences(run: Evaluated) -> list[str]:
     for name in missing:
         notes.append(f"The {name} regime was not evaluated: eval.json has no '{name}' section.")
     if notes:
-        notes.append(f"`saekit eval {run.spec or run.folder}` runs the model and measures every figure in both regimes.")
+        text = _trained_on(run.folder)
+        given = f" --dataset {text}" if text else ""
+        on = " on the held-out split of the text it was trained on" if text else ""
+        notes.append(f"`saekit eval {run.spec or run.folder}{given}` runs the model and measures every figure in both "
+                     f"regimes{on}.")
     return notes
+
+
+def _trained_on(folder: Path) -> str | None:
+    """The text a run was trained on, as training.json resolved it, where it is not
+    `saekit eval`'s default (the embedded corpus); None when unknown."""
+    try:
+        info = read_json(folder / TRAINING_FILE) if (folder / TRAINING_FILE).is_file() else {}
+    except FormatError:
+        return None
+    resolved = info.get("resolved")
+    text = resolved.get("dataset") if isinstance(resolved, dict) else None
+    return text if isinstance(text, str) and text and text != EMBEDDED_DESCRIPTION else None
 
 
 def _regime_summary(regime: Mapping[str, Any]) -> str:

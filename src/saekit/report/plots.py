@@ -45,12 +45,8 @@ Draw = Callable[["Axes"], None]
 
 
 def image(panels: Sequence[Draw], alt: str, panel_size: tuple[float, float] = (4.2, 3.1)) -> str:
-    """Draw panels side by side and return them as an ``<img>`` holding an embedded PNG.
-
-    This is the one place that touches matplotlib's figure machinery. ``Figure`` is used
-    without pyplot: no global state, no GUI backend chosen behind the caller's back, and
-    nothing left open. matplotlib is imported here so ``import saekit`` stays fast.
-    """
+    """Draw panels side by side and return them as an ``<img>`` holding an embedded PNG
+    (the pages' one way to a figure)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(panel_size[0] * len(panels), panel_size[1]), layout="constrained")

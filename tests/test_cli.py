@@ -47,8 +47,11 @@ def test_eval_report_compare(model_dir, corpus, tmp_path, capsys):
     assert "loss_recovered" in out and "documents" in out
     evaluation = json.loads((tmp_path / "k2" / "eval.json").read_text())
     assert set(evaluation) >= {"fixed", "documents"} and evaluation["fixed"]["n_tokens"] >= 600
-    assert main(["eval", str(tmp_path / "k8"), "--dataset", str(corpus), "--tokens", "600", "--max-length", "64",
+    # without --dataset a run folder is evaluated on the held-out split of its own text, not the embedded corpus
+    assert main(["eval", str(tmp_path / "k8"), "--tokens", "600", "--max-length", "64",
                  "--json", str(tmp_path / "k8.json")]) == 0
+    assert f"evaluating on the held-out split of {corpus}, the text the dictionary was trained on" in capsys.readouterr().out
+    assert json.loads((tmp_path / "k8.json").read_text())["dataset"] == str(corpus)
     assert main(["report", str(tmp_path / "k2")]) == 0
     assert (tmp_path / "k2" / "report.html").stat().st_size > 10_000
     assert main(["report", str(tmp_path / "k8")]) == 2  # no eval.json there

@@ -294,6 +294,8 @@ class EvalResult:
         rows.append(f"{'context length':<30}" + "".join(f"{r.context_length:>14}" for r in regimes.values()))
         rows.append(f"{'tokens (reconstruction)':<30}" + "".join(f"{r.n_tokens:>14,}" for r in regimes.values()))
         rows.append(f"{'tokens (cross-entropy)':<30}" + "".join(f"{r.n_ce_tokens:>14,}" for r in regimes.values()))
+        if self.dataset is not None:
+            rows.append(f"{'text (held-out split)':<30}{self.dataset}")
         rows.append(f"{'BOS position':<30}{self.bos_policy()}")
         for name in self.TABLE_FIGURES:
             cells = []

@@ -21,8 +21,10 @@ def register(sub: Any) -> None:
     p.add_argument("folder", help=DICTIONARY_ARG_HELP)
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="the folder's format, if detection is wrong")
     p.add_argument("--tokens", type=int, default=32_768, help="evaluated tokens per regime (default 32,768)")
-    p.add_argument("--dataset", default=None, help="as for saekit train; its held-out split is used (default: embedded corpus)")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--dataset", default=None,
+                   help="as for saekit train; its held-out split is used (default: for a saekit run folder, the text "
+                   "the dictionary was trained on, as its training.json records it; else the embedded corpus)")
+    p.add_argument("--text-field", default=None, help="as for saekit train (default: the run's, else text)")
     p.add_argument("--model", default=None, help="the model to run (default: the one the dictionary records)")
     p.add_argument("--hook", default=None, help="refuse unless the dictionary was trained on this hook point")
     p.add_argument("--regimes", nargs="+", default=["fixed", "documents"], choices=["fixed", "documents"])
@@ -40,7 +42,6 @@ def run(ns: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..data import validate_source
     from ..evaluation import check_hook, check_model, evaluate
     from ..io.saekit_format import EVAL_FILE
     from ..hub import default_output
@@ -59,12 +60,12 @@ def run(ns: argparse.Namespace) -> int:
     fill_unrecorded(sae, folder, ns.hook, ns.model)  # sparsify records neither
     check_hook(sae, ns.hook)
     check_model(sae, None if ns.allow_other_model else ns.model)  # both before the slow model load
-    validate_source(ns.dataset, ns.text_field)
+    dataset, text_field = evaluation_text(folder, ns.dataset, ns.text_field)
     lm = load_model(ns.model or sae.cfg.model or None, device=sae.W_dec.device, dtype=parse_dtype(ns.dtype))
     bars = ProgressBars("eval")
     try:
         result = evaluate(
-            sae, lm, dataset=ns.dataset, tokens=ns.tokens, max_length=ns.max_length, text_field=ns.text_field,
+            sae, lm, dataset=dataset, tokens=ns.tokens, max_length=ns.max_length, text_field=text_field,
             regimes=ns.regimes, allow_other_model=True,  # checked above, against the name the user gave
             splice_bos=ns.keep_bos, progress=bars,
         )
@@ -78,3 +79,27 @@ def run(ns: argparse.Namespace) -> int:
                           "writable file") from None
     print(f"wrote {out}")
     return 0
+
+
+def evaluation_text(folder: str, dataset: str | None, text_field: str | None) -> tuple[str | None, str]:
+    """The text to evaluate on, checked: ``--dataset``, else the text a saekit run folder
+    records it was trained on (its held-out split is what no step of the run saw), else
+    the embedded corpus (None). Says which when it is the run's."""
+    from ..data import EMBEDDED_DESCRIPTION, validate_source
+    from ..errors import DataError
+    from ..io.saekit_format import training_setting
+
+    recorded = training_setting(folder, "dataset") if dataset is None else None
+    if recorded is not None and recorded != EMBEDDED_DESCRIPTION:
+        dataset = str(recorded)
+        text_field = text_field or training_setting(folder, "text_field")
+        try:
+            validate_source(dataset, text_field or "text")
+        except (ConfigError, DataError) as e:
+            raise type(e)(f"{folder} was trained on {dataset} (its training.json says so), which saekit eval "
+                          f"evaluates on by default, but: {e} Pass --dataset to evaluate on other text.") from None
+        print(f"evaluating on the held-out split of {dataset}, the text the dictionary was trained on "
+              "(--dataset names other text)")
+        return dataset, text_field or "text"
+    validate_source(dataset, text_field or "text")
+    return dataset, text_field or "text"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,6 +39,22 @@ REPORT_FILE = "report.html"
 # What a training run writes beside its dictionary: each describes that dictionary, so
 # none may stay beside another one written over it (--overwrite and convert remove them).
 RUN_RECORD_FILES = (TRAINING_FILE, LOG_FILE, EVAL_FILE, REPORT_FILE, CHECKPOINT_FILE, PENDING_FILE)
+
+
+def training_setting(folder: str | os.PathLike, name: str) -> Any:
+    """A setting of the run in ``folder`` as its training.json records it: the value the
+    run used (``resolved``), else the one given (``config``); None where the folder has no
+    readable training.json or it does not record the setting."""
+    path = Path(folder) / TRAINING_FILE
+    try:
+        info = read_json(path) if path.is_file() else {}
+    except FormatError:
+        return None
+    for section in ("resolved", "config"):
+        values = info.get(section)
+        if isinstance(values, dict) and values.get(name) is not None:
+            return values[name]
+    return None
 
 
 def save_dictionary(dictionary: Dictionary, folder: str | os.PathLike) -> Path:

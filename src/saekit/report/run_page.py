@@ -15,7 +15,7 @@ from ..errors import FormatError
 from ..evaluation import BOS_OVERRIDDEN, DENSE_THRESHOLD
 from ..hub import default_output, parse_hub_spec, resolve
 from ..io.files import atomic_write_text
-from ..io.saekit_format import REPORT_FILE, TRAINING_FILE, read_json
+from ..io.saekit_format import REPORT_FILE, TRAINING_FILE, read_json, training_setting
 from .figures import (
     DOWNSTREAM, MEANINGS, METRICS_DOC, RECONSTRUCTION, REGIME_META, REGIMES, dead_dense, feature_density, fmt,
     l0_distribution, num, tokens_text,
@@ -53,14 +53,9 @@ def _absences(run: Evaluated) -> list[str]:
 
 
 def _trained_on(folder: Path) -> str | None:
-    """The text a run was trained on, as training.json resolved it, where it is not
-    `saekit eval`'s default (the embedded corpus); None when unknown."""
-    try:
-        info = read_json(folder / TRAINING_FILE) if (folder / TRAINING_FILE).is_file() else {}
-    except FormatError:
-        return None
-    resolved = info.get("resolved")
-    text = resolved.get("dataset") if isinstance(resolved, dict) else None
+    """The text a run was trained on, where it is not `saekit eval`'s default (the
+    embedded corpus); None when unknown."""
+    text = training_setting(folder, "dataset")
     return text if isinstance(text, str) and text and text != EMBEDDED_DESCRIPTION else None
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..checks import is_real
-from ..errors import FormatError
-from ..io.saekit_format import LOG_FILE, TRAINING_FILE, read_json
+from ..io.saekit_format import LOG_FILE, training_setting
 from .figures import fmt, num
 from .inputs import read_log
 from .markup import html_section, note_paragraphs, paragraph
@@ -110,18 +109,8 @@ def _same_series(a: Sequence[float], b: Sequence[float]) -> bool:
 
 def _dead_window(folder: Path) -> int | None:
     """Tokens of silence after which a feature counts as dead, as training.json records it."""
-    path = folder / TRAINING_FILE
-    if not path.is_file():
-        return None
-    try:
-        info = read_json(path)
-    except FormatError:
-        return None
-    for section in ("resolved", "config"):
-        value = (info.get(section) or {}).get("dead_after_tokens") if isinstance(info.get(section), dict) else None
-        if is_real(value):
-            return int(value)
-    return None
+    value = training_setting(folder, "dead_after_tokens")
+    return int(value) if is_real(value) else None
 
 
 def _dead_notes(tokens: Sequence[float], dead: Sequence[float], window: int | None) -> list[str]:

@@ -1,6 +1,7 @@
 """Issue 8: the trainer as a careless user meets it (odd sizes, short runs, Ctrl-C,
 crashes, two runs in one folder, corrupt files). Each test failed before its fix."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -460,6 +461,39 @@ def test_resume_from_a_cache_named_by_another_path(model_dir, corpus, tmp_path, 
         train(TrainConfig(**cfg), progress=_crash_after(1500))
     cfg["activation_cache"] = str(tmp_path / "cache")
     assert train(TrainConfig(**cfg, resume=True)).tokens == 3000
+
+
+def test_resume_refuses_data_that_changed_since(model_dir, corpus, tmp_path):
+    """The same path with other contents (rewritten, reordered, cut short; a cache written
+    again with another seed) would feed other batches and hold out other text: refused
+    before the model loads, naming the change. A moved copy of the same text resumes."""
+    from saekit.activations import ModelActivations
+    from test_train import small_cfg
+
+    text = tmp_path / "texts.jsonl"
+    text.write_text(corpus.read_text())
+    cfg = small_cfg(model_dir, text, tmp_path / "run", tokens=4000, checkpoint_every=1000, eval_tokens=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=_crash_after(2000))
+    lines = corpus.read_text().splitlines()
+    text.write_text("\n".join(reversed(lines)) + "\n")  # the same documents, in another order
+    with pytest.raises(ConfigError, match="the data the run in .* trained on has changed since"):
+        train(dataclasses.replace(cfg, resume=True))
+    text.write_text(corpus.read_text())
+    assert train(dataclasses.replace(cfg, resume=True)).tokens == 4000 // 256 * 256
+
+    lm = saekit.load_model(str(model_dir))
+    for seed in (0, 5):
+        src = ModelActivations(lm, "resid_post.1", dataset=str(corpus), context_length=16, seed=seed)
+        write_activation_cache(src, tmp_path / "cache", 3000, heldout_tokens=0, overwrite=seed > 0)
+        if seed == 0:
+            cached = TrainConfig(activation_cache=str(tmp_path / "cache"), k=4, expansion=2, tokens=3000,
+                                 batch_size=100, buffer_tokens=1000, checkpoint_every=1000, eval_tokens=0,
+                                 out=str(tmp_path / "cached"))
+            with pytest.raises(KeyboardInterrupt):
+                train(cached, progress=_crash_after(1500))
+    with pytest.raises(ConfigError, match="has changed since"):
+        train(dataclasses.replace(cached, resume=True))
 
 
 def test_a_diverged_run_says_so(tmp_path, caplog):

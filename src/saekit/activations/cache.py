@@ -22,6 +22,7 @@ are checked, their contents cannot be.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -212,6 +213,15 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def cache_fingerprint(manifest: dict[str, Any]) -> str:
+    """A digest of a cache's contents from its manifest (each file's name, token count
+    and checksum, which ``verify`` checks against the bytes): a cache written again, with
+    other text, seed or hook points, fingerprints differently."""
+    files = [*manifest.get("shards", []), *([manifest["heldout"]] if isinstance(manifest.get("heldout"), dict) else [])]
+    listed = [[f.get("file"), f.get("tokens"), f.get("checksum")] for f in files]
+    return "blake2b:" + hashlib.blake2b(json.dumps(listed).encode(), digest_size=16).hexdigest()
+
+
 class CachedActivations(ArrayActivations):
     """Activations read back from a ``saekit cache`` folder by memory map.
 
@@ -276,6 +286,10 @@ class CachedActivations(ArrayActivations):
         self.verify_seconds: float | None = None  # how long verify() took, once it has run
         if verify:
             self.verify()
+
+    @property
+    def content_fingerprint(self) -> str:
+        return cache_fingerprint(self.manifest)
 
     def _open(self, entry: dict[str, Any], row_shape: tuple[int, ...]) -> np.ndarray:
         """Memory-map one file after checking its size (format 2), dtype and shape."""

@@ -12,6 +12,7 @@ Every source has one small interface (``read_chunk(position, min_tokens)``):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..config import SourceConfig
-from ..data import ContextStream, describe_source, validate_source
+from ..data import ContextStream, content_fingerprint, describe_source, validate_source
 from ..errors import ConfigError, DataError
 from ..hooks import HookPoint, hook_point_names, read_activations, resolve_hook_point
 from ..models import LoadedModel, load_model, parse_dtype
@@ -45,7 +46,8 @@ class ActivationSource(Protocol):
     and decoding stored activations, or the model's forward passes) and, for stored
     activations (arrays, caches), ``bytes_read`` (bytes read as stored, in the cache's
     dtype). Both only grow; a source written by a user need not have them (read them
-    with ``getattr(source, "bytes_read", None)``).
+    with ``getattr(source, "bytes_read", None)``), nor ``content_fingerprint`` (a digest of
+    the text or stored activations it reads, by which a resumed run recognises its data).
     """
 
     model_name: str
@@ -180,6 +182,11 @@ class ModelActivations:
         # The ranks of a data-parallel run (``training.distributed.Ranks``): each runs the
         # model on its share of every chunk's batches and all gather the whole chunk.
         self.ranks: Any = None
+
+    @functools.cached_property
+    def content_fingerprint(self) -> str | None:
+        """A digest of the text read (``data.content_fingerprint``; None for a Hub dataset)."""
+        return content_fingerprint(self.dataset)
 
     def with_hooks(self, hooks: Sequence[str]) -> "ModelActivations":
         """The same model and text, read at other hook points (the pass stops after the last)."""

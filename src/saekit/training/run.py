@@ -65,7 +65,9 @@ class TrainResult:
 
 
 def resolved_settings(cfg: TrainConfig, source: ActivationSource, d_sae: int) -> dict[str, Any]:
-    """A member's settings with every default filled in and local paths made absolute."""
+    """A member's settings with every default filled in and local paths made absolute,
+    and a digest of the data read (``data_content``), which a resumed run must match."""
+    content = getattr(source, "content_fingerprint", None)
     return {
         "model": source.model_name,
         **({"activation_cache": str(Path(cfg.activation_cache).expanduser().resolve())} if cfg.activation_cache else {}),
@@ -81,6 +83,7 @@ def resolved_settings(cfg: TrainConfig, source: ActivationSource, d_sae: int) ->
         "dead_after_tokens": cfg.dead_window(),
         "checkpoint_every": cfg.checkpoint_interval(),
         "tokens": cfg.trainable_tokens(),
+        **({"data_content": content} if content else {}),
     }
 
 

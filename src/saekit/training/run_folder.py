@@ -68,7 +68,8 @@ def resolvable_now(cfg: TrainConfig, before: dict[str, Any], source_from_cfg: bo
     dictionary's size are computed from the recorded size. Settings left to a default
     that needs the model (the hook point) are checked once it is loaded.
     """
-    from ..data import describe_source
+    from ..activations.cache import cache_fingerprint, read_manifest
+    from ..data import content_fingerprint, describe_source
     from ..hooks import HookPoint
     from ..models import EMBEDDED_MODEL
 
@@ -82,6 +83,11 @@ def resolvable_now(cfg: TrainConfig, before: dict[str, Any], source_from_cfg: bo
         now["model"] = str(path.resolve()) if path.exists() else model
     if "activation_cache" in before and cfg.activation_cache is not None:
         now["activation_cache"] = str(Path(cfg.activation_cache).expanduser().resolve())
+    if "data_content" in before and source_from_cfg:  # one read of the text or of the cache's manifest
+        if cfg.activation_cache is not None:
+            now["data_content"] = cache_fingerprint(read_manifest(cfg.activation_cache))
+        elif (fingerprint := content_fingerprint(cfg.dataset)) is not None:
+            now["data_content"] = fingerprint
     if cfg.hook is not None and "hook" in before and source_from_cfg:
         try:
             now["hook"] = HookPoint.parse(cfg.hook).name
@@ -95,6 +101,12 @@ def resolvable_now(cfg: TrainConfig, before: dict[str, Any], source_from_cfg: bo
 
 
 def _refuse_changes(out: Path, diff: dict[str, tuple[Any, Any]], what: str) -> None:
+    if "data_content" in diff and len(diff) == 1:
+        raise ConfigError(
+            f"--resume: the data the run in {out} trained on has changed since (its files hold other bytes: "
+            "rewritten, reordered, truncated or another cache); a resumed run would read other batches and hold "
+            "out other text. Restore the data, or start a new run with --overwrite or another --out"
+        )
     if diff:
         listed = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(

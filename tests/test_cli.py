@@ -71,6 +71,14 @@ def test_eval_report_compare(model_dir, corpus, tmp_path, capsys):
     assert "From config.json" in (tmp_path / "k2-dl" / "report.html").read_text()
     assert main(["compare", str(tmp_path / "k2"), str(tmp_path / "k2-dl"), "--out", str(tmp_path / "cmp2.html")]) == 0
     assert "trained on resid_post.1" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "k2"), "--max-length", "2"]) == 2
+    assert "--max-length must be at least 3" in capsys.readouterr().err
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "checkpoint.safetensors").write_bytes(b"")
+    for verb in (["eval"], ["report"], ["convert", "--to", "saelens"]):
+        main([verb[0], str(unfinished), *([str(tmp_path / "conv")] if verb[0] == "convert" else []), *verb[1:]])
+        assert "holds an unfinished training run" in capsys.readouterr().err, verb
     assert main(["eval", str(tmp_path / "k2"), "--model", "some/other-model"]) == 2  # refused before any load
     err = capsys.readouterr().err
     assert "trained on" in err and "not some/other-model" in err

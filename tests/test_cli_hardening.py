@@ -75,6 +75,30 @@ def test_ctrl_c_says_what_the_run_kept(monkeypatch, capsys, raised, said):
     assert "Traceback" not in err
 
 
+def test_sigterm_stops_a_verb_as_ctrl_c_does_and_the_handler_is_put_back(monkeypatch, capsys):
+    """kill, docker stop and schedulers send SIGTERM: the run says what it kept (exit 143,
+    128 + SIGTERM) instead of dying without a word, and main leaves the handler it found."""
+    import signal
+    import time
+
+    import saekit.training
+
+    def terminated(cfgs, progress=None):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+        except KeyboardInterrupt:
+            raise RunInterrupted("interrupted at 4,096 tokens. The checkpoint at 4,000 tokens is kept") from None
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(saekit.training, "train_many", terminated)
+    assert main(["train"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.rstrip().splitlines()[-1] == (
+        "saekit train: interrupted at 4,096 tokens. The checkpoint at 4,000 tokens is kept")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # ---------------------------------------------------------------- progress bars
 
 

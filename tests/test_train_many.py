@@ -201,7 +201,7 @@ def test_cli_sweep_flags(model_dir, corpus, tmp_path, capsys):
     assert main(args + ["--arch", "topk", "--k", "8", "--resume"]) == 2
     assert f"pass --out {tmp_path / 's' / 'resid_post.1-topk-k8-x2'}" in capsys.readouterr().err
     assert main(args + ["--arch", "topk", "--k", "16"]) == 2
-    assert f"trains just one, so --out is that dictionary's own folder: pass --out {tmp_path / 's'}/<its folder>" in (
+    assert f"trains just one dictionary, so --out is that dictionary's own folder: pass --out {tmp_path / 's'}/<its folder>" in (
         capsys.readouterr().err)
     assert main(args + ["--k", "4,4"]) == 2
     assert "gives a value twice" in capsys.readouterr().err

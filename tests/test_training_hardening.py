@@ -355,10 +355,19 @@ def test_resume_accepts_spelled_out_defaults_and_rejects_changes_without_trainin
 
 
 @pytest.mark.parametrize("kw, match", [(dict(tokens="100"), "--tokens.*integer"), (dict(k=2.5), "--k.*integer"),
-                                       (dict(keep_bos="yes"), "--keep-bos")])
+                                       (dict(keep_bos="yes"), "--keep-bos"), (dict(out=" "), "--out is empty"),
+                                       (dict(context_length=2), "at least 3 .*and the token it predicts"),
+                                       (dict(context_length=1, keep_bos=True), "at least 2")])
 def test_config_types_are_checked(kw, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kw)
+
+
+def test_a_context_of_two_keeps_one_spliced_prediction_only_with_bos():
+    """[BOS, t]: without BOS spliced, the one prediction scored is BOS's own, which no
+    splice changes (a perfect-looking loss recovered); with BOS spliced it is changed."""
+    assert TrainConfig(context_length=2, keep_bos=True).context_length == 2
+    assert TrainConfig(context_length=3).context_length == 3
 
 
 def test_k_against_expansion_is_checked_before_the_model_loads(model_dir, corpus, tmp_path, monkeypatch):

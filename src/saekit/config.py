@@ -144,8 +144,13 @@ class SourceConfig:
         for name in ("context_length", "model_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 _bad(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.context_length is not None and self.context_length < 2:
-            _bad("--context-length must be at least 2 (a BOS token and one more)")
+        # Without BOS, a context needs a token spliced and the token it predicts after the
+        # BOS: at 2, the only prediction scored is BOS's own, which no splice changes, and
+        # the downstream figures would show a perfect dictionary.
+        shortest = 2 if self.keep_bos else 3
+        if self.context_length is not None and self.context_length < shortest:
+            _bad(f"--context-length must be at least {shortest} (a BOS token, a token the dictionary reconstructs"
+                 f"{'' if self.keep_bos else ' and the token it predicts'}), got {self.context_length}")
         if self.seed < 0:
             _bad(f"--seed must be zero or positive, got {self.seed}")
         parse_dtype(self.dtype)  # the one reader of dtype names; raises ConfigError
@@ -343,6 +348,8 @@ class TrainConfig(SourceConfig):
             )
         if self.dead_after_tokens is not None and self.dead_after_tokens <= 0:
             _bad(f"--dead-after-tokens must be positive, got {self.dead_after_tokens}")
+        if self.out is not None and not self.out.strip():
+            _bad("--out is empty; name a folder, or leave --out out for the default under runs/")
         if self.checkpoint_every is not None and self.checkpoint_every <= 0:
             _bad(f"--checkpoint-every must be positive, got {self.checkpoint_every}")
         if self.eval_tokens < 0:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import Any, Sequence
 
 from ..errors import RunInterrupted, SaekitError
 from . import cache, circuit, classify, compare, convert, dashboard, evaluate, explain, ito, probe, push, report, serve, shift, steer, train
@@ -38,17 +40,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # a usage error (2) or --help (0), already printed
         return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    terminated = _Terminated()
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm():  # a warning printed through tqdm does not tear a bar apart
+        with terminated, logging_redirect_tqdm():  # a warning printed through tqdm does not tear a bar apart
             return ns.func(ns)
     except SaekitError as e:
         print(f"saekit {ns.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"\nsaekit {ns.verb}: {_interrupted(e)}", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if terminated.received else 130
+
+
+class _Terminated:
+    """While open, SIGTERM (``kill``, ``docker stop``, a scheduler's time limit, torchrun
+    stopping the other ranks) stops a verb the way Ctrl-C does: a run says which
+    checkpoint is kept and leaves no half-written file. The previous handler comes back on
+    exit, so ``main`` called from Python leaves the process as it found it."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Terminated":
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGTERM, self._interrupt)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _interrupted(e: KeyboardInterrupt) -> str:

@@ -52,8 +52,8 @@ def run(ns: argparse.Namespace) -> int:
     # Everything that can be checked before the slow model load and the passes is checked here.
     if ns.tokens <= 0:
         raise ConfigError(f"--tokens must be positive, got {ns.tokens}")
-    if ns.max_length < 2:
-        raise ConfigError(f"--max-length must be at least 2, got {ns.max_length}")
+    if ns.max_length < 3:  # a BOS, a token spliced and the one it predicts (see --context-length)
+        raise ConfigError(f"--max-length must be at least 3, got {ns.max_length}")
     folder = ns.folder
     out = check_writable_file(Path(ns.json) if ns.json else default_output(folder, EVAL_FILE), "--json")
     sae = load(folder, ns.format, device=resolve_device(ns.device))

@@ -39,6 +39,7 @@ from ..dictionaries import Dictionary
 from ..errors import FormatError, OutputError
 from .common import CONFIG_FILE, DESTINATION, DICTIONARY_FILES, DL_CFG, DL_WEIGHTS, FORMATS, FORMAT_FILES, GEMMA_SCOPE_PARAMS, SAELENS_CFG, SAELENS_WEIGHTS, SPARSIFY_CFG, SPARSIFY_WEIGHTS, WEIGHTS_FILE, dictionary_folder
 from .files import LOCK_FILE, FolderLock, check_writable_folder, make_folder, remove_if_empty, temp_path
+from .checkpoint import CHECKPOINT_FILE
 from .saekit_format import RUN_RECORD_FILES, load_dictionary, save_saekit
 from .saelens import load_saelens, save_saelens
 from .sparsify import load_sparsify, save_sparsify
@@ -62,12 +63,24 @@ def detect_format(path: str | os.PathLike) -> str:
         return "dictionary_learning"
     if GEMMA_SCOPE_PARAMS in names:
         return "gemma_scope"
+    unfinished = unfinished_run_error(folder)
+    if unfinished is not None:
+        raise unfinished
     found = sorted(names)[:20]
     needs = "; ".join(f"{fmt}: {' + '.join(files)}" for fmt, files in FORMAT_FILES.items())
     raise FormatError(
         f"{folder} holds no dictionary format saekit recognises (found: {found or 'nothing'}). "
         f"Each format needs: {needs} (saekit's config.json must say \"format\": \"saekit\")."
     )
+
+
+def unfinished_run_error(folder: Path) -> FormatError | None:
+    """The error for a run folder whose training has not finished (a checkpoint and no
+    dictionary yet), which every verb reading dictionaries gives alike; None otherwise."""
+    if (folder / CHECKPOINT_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
+        return FormatError(f"{folder} holds an unfinished training run (a checkpoint, no dictionary yet): finish it "
+                           "with the same `saekit train` command and --resume")
+    return None
 
 
 LOADERS = {

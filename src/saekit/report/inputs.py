@@ -14,9 +14,8 @@ from ..checks import is_real
 from ..dictionaries import Dictionary, same_weights
 from ..errors import FormatError, OutputError
 from ..hub import default_output, parse_hub_spec, resolve
-from ..io.checkpoint import CHECKPOINT_FILE
 from ..io.files import check_writable_file
-from ..io.formats import detect_format, load_any
+from ..io.formats import detect_format, load_any, unfinished_run_error
 from ..io.saekit_format import CONFIG_FILE, EVAL_FILE, TRAINING_FILE, read_json
 from .figures import DOWNSTREAM, REGIMES
 
@@ -85,11 +84,9 @@ def load_evaluated(folder: str | os.PathLike[str], eval_path: str | os.PathLike[
                 f"{folder} holds the folders of {len(members)} dictionaries ({', '.join(members[:3])}"
                 f"{', ...' if len(members) > 3 else ''}), not one: pass those, e.g. `saekit compare {spec}/*`"
             )
-        if (folder / CHECKPOINT_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
-            raise FormatError(
-                f"{folder} holds an unfinished training run (a checkpoint, no dictionary yet): finish it with the "
-                "same `saekit train` command and --resume"
-            )
+        unfinished = unfinished_run_error(folder)
+        if unfinished is not None:
+            raise unfinished
         raise FormatError(
             f"{epath} not found: the report is drawn from the evaluation. "
             f"Run `saekit eval {spec}` first (or pass the eval JSON it wrote)."

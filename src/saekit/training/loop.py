@@ -153,6 +153,8 @@ def train_loop(
         last_good = lead.tokens
 
     def kept() -> str:
+        if not writes:  # a data-parallel rank other than 0: rank 0 writes, and says what it kept
+            return "Rank 0 writes the checkpoints and says which one is kept."
         if last_good is None:
             return "No checkpoint had been written yet, so there is nothing to resume."
         where = runs[0].member.out if not many else f"the {len(runs)} folders under {runs[0].member.out.parent}"

@@ -207,9 +207,10 @@ def _refuse_one_of_several(cfg: TrainConfig, out: Path) -> None:
     name = member_name(cfg, cfg.hook, cfg.target) if cfg.hook else None
     which = f"--out {out / name}" if name in members else f"--out {out}/<its folder>"
     listed = ", ".join(members[:4]) + (", ..." if len(members) > 4 else "")
+    held = f"the folders of {len(members)} training runs" if len(members) > 1 else "the folder of a training run"
     raise ConfigError(
-        f"{out} holds the folders of {len(members)} dictionaries trained together ({listed}), and this command "
-        f"trains just one, so --out is that dictionary's own folder: pass {which}"
+        f"{out} holds {held} ({listed}), and this command trains just one dictionary, so --out is that "
+        f"dictionary's own folder: pass {which}, or choose another --out"
     )
 
 

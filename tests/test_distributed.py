@@ -167,6 +167,21 @@ def test_a_killed_two_rank_run_resumes_on_two_ranks_or_on_one(model_dir, corpus,
     assert_same_run(tmp_path / "whole", tmp_path / "killed-then-one")
 
 
+def test_a_run_rank_0_refuses_ends_on_every_rank_with_its_one_line(model_dir, corpus, tmp_path):
+    """Rank 0 alone checks the folders; the error it meets reaches the other ranks, which
+    would otherwise die in their next collective with a traceback of their own."""
+    args = ["--model", str(model_dir), "--dataset", str(corpus), "--hook", "resid_post.1", "--k", "4",
+            "--expansion", "2", "--tokens", "2000", "--batch-size", "200", "--eval-tokens", "0",
+            "--out", str(tmp_path / "run")]
+    run_train(1, args)
+    done = subprocess.run([*saekit_cmd(2), "train", *COMMON, *args], env=env(), capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("saekit train: error: ")]
+    assert len(said) == 1 and "already holds a run; pass --resume" in said[0], done.stderr[-3000:]
+    assert "Connection closed by peer" not in done.stderr and "RuntimeError" not in done.stderr, done.stderr[-3000:]
+
+
 def test_dictionaries_dealt_out_to_ranks(model_dir, corpus, tmp_path):
     """--parallel dictionaries: each rank trains its own hook points (its own model pass) and
     writes their folders; each ends as a one-process run of that dictionary alone."""

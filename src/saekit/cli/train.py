@@ -8,7 +8,7 @@ import itertools
 from typing import Any
 
 from ..config import DICTIONARY_FIELDS, TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, SaekitError
 from .common import add_config_flags
 from .progress import ProgressBars
 
@@ -47,6 +47,10 @@ def run(ns: argparse.Namespace) -> int:
     )
     try:
         results = train_many(cfgs, progress=bars)
+    except SaekitError:
+        if quiet:  # every rank of a data-parallel run meets rank 0's error; rank 0 says it
+            return 2
+        raise
     finally:
         if bars is not None:
             bars.close()

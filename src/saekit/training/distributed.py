@@ -27,13 +27,13 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SaekitError
 
 PARALLEL_MODES = ("data", "dictionaries")
 
@@ -70,6 +70,25 @@ class Ranks:
         box = [obj if self.main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def from_main(self, work: Callable[[], Any]) -> Any:
+        """``work()`` run on rank 0 alone, its result on every rank; a ``SaekitError`` it
+        raises (a refused folder, a missing held-out split) is raised on every rank alike,
+        where the others would wait in their next collective until rank 0's exit broke
+        it, each with a traceback."""
+        if not self.distributed:
+            return work()
+        if self.main:
+            try:
+                result = work()
+            except SaekitError as e:
+                self.broadcast(("error", e))
+                raise
+            return self.broadcast(("ok", result))[1]
+        outcome, value = self.broadcast(None)
+        if outcome == "error":
+            raise value
+        return value
 
     def barrier(self) -> None:
         if self.distributed:

@@ -266,8 +266,8 @@ def train_many(
     if ranks.distributed and not data_parallel:
         planned, source = _deal_out(planned, source, ranks)
         ranks = SINGLE  # from here on, this rank's dictionaries are a run of their own
-    if not writes:
-        states = [None] * len(planned)  # rank 0's checks decide; it sends the checkpoints
+    if data_parallel:
+        states = [None] * len(planned)  # rank 0's checks under its locks decide, and reach every rank
     elif members is None or [(m.out, m.cfg.hook, m.cfg.target) for m in members] != [
         (m.out, m.cfg.hook, m.cfg.target) for m in planned
     ]:  # planned before the load, for other points
@@ -295,43 +295,50 @@ def train_many(
         source.ranks = ranks  # each rank runs 1/N of the forward passes
 
     heldout = None  # held-out activations, for sources without a model to run
-    if cfg.eval_tokens > 0 and writes:
-        status("checking the held-out split")
-        try:
-            if isinstance(source, ModelActivations):
-                source.check_heldout()
-            else:
-                heldout = source.heldout(cfg.eval_tokens)
-                if heldout.shape[0] == 0:
-                    raise DataError("the held-out split yielded no activations")
-        except DataError as e:
-            if "--eval-tokens 0" in str(e):
-                raise
-            raise DataError(f"{str(e).rstrip('.')} (or pass --eval-tokens 0 to skip the held-out evaluation).") from None
 
-    # Everything is checked: now the folders may change, each under its lock (taken in
-    # sorted order, so two runs sharing folders cannot each hold one the other waits
-    # for). Under the locks the folders are checked again, since another run may have
-    # written to them meanwhile, after finishing a group commit a crash interrupted.
+    def writer_checks(stack: ExitStack) -> list[dict[str, Any] | None]:
+        """What the writing process checks and takes before training: the held-out split,
+        then each folder under its lock (taken in sorted order, so two runs sharing folders
+        cannot each hold one the other waits for), checked again there, since another run
+        may have written to it meanwhile, after finishing a group commit a crash
+        interrupted. Returns the checkpoints to resume from."""
+        nonlocal heldout
+        if cfg.eval_tokens > 0:
+            status("checking the held-out split")
+            try:
+                if isinstance(source, ModelActivations):
+                    source.check_heldout()
+                else:
+                    heldout = source.heldout(cfg.eval_tokens)
+                    if heldout.shape[0] == 0:
+                        raise DataError("the held-out split yielded no activations")
+            except DataError as e:
+                if "--eval-tokens 0" in str(e):
+                    raise
+                raise DataError(f"{str(e).rstrip('.')} (or pass --eval-tokens 0 to skip the held-out evaluation).") from None
+        for m in sorted(members, key=lambda m: str(m.out)):
+            make_folder(m.out)
+            stack.enter_context(FolderLock(m.out, "train"))
+        recover_checkpoints([m.out for m in members])
+        checked = _check_folders(members, source_from_cfg, reads)
+        for m, state, r in zip(members, checked, resolved):
+            if state is None:
+                clear_run_files(m.out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
+            else:
+                check_resolved(m.out, state, r)
+        return checked
+
+    # Everything is checked: now the folders may change, each under its lock.
     created = [m.out for m in members if not m.out.exists()] if writes else []
     try:
         with ExitStack() as stack:
-            if writes:
-                for m in sorted(members, key=lambda m: str(m.out)):
-                    make_folder(m.out)
-                    stack.enter_context(FolderLock(m.out, "train"))
-                recover_checkpoints([m.out for m in members])
-                states = _check_folders(members, source_from_cfg, reads)
-                for m, state, r in zip(members, states, resolved):
-                    if state is None:
-                        clear_run_files(m.out)  # --overwrite, or the leftovers of a run that died before its first checkpoint
-                    else:
-                        check_resolved(m.out, state, r)
             if data_parallel:
-                # Rank 0's checkpoints (read under its locks) reach every rank, so the ranks
-                # need not share a file system. A rank 0 that failed its checks has raised,
-                # and torchrun stops the others.
-                states = ranks.broadcast(states)
+                # Rank 0 checks and locks; its checkpoints (read under its locks), or the
+                # error it met, reach every rank: the ranks need not share a file system,
+                # and a refused run ends on every rank with the same one line.
+                states = ranks.from_main(lambda: writer_checks(stack))
+            else:
+                states = writer_checks(stack)
             stack.enter_context(_model_reads_reported(source, progress if writes else None))
             runs, buffer = start_members(members, dict_cfgs, resolved, states, source, device,
                                          _source_hint(cfg, source), status, ranks, writes)

@@ -102,6 +102,10 @@ def test_a_hook_or_model_the_cache_lacks_is_refused_by_name(three_hook_cache, tm
         open_activation_source(cfg, torch.device("cpu"), cfg.activation_cache)
     with pytest.raises(ConfigError, match=r"--hook attn_out\.\* contradicts"):
         CachedActivations(three_hook_cache, hooks="attn_out.*")
+    cfg = TrainConfig(activation_cache=str(three_hook_cache), hook="resid_post.0", target="resid_post.1", tokens=1000,
+                      batch_size=100)  # a transcoder's target the cache lacks is named as --target
+    with pytest.raises(ConfigError, match=r"--target resid_post\.1 contradicts the activation cache"):
+        open_activation_source(cfg, torch.device("cpu"), cfg.activation_cache)
     cfg = TrainConfig(activation_cache=str(three_hook_cache), model="HuggingFaceTB/other-model", tokens=1000, batch_size=100)
     with pytest.raises(ConfigError, match=r"--model HuggingFaceTB/other-model contradicts the activation cache.*tiny-llama"):
         open_activation_source(cfg, torch.device("cpu"), cfg.activation_cache)

@@ -249,6 +249,25 @@ def test_evaluation_reconstructs_and_replaces_the_target(model_dir, corpus, tmp_
     assert result.table().splitlines()[0] == f"relu skip transcoder from mlp_in.1 to mlp_out.1 of {model_dir}"
 
 
+def test_a_sparsify_transcoder_is_evaluated_with_the_target_it_does_not_record(model_dir, corpus, tmp_path, capsys):
+    from saekit.cli import main
+    from saekit.io.formats import convert
+    from saekit.io.saekit_format import save_dictionary
+
+    torch.manual_seed(0)
+    tc = build_dictionary(DictionaryConfig(arch="topk", d_in=32, d_sae=64, k=4, hook="mlp_in.1", target="mlp_out.1",
+                                           transcoder=True, model=str(model_dir), context_length=16))
+    convert(save_dictionary(tc, tmp_path / "tc"), tmp_path / "sparsify", "sparsify")
+    args = ["eval", str(tmp_path / "sparsify"), "--hook", "mlp_in.1", "--model", str(model_dir), "--dataset",
+            str(corpus), "--tokens", "100", "--regimes", "fixed"]
+    assert main(args) == 2
+    assert "does not record the hook point it reconstructs; pass --target" in capsys.readouterr().err
+    assert main([*args, "--target", "mlp_out.1"]) == 0
+    assert "topk transcoder from mlp_in.1 to mlp_out.1" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "tc"), "--target", "mlp_out.2", "--dataset", str(corpus)]) == 2
+    assert "--target mlp_out.2: " in capsys.readouterr().err
+
+
 def test_a_dictionary_says_what_it_is():
     sae = DictionaryConfig(arch="topk", d_in=8, d_sae=16, k=2, hook="resid_post.3", model="m")
     tc = DictionaryConfig(arch="gated", d_in=8, d_sae=16, hook="mlp_in.3", target="mlp_out.3", transcoder=True)

@@ -264,7 +264,8 @@ class TrainConfig(SourceConfig):
     max_norm_ratio: float | None = _opt(
         "drop tokens whose norm exceeds this multiple of the median norm (e.g. 10), for models with massive "
         "activations; off by default, since the evaluation counts every token and a dictionary trained without "
-        "the outliers is still judged on them",
+        "the outliers is still judged on them. Every dictionary of one pass trains on the same tokens: a token "
+        "over the cap at any hook point read is dropped for all",
         default=None,
     )
     # Where and how.

@@ -407,8 +407,9 @@ class ArrayActivations:
         started = time.perf_counter()
         start, block_rows = position["token"], position.get("block_rows", 0)
         epoch, offset = divmod(start, self.total)
-        if offset == 0 and start > 0:
-            log.warning("%s exhausted; starting epoch %d", self.name, epoch + 1)
+        if offset == 0 and start > 0:  # said once; later epochs only with -v
+            log.log(logging.WARNING if epoch == 1 else logging.INFO, "%s exhausted; starting epoch %d", self.name,
+                    epoch + 1)
         n = max(0, min(min_tokens, self.total - offset))
         # Every piece is decoded straight into one output array: concatenating decoded
         # pieces instead cost a second copy into fresh memory, which measured slower
@@ -458,14 +459,25 @@ def open_activation_source(cfg: SourceConfig, device: torch.device, activation_c
     first, then every file's checksum is verified, all before the first step.
     """
     if activation_cache:
-        from .cache import CachedActivations  # the cache module builds on this one
+        from .cache import CachedActivations, read_manifest  # the cache module builds on this one
 
+        target = getattr(cfg, "target", None)  # a TrainConfig's: cfg.hook then spans inputs and targets
+        if target:
+            manifest = read_manifest(activation_cache)
+            held = list(manifest.get("hooks") or [manifest.get("hook")])
+            select_hook_points(target, held, lambda part: ConfigError(
+                f"--target {part} contradicts the activation cache {activation_cache}, which holds {', '.join(held)}; "
+                "name some of those, or write a cache with it (`saekit cache --hook ...`)"))
         source = CachedActivations(activation_cache, hooks=cfg.hook, seed=cfg.seed, verify=False)
         if cfg.keep_bos and not source.keep_bos:
             raise ConfigError(
                 f"--keep-bos contradicts the activation cache {activation_cache}, which was written without BOS "
                 "positions; drop --keep-bos or write a cache with `saekit cache --keep-bos`"
             )
+        if source.keep_bos and not cfg.keep_bos:  # the default, which cannot be told from --no-keep-bos
+            log.warning("the activation cache %s holds BOS positions (written with --keep-bos): the dictionaries "
+                        "train on them and record keep_bos; write a cache without them to leave them out",
+                        activation_cache)
         model = cfg.model
         if model is not None and Path(model).expanduser().exists():
             model = str(Path(model).expanduser().resolve())  # caches record local models resolved

@@ -131,9 +131,10 @@ def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
 
 
-def fill_unrecorded(dictionary: Any, folder: str, hook: str | None, model: str | None) -> None:
-    """Take the hook point and model from the flags where the dictionary's format records
-    neither (sparsify's); a dictionary that records no hook point needs ``--hook``."""
+def fill_unrecorded(dictionary: Any, folder: str, hook: str | None, model: str | None, target: str | None = None) -> None:
+    """Take the hook point, model and a transcoder's target from the flags where the
+    dictionary's format records none of them (sparsify's); a dictionary that records no
+    hook point needs ``--hook``, and a transcoder no target ``--target`` where the verb has it."""
     from ..errors import ConfigError
 
     if not dictionary.cfg.hook:
@@ -142,6 +143,8 @@ def fill_unrecorded(dictionary: Any, folder: str, hook: str | None, model: str |
         dictionary.cfg.hook = hook
     if not dictionary.cfg.model and model:
         dictionary.cfg.model = model
+    if dictionary.cfg.transcoder and not dictionary.cfg.target and target:
+        dictionary.cfg.target = target
 
 
 def add_spliced_flags(parser: argparse.ArgumentParser) -> None:

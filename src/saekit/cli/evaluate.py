@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
     p.add_argument("--text-field", default=None, help="as for saekit train (default: the run's, else text)")
     p.add_argument("--model", default=None, help="the model to run (default: the one the dictionary records)")
     p.add_argument("--hook", default=None, help="refuse unless the dictionary was trained on this hook point")
+    p.add_argument("--target", default=None,
+                   help="the hook point a transcoder reconstructs, for a format that does not record it (sparsify's)")
     p.add_argument("--regimes", nargs="+", default=["fixed", "documents"], choices=["fixed", "documents"])
     p.add_argument("--max-length", type=int, default=1024, help="document length cap in the documents regime")
     p.add_argument("--allow-other-model", action="store_true", help="evaluate on a model other than the recorded one")
@@ -57,7 +59,13 @@ def run(ns: argparse.Namespace) -> int:
     folder = ns.folder
     out = check_writable_file(Path(ns.json) if ns.json else default_output(folder, EVAL_FILE), "--json")
     sae = load(folder, ns.format, device=resolve_device(ns.device))
-    fill_unrecorded(sae, folder, ns.hook, ns.model)  # sparsify records neither
+    fill_unrecorded(sae, folder, ns.hook, ns.model, ns.target)  # sparsify records none of them
+    if sae.cfg.transcoder and not sae.cfg.target:
+        raise ConfigError(f"{folder} is a transcoder that does not record the hook point it reconstructs; pass "
+                          "--target (e.g. --target mlp_out.6)")
+    if ns.target is not None and ns.target != sae.cfg.output_hook:
+        raise ConfigError(f"--target {ns.target}: {folder} reconstructs {sae.cfg.output_hook}"
+                          f"{'' if sae.cfg.transcoder else ' (its own input: it is a sparse autoencoder)'}")
     check_hook(sae, ns.hook)
     check_model(sae, None if ns.allow_other_model else ns.model)  # both before the slow model load
     dataset, text_field = evaluation_text(folder, ns.dataset, ns.text_field)

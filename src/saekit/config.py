@@ -63,10 +63,22 @@ def field_type(hint: Any) -> tuple[type, bool]:
     return next((a for a in args if a is not type(None)), hint) if optional else hint, optional
 
 
+# The flags only some architectures take: the flag, its field, and which take it.
+ARCH_SPECIFIC_FLAGS: tuple[tuple[str, str, Callable[[type], bool]], ...] = (
+    ("--k", "k", lambda c: c.uses_k),
+    ("--l1", "l1_coeff", lambda c: c.sparsity_penalty == "l1"),
+    ("--l0-coeff", "l0_coeff", lambda c: c.sparsity_penalty == "l0"),
+)
+
+
+def archs_taking(has: Callable[[type], bool]) -> str:
+    """The architectures whose class ``has``, as a message names them ("batchtopk and topk")."""
+    return " and ".join(a for a, c in sorted(ARCHITECTURES.items()) if has(c))
+
+
 def _refuse_for_other_archs(flag: str, arch: str, has: Callable[[type], bool]) -> None:
     """A flag that only some architectures take, given to another: name the ones that take it."""
-    takes = [a for a, c in sorted(ARCHITECTURES.items()) if has(c)]
-    _bad(f"{flag} applies to {' and '.join(takes)}, not {arch}")
+    _bad(f"{flag} applies to {archs_taking(has)}, not {arch}")
 
 
 def _is_type(value: Any, base: type) -> bool:

@@ -7,7 +7,7 @@ import dataclasses
 import itertools
 from typing import Any
 
-from ..config import DICTIONARY_FIELDS, TrainConfig
+from ..config import ARCH_SPECIFIC_FLAGS, DICTIONARY_FIELDS, TrainConfig, archs_taking
 from ..errors import ConfigError, SaekitError
 from .common import add_config_flags
 from .progress import ProgressBars
@@ -91,25 +91,19 @@ def train_configs(ns: argparse.Namespace) -> list[TrainConfig]:
     arch_swept = len(swept.get("arch", [])) > 1
     if arch_swept:  # a flag that none of the swept architectures takes would be dropped for all
         archs = swept["arch"]
-        for flag, name, takes in (("--k", "k", lambda c: c.uses_k),
-                                  ("--l1", "l1_coeff", lambda c: c.sparsity_penalty == "l1"),
-                                  ("--l0-coeff", "l0_coeff", lambda c: c.sparsity_penalty == "l0")):
+        for flag, name, takes in ARCH_SPECIFIC_FLAGS:
             if getattr(ns, name) is not None and not any(takes(ARCHITECTURES[a]) for a in archs):
-                taken_by = " and ".join(a for a, c in sorted(ARCHITECTURES.items()) if takes(c))
-                raise ConfigError(f"{flag} applies to {taken_by}, none of --arch {','.join(archs)}; drop it or add "
-                                  "an architecture that takes it")
+                raise ConfigError(f"{flag} applies to {archs_taking(takes)}, none of --arch {','.join(archs)}; drop "
+                                  "it or add an architecture that takes it")
     configs: list[TrainConfig] = []
     seen: set[tuple[Any, ...]] = set()
     for combo in itertools.product(*swept.values()):
         values = {name: getattr(ns, name) for name in fields} | dict(zip(swept, combo))
         if arch_swept:
             cls = ARCHITECTURES[values["arch"]]
-            if not cls.uses_k:
-                values["k"] = None
-            if cls.sparsity_penalty != "l1":
-                values["l1_coeff"] = None
-            if cls.sparsity_penalty != "l0":
-                values["l0_coeff"] = None
+            for _, name, takes in ARCH_SPECIFIC_FLAGS:
+                if not takes(cls):
+                    values[name] = None
         key = tuple(values[name] for name in fields)
         if key not in seen:
             seen.add(key)

@@ -93,21 +93,22 @@ def evaluation_text(folder: str, dataset: str | None, text_field: str | None) ->
     """The text to evaluate on, checked: ``--dataset``, else the text a saekit run folder
     records it was trained on (its held-out split is what no step of the run saw), else
     the embedded corpus (None). Says which when it is the run's."""
-    from ..data import EMBEDDED_DESCRIPTION, validate_source
+    from ..data import validate_source
     from ..errors import DataError
-    from ..io.saekit_format import training_setting
+    from ..io.saekit_format import trained_text, training_setting
 
-    recorded = training_setting(folder, "dataset") if dataset is None else None
-    if recorded is not None and recorded != EMBEDDED_DESCRIPTION:
-        dataset = str(recorded)
-        text_field = text_field or training_setting(folder, "text_field")
-        try:
-            validate_source(dataset, text_field or "text")
-        except (ConfigError, DataError) as e:
-            raise type(e)(f"{folder} was trained on {dataset} (its training.json says so), which saekit eval "
-                          f"evaluates on by default, but: {e} Pass --dataset to evaluate on other text.") from None
+    recorded = trained_text(folder) if dataset is None else None
+    if recorded is not None:
+        dataset, text_field = recorded, text_field or training_setting(folder, "text_field")
+    text_field = text_field or "text"
+    try:
+        validate_source(dataset, text_field)
+    except (ConfigError, DataError) as e:
+        if recorded is None:
+            raise
+        raise type(e)(f"{folder} was trained on {dataset} (its training.json says so), which saekit eval "
+                      f"evaluates on by default, but: {e} Pass --dataset to evaluate on other text.") from None
+    if recorded is not None:
         print(f"evaluating on the held-out split of {dataset}, the text the dictionary was trained on "
               "(--dataset names other text)")
-        return dataset, text_field or "text"
-    validate_source(dataset, text_field or "text")
-    return dataset, text_field or "text"
+    return dataset, text_field

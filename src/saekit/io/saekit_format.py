@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..checks import is_integer
+from ..data import EMBEDDED_DESCRIPTION
 from ..dictionaries import Dictionary, DictionaryConfig, build_dictionary
 from ..errors import FormatError
 from .checkpoint import CHECKPOINT_FILE, PENDING_FILE
@@ -55,6 +56,13 @@ def training_setting(folder: str | os.PathLike, name: str) -> Any:
         if isinstance(values, dict) and values.get(name) is not None:
             return values[name]
     return None
+
+
+def trained_text(folder: str | os.PathLike) -> str | None:
+    """The text the run in ``folder`` records it was trained on, as ``--dataset`` takes it;
+    None where it records none, or the embedded corpus (every verb's default anyway)."""
+    text = training_setting(folder, "dataset")
+    return str(text) if text and text != EMBEDDED_DESCRIPTION else None
 
 
 def save_dictionary(dictionary: Dictionary, folder: str | os.PathLike) -> Path:

@@ -10,12 +10,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..data import EMBEDDED_DESCRIPTION
 from ..errors import FormatError
 from ..evaluation import BOS_OVERRIDDEN, DENSE_THRESHOLD
 from ..hub import default_output, parse_hub_spec, resolve
 from ..io.files import atomic_write_text
-from ..io.saekit_format import REPORT_FILE, TRAINING_FILE, read_json, training_setting
+from ..io.saekit_format import REPORT_FILE, TRAINING_FILE, read_json, trained_text
 from .figures import (
     DOWNSTREAM, MEANINGS, METRICS_DOC, RECONSTRUCTION, REGIME_META, REGIMES, dead_dense, feature_density, fmt,
     l0_distribution, num, tokens_text,
@@ -44,19 +43,12 @@ def _absences(run: Evaluated) -> list[str]:
     for name in missing:
         notes.append(f"The {name} regime was not evaluated: eval.json has no '{name}' section.")
     if notes:
-        text = _trained_on(run.folder)
+        text = trained_text(run.folder)
         given = f" --dataset {text}" if text else ""
         on = " on the held-out split of the text it was trained on" if text else ""
         notes.append(f"`saekit eval {run.spec or run.folder}{given}` runs the model and measures every figure in both "
                      f"regimes{on}.")
     return notes
-
-
-def _trained_on(folder: Path) -> str | None:
-    """The text a run was trained on, where it is not `saekit eval`'s default (the
-    embedded corpus); None when unknown."""
-    text = training_setting(folder, "dataset")
-    return text if isinstance(text, str) and text and text != EMBEDDED_DESCRIPTION else None
 
 
 def _regime_summary(regime: Mapping[str, Any]) -> str:

@@ -241,7 +241,7 @@ def content_fingerprint(dataset: str | None) -> str | None:
     and bytes), so that a resumed run can tell the text it trained on from a changed,
     reordered or truncated copy; None for a Hub dataset, which is streamed. The path of
     the source itself is not part of it: a moved copy fingerprints the same."""
-    kind, path = _resolve(dataset)
+    _, path = _resolve(dataset)
     if path is None:
         return None
     digest = hashlib.blake2b(digest_size=16)

@@ -126,8 +126,9 @@ class TopKDictionary(Dictionary):
             fired, n_active = activity(values, pattern)
         else:  # the dense products (a GPU at moderate widths): the same loss and gradients
             dense = dense_pre_acts(x, self.W_enc, self.b_enc, self.input_bias, pre)
-            values = dense.reshape(-1).index_select(0, pattern.flat_index()).relu()
-            x_hat = scattered(values, pattern.flat_index(), dense) @ self.W_dec + self.output_bias(x)
+            flat = pattern.flat_index()
+            values = dense.reshape(-1).index_select(0, flat).relu()
+            x_hat = scattered(values, flat, dense) @ self.W_dec + self.output_bias(x)
             fired, n_active = activity(values, pattern)
         recon = mse(target, x_hat)
         aux = self.auxk_loss(x, x_hat, pre, params, target, dense_pre=dense)
